@@ -1,0 +1,452 @@
+//! Rookery configuration: the TOML schema, its defaults, `ROOKERY_*` environment overrides
+//! and validation.
+//!
+//! Owns: the [`Config`] type and every section in it, the defaults a fresh install runs with,
+//! the mapping from environment variables to keys ([`ENV_KEYS`]), and the rules that reject
+//! a configuration before anything starts. Every error names the offending key (or variable)
+//! and says how to fix it (DESIGN §6.9).
+//!
+//! Must not touch: no I/O besides reading the one config file in [`Config::load`], no
+//! networking, no logging setup, no certificate or token generation. Paths are checked for
+//! shape only; whether they exist is the caller's business when it opens them.
+//!
+//! Order of precedence: built-in defaults, then the TOML file, then environment variables,
+//! then [`Config::validate`].
+//!
+//! Spec sections: RFC 6120 §13.12 (a server must accept stanzas of at least 10000 bytes),
+//! XEP-0077 (in-band registration switch).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+mod error;
+mod schema;
+mod suggest;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{ConfigError, Problem};
+pub use schema::{ENV_KEYS, RESERVED_ENV, RESERVED_ENV_PREFIX};
+
+/// The whole server configuration. Every field has a default, so an empty file is valid
+/// (it serves `localhost` from `./rookery-data`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Domains this server hosts (the domainpart of local JIDs).
+    pub domains: Vec<String>,
+    /// Directory for the embedded store, generated certificate and admin token.
+    pub data_dir: PathBuf,
+    /// Listening sockets.
+    pub listen: Listen,
+    /// TLS certificate and key.
+    pub tls: Tls,
+    /// In-band registration (XEP-0077).
+    pub registration: Registration,
+    /// Resource limits that protect the server from misbehaving clients.
+    pub limits: Limits,
+    /// Storage backend.
+    pub storage: Storage,
+    /// Logging.
+    pub log: Log,
+    /// Admin API access.
+    pub admin: Admin,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domains: vec!["localhost".to_owned()],
+            data_dir: PathBuf::from("./rookery-data"),
+            listen: Listen::default(),
+            tls: Tls::default(),
+            registration: Registration::default(),
+            limits: Limits::default(),
+            storage: Storage::default(),
+            log: Log::default(),
+            admin: Admin::default(),
+        }
+    }
+}
+
+/// Listening sockets. `None` means the listener is disabled (`"off"` or `""` in TOML and
+/// in the environment).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// Client-to-server, STARTTLS (RFC 6120).
+    #[serde(with = "listener")]
+    pub c2s: Option<SocketAddr>,
+    /// Client-to-server, direct TLS (XEP-0368).
+    #[serde(with = "listener")]
+    pub c2s_tls: Option<SocketAddr>,
+    /// Admin API and health checks. Loopback by default: the admin API is not for the internet.
+    #[serde(with = "listener")]
+    pub http: Option<SocketAddr>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            c2s: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5222)),
+            c2s_tls: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5223)),
+            http: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5280)),
+        }
+    }
+}
+
+/// TLS certificate and key: both or neither. With neither, the server generates a
+/// self-signed certificate into `data_dir`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain.
+    #[serde(with = "opt_path", skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    #[serde(with = "opt_path", skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+/// In-band registration (XEP-0077).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Registration {
+    /// Let anyone create an account over XMPP. Off by default: open registration attracts spam.
+    pub allow: bool,
+    /// Shortest password accepted at registration or password change.
+    pub min_password_len: usize,
+}
+
+impl Default for Registration {
+    fn default() -> Self {
+        Registration {
+            allow: false,
+            min_password_len: 8,
+        }
+    }
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest top-level stanza accepted, in bytes (RFC 6120 §13.12: at least 10000).
+    pub max_stanza_bytes: usize,
+    /// Deepest XML element nesting accepted inside a stanza.
+    pub max_depth: usize,
+    /// Seconds a connection may take from TCP accept to a bound resource.
+    pub negotiation_timeout_secs: u64,
+    /// Seconds without traffic before a session is closed; 0 means never.
+    pub idle_timeout_secs: u64,
+    /// Concurrent connections accepted from one IP address.
+    pub max_connections_per_ip: u32,
+    /// Failed authentications on one connection before responses are delayed.
+    pub auth_failures_before_delay: u32,
+    /// Upper bound of the (growing) delay after repeated authentication failures.
+    pub auth_delay_max_secs: u64,
+    /// Stanzas per second one session may send (token bucket, burst twice this).
+    pub stanza_rate_per_sec: u32,
+    /// Stanzas queued to one slow client before it is disconnected.
+    pub outbound_queue: usize,
+    /// Offline messages kept per user; further ones are bounced.
+    pub offline_max_per_user: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stanza_bytes: 262_144,
+            max_depth: 48,
+            negotiation_timeout_secs: 30,
+            idle_timeout_secs: 600,
+            max_connections_per_ip: 64,
+            auth_failures_before_delay: 3,
+            auth_delay_max_secs: 30,
+            stanza_rate_per_sec: 200,
+            outbound_queue: 4096,
+            offline_max_per_user: 1000,
+        }
+    }
+}
+
+/// Storage backend choice.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// Which backend holds accounts, rosters, archives and offline messages.
+    pub backend: StorageBackend,
+    /// When a write counts as done.
+    pub durability: Durability,
+}
+
+/// Storage backends available in a single node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// On-disk store under `data_dir`.
+    #[default]
+    Embedded,
+    /// Nothing survives a restart; for tests and demos.
+    Memory,
+}
+
+impl StorageBackend {
+    /// Spelling in TOML and in the environment.
+    pub const NAMES: &'static [&'static str] = &["embedded", "memory"];
+
+    /// The name as written in TOML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageBackend::Embedded => "embedded",
+            StorageBackend::Memory => "memory",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "embedded" => Some(StorageBackend::Embedded),
+            "memory" => Some(StorageBackend::Memory),
+            _ => None,
+        }
+    }
+}
+
+/// When the embedded store considers a write durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Handed to the OS page cache: survives a process crash, not a power loss.
+    #[default]
+    Os,
+    /// fsync before acknowledging: survives power loss, costs latency.
+    Fsync,
+}
+
+impl Durability {
+    /// Spelling in TOML and in the environment.
+    pub const NAMES: &'static [&'static str] = &["os", "fsync"];
+
+    /// The name as written in TOML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Os => "os",
+            Durability::Fsync => "fsync",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "os" => Some(Durability::Os),
+            "fsync" => Some(Durability::Fsync),
+            _ => None,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// Filter in `tracing` EnvFilter syntax, e.g. `info` or `info,rookery_edge=debug`.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl LogFormat {
+    /// Spelling in TOML and in the environment.
+    pub const NAMES: &'static [&'static str] = &["text", "json"];
+
+    /// The name as written in TOML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// Admin API access.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// File holding the admin API bearer token; `None` means `<data_dir>/admin.token`,
+    /// generated at first start.
+    #[serde(with = "opt_path", skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Parses a TOML document. Unknown keys and wrongly typed values are rejected with the
+    /// full key path. Does not apply the environment and does not call [`Config::validate`].
+    pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
+        let table: toml::Table = s
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                message: e.to_string().trim_end().to_owned(),
+            })?;
+        // Walking the table first gives errors with the full dotted key and a suggestion,
+        // which serde's own errors do not.
+        schema::check_table(&table)?;
+        table
+            .try_into::<Config>()
+            .map_err(|e| ConfigError::Deserialize {
+                message: e.message().to_owned(),
+            })
+    }
+
+    /// Builds the effective configuration: defaults, then the file at `path` (if given),
+    /// then `ROOKERY_*` environment variables, then [`Config::validate`].
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut cfg = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Config::from_toml_str(&text).map_err(|e| ConfigError::File {
+                    path: path.to_owned(),
+                    source: Box::new(e),
+                })?
+            }
+            None => Config::default(),
+        };
+        // `std::env::vars` panics on non-UTF-8 entries; a stray one must not take the server down.
+        let vars = std::env::vars_os().filter_map(|(k, v)| {
+            let k = k.into_string().ok()?;
+            k.starts_with(schema::ENV_PREFIX)
+                .then(|| (k, v.to_string_lossy().into_owned()))
+        });
+        cfg.apply_env(vars)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Applies `ROOKERY_*` overrides from `vars`. Variables without the prefix are ignored, as
+    /// are the reserved ones ([`RESERVED_ENV`], and any starting with [`RESERVED_ENV_PREFIX`]).
+    /// An unknown `ROOKERY_*` variable or a malformed value is an error.
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        schema::apply_env(self, vars)
+    }
+
+    /// Checks cross-field rules and ranges. Reports every problem found, each with its key
+    /// and a fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = validate::problems(self);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Where the admin API token lives: `admin.token_file`, or `<data_dir>/admin.token`.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.admin
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.token"))
+    }
+
+    /// The configuration as TOML that [`Config::from_toml_str`] reads back unchanged.
+    /// Disabled listeners print as `"off"`; unset optional paths are omitted.
+    pub fn to_toml_string(&self) -> String {
+        // Only non-UTF-8 paths can fail here; say so in the output rather than panic.
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# configuration cannot be printed as TOML: {e}\n"))
+    }
+}
+
+/// A listener address in TOML: `"IP:port"`, or `"off"` / `""` for disabled.
+mod listener {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn parse(s: &str) -> Result<Option<SocketAddr>, std::net::AddrParseError> {
+        let s = s.trim();
+        if s.is_empty() || s.eq_ignore_ascii_case("off") {
+            Ok(None)
+        } else {
+            s.parse().map(Some)
+        }
+    }
+
+    pub(crate) fn serialize<S: Serializer>(
+        v: &Option<SocketAddr>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid listener address {s:?}: expected IP:port such as \"0.0.0.0:5222\", or \"off\""
+            ))
+        })
+    }
+}
+
+/// An optional path in TOML: absent or `""` means unset.
+mod opt_path {
+    use std::path::PathBuf;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(p) => p.serialize(s),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<PathBuf>, D::Error> {
+        let p = PathBuf::deserialize(d)?;
+        Ok((!p.as_os_str().is_empty()).then_some(p))
+    }
+}

@@ -1,0 +1,496 @@
+//! The key schema: every leaf key with its type, example and environment variable. One table
+//! drives the TOML key walk, the environment overrides and [`ENV_KEYS`], so they cannot
+//! drift apart.
+
+use std::path::PathBuf;
+
+use crate::error::ConfigError;
+use crate::{Config, Durability, LogFormat, StorageBackend, listener, suggest};
+
+pub(crate) const ENV_PREFIX: &str = "ROOKERY_";
+
+/// Variables with the `ROOKERY_` prefix that belong to the command line tool and tests;
+/// [`Config::apply_env`] skips them.
+pub const RESERVED_ENV: &[&str] = &["ROOKERY_CONFIG", "ROOKERY_ADMIN_URL", "ROOKERY_ADMIN_TOKEN"];
+
+/// Prefix of variables reserved for tests; [`Config::apply_env`] skips them.
+pub const RESERVED_ENV_PREFIX: &str = "ROOKERY_TEST_";
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Domains,
+    Path,
+    OptPath,
+    Listener,
+    Bool,
+    UInt { max: u64 },
+    Enum(&'static [&'static str]),
+    Str,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Field {
+    /// Full dotted key.
+    pub(crate) key: &'static str,
+    pub(crate) env: &'static str,
+    pub(crate) kind: Kind,
+    /// A valid TOML right-hand side, shown in error messages.
+    pub(crate) example: &'static str,
+}
+
+const USIZE: Kind = Kind::UInt {
+    max: usize::MAX as u64,
+};
+const U64: Kind = Kind::UInt {
+    // TOML integers are i64.
+    max: i64::MAX as u64,
+};
+const U32: Kind = Kind::UInt {
+    max: u32::MAX as u64,
+};
+
+const fn f(key: &'static str, env: &'static str, kind: Kind, example: &'static str) -> Field {
+    Field {
+        key,
+        env,
+        kind,
+        example,
+    }
+}
+
+pub(crate) const FIELDS: &[Field] = &[
+    f(
+        "domains",
+        "ROOKERY_DOMAINS",
+        Kind::Domains,
+        r#"["example.org"]"#,
+    ),
+    f(
+        "data_dir",
+        "ROOKERY_DATA_DIR",
+        Kind::Path,
+        r#""/var/lib/rookery""#,
+    ),
+    f(
+        "listen.c2s",
+        "ROOKERY_C2S",
+        Kind::Listener,
+        r#""0.0.0.0:5222""#,
+    ),
+    f(
+        "listen.c2s_tls",
+        "ROOKERY_C2S_TLS",
+        Kind::Listener,
+        r#""0.0.0.0:5223""#,
+    ),
+    f(
+        "listen.http",
+        "ROOKERY_HTTP",
+        Kind::Listener,
+        r#""127.0.0.1:5280""#,
+    ),
+    f(
+        "tls.cert",
+        "ROOKERY_TLS_CERT",
+        Kind::OptPath,
+        r#""/etc/rookery/fullchain.pem""#,
+    ),
+    f(
+        "tls.key",
+        "ROOKERY_TLS_KEY",
+        Kind::OptPath,
+        r#""/etc/rookery/privkey.pem""#,
+    ),
+    f(
+        "registration.allow",
+        "ROOKERY_ALLOW_REGISTRATION",
+        Kind::Bool,
+        "false",
+    ),
+    f(
+        "registration.min_password_len",
+        "ROOKERY_REGISTRATION_MIN_PASSWORD_LEN",
+        USIZE,
+        "8",
+    ),
+    f(
+        "limits.max_stanza_bytes",
+        "ROOKERY_LIMITS_MAX_STANZA_BYTES",
+        USIZE,
+        "262144",
+    ),
+    f("limits.max_depth", "ROOKERY_LIMITS_MAX_DEPTH", USIZE, "48"),
+    f(
+        "limits.negotiation_timeout_secs",
+        "ROOKERY_LIMITS_NEGOTIATION_TIMEOUT_SECS",
+        U64,
+        "30",
+    ),
+    f(
+        "limits.idle_timeout_secs",
+        "ROOKERY_LIMITS_IDLE_TIMEOUT_SECS",
+        U64,
+        "600",
+    ),
+    f(
+        "limits.max_connections_per_ip",
+        "ROOKERY_LIMITS_MAX_CONNECTIONS_PER_IP",
+        U32,
+        "64",
+    ),
+    f(
+        "limits.auth_failures_before_delay",
+        "ROOKERY_LIMITS_AUTH_FAILURES_BEFORE_DELAY",
+        U32,
+        "3",
+    ),
+    f(
+        "limits.auth_delay_max_secs",
+        "ROOKERY_LIMITS_AUTH_DELAY_MAX_SECS",
+        U64,
+        "30",
+    ),
+    f(
+        "limits.stanza_rate_per_sec",
+        "ROOKERY_LIMITS_STANZA_RATE_PER_SEC",
+        U32,
+        "200",
+    ),
+    f(
+        "limits.outbound_queue",
+        "ROOKERY_LIMITS_OUTBOUND_QUEUE",
+        USIZE,
+        "4096",
+    ),
+    f(
+        "limits.offline_max_per_user",
+        "ROOKERY_LIMITS_OFFLINE_MAX_PER_USER",
+        USIZE,
+        "1000",
+    ),
+    f(
+        "storage.backend",
+        "ROOKERY_STORAGE_BACKEND",
+        Kind::Enum(StorageBackend::NAMES),
+        r#""embedded""#,
+    ),
+    f(
+        "storage.durability",
+        "ROOKERY_STORAGE_DURABILITY",
+        Kind::Enum(Durability::NAMES),
+        r#""os""#,
+    ),
+    f("log.level", "ROOKERY_LOG_LEVEL", Kind::Str, r#""info""#),
+    f(
+        "log.format",
+        "ROOKERY_LOG_FORMAT",
+        Kind::Enum(LogFormat::NAMES),
+        r#""text""#,
+    ),
+    f(
+        "admin.token_file",
+        "ROOKERY_ADMIN_TOKEN_FILE",
+        Kind::OptPath,
+        r#""/etc/rookery/admin.token""#,
+    ),
+];
+
+const ENV_TABLE: [(&str, &str); FIELDS.len()] = {
+    let mut out = [("", ""); FIELDS.len()];
+    let mut i = 0;
+    while i < FIELDS.len() {
+        out[i] = (FIELDS[i].env, FIELDS[i].key);
+        i += 1;
+    }
+    out
+};
+
+/// Every environment variable [`Config::apply_env`] reads, with the config key it sets.
+pub const ENV_KEYS: &[(&str, &str)] = &ENV_TABLE;
+
+pub(crate) fn field(key: &str) -> Option<&'static Field> {
+    FIELDS.iter().find(|f| f.key == key)
+}
+
+fn leaf(key: &str) -> &str {
+    key.rsplit_once('.').map_or(key, |(_, leaf)| leaf)
+}
+
+/// Section names (`listen`, `limits`, ...) in schema order.
+fn sections() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for f in FIELDS {
+        if let Some((section, _)) = f.key.split_once('.')
+            && !out.contains(&section)
+        {
+            out.push(section);
+        }
+    }
+    out
+}
+
+/// Keys valid directly inside `section` (`""` for the top level).
+fn valid_keys(section: &str) -> Vec<&'static str> {
+    if section.is_empty() {
+        let mut out: Vec<&'static str> = FIELDS
+            .iter()
+            .map(|f| f.key)
+            .filter(|k| !k.contains('.'))
+            .collect();
+        out.extend(sections());
+        out
+    } else {
+        FIELDS
+            .iter()
+            .filter_map(|f| {
+                f.key
+                    .split_once('.')
+                    .filter(|(s, _)| *s == section)
+                    .map(|(_, l)| l)
+            })
+            .collect()
+    }
+}
+
+fn unknown_key(section: &str, name: &str) -> ConfigError {
+    let valid = valid_keys(section);
+    let key = if section.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{section}.{name}")
+    };
+    // A near miss in the same table first; otherwise the same name in another section
+    // (e.g. `max_depth` written at the top level instead of under [limits]).
+    let suggestion = suggest::closest(name, valid.iter().copied())
+        .map(str::to_owned)
+        .or_else(|| {
+            FIELDS
+                .iter()
+                .find(|f| f.key != key && leaf(f.key) == name)
+                .map(|f| f.key.to_owned())
+        });
+    ConfigError::UnknownKey {
+        key,
+        suggestion,
+        valid,
+    }
+}
+
+fn describe(v: &toml::Value) -> String {
+    let mut s = match v {
+        toml::Value::Table(_) => "a table".to_owned(),
+        other => other.to_string(),
+    };
+    if s.chars().count() > 60 {
+        s = s.chars().take(57).collect::<String>() + "...";
+    }
+    s
+}
+
+impl Kind {
+    fn toml_expected(self) -> String {
+        match self {
+            Kind::Domains => "an array of domain name strings".to_owned(),
+            Kind::Path => "a path string".to_owned(),
+            Kind::OptPath => "a path string (or leave the key out)".to_owned(),
+            Kind::Listener => "a string \"IP:port\" such as \"0.0.0.0:5222\" or \"[::]:5222\" \
+                 (host names are not accepted), or \"off\" to disable the listener"
+                .to_owned(),
+            Kind::Bool => "true or false (without quotes)".to_owned(),
+            Kind::UInt { max } => format!("{} (without quotes)", uint_range(max)),
+            Kind::Enum(names) => format!(
+                "one of {}",
+                names
+                    .iter()
+                    .map(|n| format!("\"{n}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Kind::Str => "a string".to_owned(),
+        }
+    }
+
+    fn env_expected(self) -> String {
+        match self {
+            Kind::Domains => {
+                "comma-separated domain names, e.g. example.org,chat.example.org".to_owned()
+            }
+            Kind::Path => "a non-empty path".to_owned(),
+            Kind::OptPath => "a path, or an empty value to unset".to_owned(),
+            Kind::Listener => {
+                "IP:port such as 0.0.0.0:5222 or [::]:5222, or `off` (or empty) to disable"
+                    .to_owned()
+            }
+            Kind::Bool => "one of true, false, 1, 0, yes, no".to_owned(),
+            Kind::UInt { max } => uint_range(max),
+            Kind::Enum(names) => format!("one of {}", names.join(", ")),
+            Kind::Str => "a string".to_owned(),
+        }
+    }
+
+    fn accepts(self, v: &toml::Value) -> bool {
+        use toml::Value as V;
+        match (self, v) {
+            (Kind::Domains, V::Array(items)) => items.iter().all(|i| matches!(i, V::String(_))),
+            (Kind::Path | Kind::OptPath | Kind::Str, V::String(_)) => true,
+            (Kind::Listener, V::String(s)) => listener::parse(s).is_ok(),
+            (Kind::Bool, V::Boolean(_)) => true,
+            (Kind::UInt { max }, V::Integer(i)) => u64::try_from(*i).is_ok_and(|i| i <= max),
+            (Kind::Enum(names), V::String(s)) => names.contains(&s.as_str()),
+            _ => false,
+        }
+    }
+}
+
+fn uint_range(max: u64) -> String {
+    if max >= i64::MAX as u64 {
+        "a whole number, 0 or more".to_owned()
+    } else {
+        format!("a whole number from 0 to {max}")
+    }
+}
+
+fn check_value(field: &Field, v: &toml::Value) -> Result<(), ConfigError> {
+    if field.kind.accepts(v) {
+        return Ok(());
+    }
+    Err(ConfigError::BadValue {
+        key: field.key.to_owned(),
+        found: describe(v),
+        expected: field.kind.toml_expected(),
+        example: format!("{} = {}", leaf(field.key), field.example),
+    })
+}
+
+/// Walks a parsed document against the schema: unknown keys and wrongly typed values are
+/// reported with their full dotted path before serde sees the document.
+pub(crate) fn check_table(table: &toml::Table) -> Result<(), ConfigError> {
+    let sections = sections();
+    for (name, value) in table {
+        if sections.contains(&name.as_str()) {
+            let Some(inner) = value.as_table() else {
+                return Err(ConfigError::BadValue {
+                    key: name.clone(),
+                    found: describe(value),
+                    expected: format!("a table (a `[{name}]` section)"),
+                    example: format!("[{name}]"),
+                });
+            };
+            for (sub, v) in inner {
+                match field(&format!("{name}.{sub}")) {
+                    Some(f) => check_value(f, v)?,
+                    None => return Err(unknown_key(name, sub)),
+                }
+            }
+        } else {
+            match field(name) {
+                Some(f) => check_value(f, value)?,
+                None => return Err(unknown_key("", name)),
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn apply_env(
+    cfg: &mut Config,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, value) in vars {
+        if !var.starts_with(ENV_PREFIX)
+            || RESERVED_ENV.contains(&var.as_str())
+            || var.starts_with(RESERVED_ENV_PREFIX)
+        {
+            continue;
+        }
+        let Some(field) = FIELDS.iter().find(|f| f.env == var) else {
+            let valid: Vec<&'static str> = FIELDS.iter().map(|f| f.env).collect();
+            return Err(ConfigError::UnknownEnv {
+                suggestion: suggest::closest(&var, valid.iter().copied()).map(str::to_owned),
+                var,
+                valid,
+            });
+        };
+        if set(cfg, field.key, &value).is_err() {
+            return Err(ConfigError::BadEnv {
+                var,
+                value,
+                key: field.key,
+                expected: field.kind.env_expected(),
+            });
+        }
+    }
+    Ok(())
+}
+
+struct Malformed;
+
+fn uint<T: TryFrom<u64>>(s: &str) -> Result<T, Malformed> {
+    let n: u64 = s.trim().parse().map_err(|_| Malformed)?;
+    T::try_from(n).map_err(|_| Malformed)
+}
+
+fn boolean(s: &str) -> Result<bool, Malformed> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(Malformed),
+    }
+}
+
+fn path(s: &str) -> Result<PathBuf, Malformed> {
+    if s.is_empty() {
+        Err(Malformed)
+    } else {
+        Ok(PathBuf::from(s))
+    }
+}
+
+fn opt_path(s: &str) -> Option<PathBuf> {
+    (!s.is_empty()).then(|| PathBuf::from(s))
+}
+
+/// Sets one key from its environment-variable spelling.
+fn set(cfg: &mut Config, key: &str, raw: &str) -> Result<(), Malformed> {
+    let l = &mut cfg.limits;
+    match key {
+        "domains" => {
+            cfg.domains = raw
+                .split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        "data_dir" => cfg.data_dir = path(raw)?,
+        "listen.c2s" => cfg.listen.c2s = listener::parse(raw).map_err(|_| Malformed)?,
+        "listen.c2s_tls" => cfg.listen.c2s_tls = listener::parse(raw).map_err(|_| Malformed)?,
+        "listen.http" => cfg.listen.http = listener::parse(raw).map_err(|_| Malformed)?,
+        "tls.cert" => cfg.tls.cert = opt_path(raw),
+        "tls.key" => cfg.tls.key = opt_path(raw),
+        "registration.allow" => cfg.registration.allow = boolean(raw)?,
+        "registration.min_password_len" => cfg.registration.min_password_len = uint(raw)?,
+        "limits.max_stanza_bytes" => l.max_stanza_bytes = uint(raw)?,
+        "limits.max_depth" => l.max_depth = uint(raw)?,
+        "limits.negotiation_timeout_secs" => l.negotiation_timeout_secs = uint(raw)?,
+        "limits.idle_timeout_secs" => l.idle_timeout_secs = uint(raw)?,
+        "limits.max_connections_per_ip" => l.max_connections_per_ip = uint(raw)?,
+        "limits.auth_failures_before_delay" => l.auth_failures_before_delay = uint(raw)?,
+        "limits.auth_delay_max_secs" => l.auth_delay_max_secs = uint(raw)?,
+        "limits.stanza_rate_per_sec" => l.stanza_rate_per_sec = uint(raw)?,
+        "limits.outbound_queue" => l.outbound_queue = uint(raw)?,
+        "limits.offline_max_per_user" => l.offline_max_per_user = uint(raw)?,
+        "storage.backend" => {
+            cfg.storage.backend = StorageBackend::parse(raw.trim()).ok_or(Malformed)?;
+        }
+        "storage.durability" => {
+            cfg.storage.durability = Durability::parse(raw.trim()).ok_or(Malformed)?;
+        }
+        "log.level" => cfg.log.level = raw.trim().to_owned(),
+        "log.format" => cfg.log.format = LogFormat::parse(raw.trim()).ok_or(Malformed)?,
+        "admin.token_file" => cfg.admin.token_file = opt_path(raw),
+        // Every FIELDS key has an arm; a unit test keeps it that way.
+        _ => return Err(Malformed),
+    }
+    Ok(())
+}

@@ -1,0 +1,808 @@
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::schema::FIELDS;
+
+const EXAMPLE: &str = include_str!("../../../deploy/rookery.example.toml");
+const DOCS: &str = include_str!("../../../docs/configuration.md");
+
+fn addr(s: &str) -> Option<SocketAddr> {
+    Some(s.parse().unwrap())
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn with_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let mut cfg = Config::default();
+    cfg.apply_env(env(pairs)).map(|()| cfg)
+}
+
+fn invalid_keys(cfg: &Config) -> Vec<String> {
+    match cfg.validate() {
+        Err(ConfigError::Invalid(problems)) => problems.into_iter().map(|p| p.key).collect(),
+        other => panic!("expected validation failure, got {other:?}"),
+    }
+}
+
+// ---- defaults -------------------------------------------------------------------------
+
+#[test]
+fn defaults() {
+    let c = Config::default();
+    assert_eq!(c.domains, vec!["localhost"]);
+    assert_eq!(c.data_dir, PathBuf::from("./rookery-data"));
+    assert_eq!(c.listen.c2s, addr("0.0.0.0:5222"));
+    assert_eq!(c.listen.c2s_tls, addr("0.0.0.0:5223"));
+    assert_eq!(c.listen.http, addr("127.0.0.1:5280"));
+    assert_eq!(
+        c.tls,
+        Tls {
+            cert: None,
+            key: None
+        }
+    );
+    assert!(!c.registration.allow);
+    assert_eq!(c.registration.min_password_len, 8);
+    let l = &c.limits;
+    assert_eq!(l.max_stanza_bytes, 262_144);
+    assert_eq!(l.max_depth, 48);
+    assert_eq!(l.negotiation_timeout_secs, 30);
+    assert_eq!(l.idle_timeout_secs, 600);
+    assert_eq!(l.max_connections_per_ip, 64);
+    assert_eq!(l.auth_failures_before_delay, 3);
+    assert_eq!(l.auth_delay_max_secs, 30);
+    assert_eq!(l.stanza_rate_per_sec, 200);
+    assert_eq!(l.outbound_queue, 4096);
+    assert_eq!(l.offline_max_per_user, 1000);
+    assert_eq!(c.storage.backend, StorageBackend::Embedded);
+    assert_eq!(c.storage.durability, Durability::Os);
+    assert_eq!(c.log.level, "info");
+    assert_eq!(c.log.format, LogFormat::Text);
+    assert_eq!(c.admin.token_file, None);
+    assert_eq!(
+        c.admin_token_path(),
+        Path::new("./rookery-data").join("admin.token")
+    );
+    c.validate().unwrap();
+}
+
+#[test]
+fn empty_document_is_defaults() {
+    assert_eq!(Config::from_toml_str("").unwrap(), Config::default());
+    assert_eq!(
+        Config::from_toml_str("[limits]\n").unwrap(),
+        Config::default()
+    );
+}
+
+#[test]
+fn partial_section_keeps_other_defaults() {
+    let c = Config::from_toml_str("[limits]\nmax_depth = 20\n").unwrap();
+    assert_eq!(c.limits.max_depth, 20);
+    assert_eq!(c.limits.max_stanza_bytes, 262_144);
+    assert_eq!(c.listen, Listen::default());
+}
+
+// ---- example file and round trip ----------------------------------------------------------
+
+#[test]
+fn example_file_parses_and_validates() {
+    let c = Config::from_toml_str(EXAMPLE).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.domains, vec!["example.org"]);
+    assert_eq!(c.data_dir, PathBuf::from("/var/lib/rookery"));
+    assert_eq!(
+        c.tls.cert.as_deref(),
+        Some(Path::new("/etc/rookery/tls/fullchain.pem"))
+    );
+    assert_eq!(
+        c.tls.key.as_deref(),
+        Some(Path::new("/etc/rookery/tls/privkey.pem"))
+    );
+    assert_eq!(
+        c.admin_token_path(),
+        PathBuf::from("/etc/rookery/admin.token")
+    );
+    // Apart from those, the example documents the defaults.
+    assert_eq!(c.listen, Listen::default());
+    assert_eq!(c.registration, Registration::default());
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.storage, Storage::default());
+    assert_eq!(c.log, Log::default());
+}
+
+#[test]
+fn example_file_sets_every_key() {
+    let table: toml::Table = EXAMPLE.parse().unwrap();
+    for f in FIELDS {
+        let found = match f.key.split_once('.') {
+            Some((s, k)) => table.get(s).and_then(|t| t.get(k)).is_some(),
+            None => table.contains_key(f.key),
+        };
+        assert!(found, "example file lacks `{}`", f.key);
+    }
+}
+
+#[test]
+fn full_non_default_file() {
+    let text = r#"
+domains = ["example.org", "chat.example.net", "localhost"]
+data_dir = "/srv/rookery"
+[listen]
+c2s = "[::]:5222"
+c2s_tls = "off"
+http = "10.0.0.5:8080"
+[tls]
+cert = "/c.pem"
+key = "/k.pem"
+[registration]
+allow = true
+min_password_len = 12
+[limits]
+max_stanza_bytes = 65536
+max_depth = 32
+negotiation_timeout_secs = 10
+idle_timeout_secs = 0
+max_connections_per_ip = 5
+auth_failures_before_delay = 1
+auth_delay_max_secs = 60
+stanza_rate_per_sec = 50
+outbound_queue = 128
+offline_max_per_user = 0
+[storage]
+backend = "memory"
+durability = "fsync"
+[log]
+level = "debug,rookery_edge=trace"
+format = "json"
+[admin]
+token_file = "/run/secrets/token"
+"#;
+    let c = Config::from_toml_str(text).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.domains.len(), 3);
+    assert_eq!(c.listen.c2s, addr("[::]:5222"));
+    assert_eq!(c.listen.c2s_tls, None);
+    assert_eq!(c.listen.http, addr("10.0.0.5:8080"));
+    assert!(c.registration.allow);
+    assert_eq!(c.registration.min_password_len, 12);
+    assert_eq!(c.limits.idle_timeout_secs, 0);
+    assert_eq!(c.limits.offline_max_per_user, 0);
+    assert_eq!(c.storage.backend, StorageBackend::Memory);
+    assert_eq!(c.storage.durability, Durability::Fsync);
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.admin_token_path(), PathBuf::from("/run/secrets/token"));
+
+    let printed = c.to_toml_string();
+    assert_eq!(Config::from_toml_str(&printed).unwrap(), c, "{printed}");
+}
+
+#[test]
+fn to_toml_string_round_trips_defaults() {
+    let printed = Config::default().to_toml_string();
+    assert!(printed.contains("[limits]"), "{printed}");
+    assert!(!printed.contains("token_file"), "{printed}");
+    assert_eq!(Config::from_toml_str(&printed).unwrap(), Config::default());
+}
+
+// ---- listeners ----------------------------------------------------------------------------
+
+#[test]
+fn off_disables_a_listener() {
+    let c =
+        Config::from_toml_str("[listen]\nc2s = \"off\"\nc2s_tls = \"\"\nhttp = \"OFF\"\n").unwrap();
+    assert_eq!(c.listen.c2s, None);
+    assert_eq!(c.listen.c2s_tls, None);
+    assert_eq!(c.listen.http, None);
+    c.validate().unwrap();
+    let printed = c.to_toml_string();
+    assert!(printed.contains(r#"c2s = "off""#), "{printed}");
+    assert_eq!(Config::from_toml_str(&printed).unwrap(), c);
+
+    let c = with_env(&[("ROOKERY_C2S", "off"), ("ROOKERY_HTTP", "")]).unwrap();
+    assert_eq!(c.listen.c2s, None);
+    assert_eq!(c.listen.http, None);
+    assert_eq!(c.listen.c2s_tls, addr("0.0.0.0:5223"));
+}
+
+// ---- unknown keys -------------------------------------------------------------------------
+
+#[test]
+fn unknown_key_in_section_suggests() {
+    let e = Config::from_toml_str("[limits]\nmax_stanza_byte = 1\n").unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("unknown key `limits.max_stanza_byte`; did you mean `max_stanza_bytes`?"),
+        "{msg}"
+    );
+    assert!(msg.contains("valid keys in [limits]: "), "{msg}");
+    assert!(msg.contains("outbound_queue"), "{msg}");
+    assert_eq!(e.keys(), vec!["limits.max_stanza_byte"]);
+}
+
+#[test]
+fn unknown_top_level_key_suggests() {
+    let msg = Config::from_toml_str("domain = [\"a.org\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("unknown key `domain`; did you mean `domains`?"),
+        "{msg}"
+    );
+    let msg = Config::from_toml_str("[limit]\nmax_depth = 9\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("unknown key `limit`; did you mean `limits`?"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn key_in_wrong_section_suggests_full_path() {
+    let msg = Config::from_toml_str("max_depth = 9\n")
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("did you mean `limits.max_depth`?"), "{msg}");
+    let msg = Config::from_toml_str("[listen]\ncert = \"x\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("unknown key `listen.cert`"), "{msg}");
+    assert!(msg.contains("did you mean `tls.cert`?"), "{msg}");
+}
+
+#[test]
+fn unknown_key_without_close_match_lists_valid_keys() {
+    let e = Config::from_toml_str("[storage]\nzzzzzzzzzz = 1\n").unwrap_err();
+    match &e {
+        ConfigError::UnknownKey {
+            key,
+            suggestion,
+            valid,
+        } => {
+            assert_eq!(key, "storage.zzzzzzzzzz");
+            assert_eq!(suggestion, &None);
+            assert_eq!(valid, &vec!["backend", "durability"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!e.to_string().contains("did you mean"));
+}
+
+#[test]
+fn nested_unknown_table_is_unknown_key() {
+    let msg = Config::from_toml_str("[limits.extra]\nx = 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("unknown key `limits.extra`"), "{msg}");
+}
+
+// ---- bad types ----------------------------------------------------------------------------
+
+fn bad_value(text: &str, key: &str, expected_part: &str) {
+    let e = Config::from_toml_str(text).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, ConfigError::BadValue { .. }), "{text}: {e:?}");
+    assert_eq!(e.keys(), vec![key], "{msg}");
+    assert!(msg.contains(&format!("`{key}`")), "{msg}");
+    assert!(msg.contains(expected_part), "{text}: {msg}");
+    assert!(msg.contains("for example `"), "{msg}");
+}
+
+#[test]
+fn bad_types_name_key_and_expected_type() {
+    bad_value(
+        "[limits]\nmax_depth = \"48\"\n",
+        "limits.max_depth",
+        "whole number",
+    );
+    bad_value(
+        "[limits]\nmax_depth = -1\n",
+        "limits.max_depth",
+        "whole number",
+    );
+    bad_value(
+        "[limits]\nmax_depth = 1.5\n",
+        "limits.max_depth",
+        "whole number",
+    );
+    bad_value(
+        "[limits]\nstanza_rate_per_sec = 5000000000\n",
+        "limits.stanza_rate_per_sec",
+        "4294967295",
+    );
+    bad_value(
+        "[registration]\nallow = \"yes\"\n",
+        "registration.allow",
+        "true or false",
+    );
+    bad_value(
+        "domains = \"example.org\"\n",
+        "domains",
+        "array of domain name strings",
+    );
+    bad_value(
+        "domains = [\"a.org\", 3]\n",
+        "domains",
+        "array of domain name strings",
+    );
+    bad_value("data_dir = 5\n", "data_dir", "path string");
+    bad_value("[tls]\ncert = true\n", "tls.cert", "path string");
+    bad_value("[listen]\nc2s = 5222\n", "listen.c2s", "IP:port");
+    bad_value(
+        "[listen]\nc2s = \"localhost:5222\"\n",
+        "listen.c2s",
+        "IP:port",
+    );
+    bad_value("[listen]\nhttp = \"127.0.0.1\"\n", "listen.http", "IP:port");
+    bad_value(
+        "[storage]\nbackend = \"redis\"\n",
+        "storage.backend",
+        "\"embedded\", \"memory\"",
+    );
+    bad_value(
+        "[storage]\ndurability = \"Fsync\"\n",
+        "storage.durability",
+        "\"os\", \"fsync\"",
+    );
+    bad_value(
+        "[log]\nformat = \"yaml\"\n",
+        "log.format",
+        "\"text\", \"json\"",
+    );
+    bad_value("[log]\nlevel = 3\n", "log.level", "a string");
+    bad_value("limits = 5\n", "limits", "a table");
+}
+
+#[test]
+fn syntax_error_is_reported() {
+    let e = Config::from_toml_str("[limits\nmax_depth = 3\n").unwrap_err();
+    assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
+    assert!(e.to_string().starts_with("invalid TOML syntax"), "{e}");
+}
+
+// ---- environment --------------------------------------------------------------------------
+
+/// (variable, value, check) for every variable in ENV_KEYS, each value different from the
+/// default so the check proves the variable took effect.
+type EnvCase = (&'static str, &'static str, fn(&Config) -> bool);
+
+const ENV_CASES: &[EnvCase] = &[
+    ("ROOKERY_DOMAINS", " a.org, b.example ,,", |c| {
+        c.domains == ["a.org", "b.example"]
+    }),
+    ("ROOKERY_DATA_DIR", "/data", |c| {
+        c.data_dir == Path::new("/data")
+    }),
+    ("ROOKERY_C2S", "127.0.0.1:15222", |c| {
+        c.listen.c2s == addr("127.0.0.1:15222")
+    }),
+    ("ROOKERY_C2S_TLS", "[::1]:15223", |c| {
+        c.listen.c2s_tls == addr("[::1]:15223")
+    }),
+    ("ROOKERY_HTTP", "0.0.0.0:9000", |c| {
+        c.listen.http == addr("0.0.0.0:9000")
+    }),
+    ("ROOKERY_TLS_CERT", "/c.pem", |c| {
+        c.tls.cert.as_deref() == Some(Path::new("/c.pem"))
+    }),
+    ("ROOKERY_TLS_KEY", "/k.pem", |c| {
+        c.tls.key.as_deref() == Some(Path::new("/k.pem"))
+    }),
+    ("ROOKERY_ALLOW_REGISTRATION", "yes", |c| {
+        c.registration.allow
+    }),
+    ("ROOKERY_REGISTRATION_MIN_PASSWORD_LEN", "14", |c| {
+        c.registration.min_password_len == 14
+    }),
+    ("ROOKERY_LIMITS_MAX_STANZA_BYTES", "100000", |c| {
+        c.limits.max_stanza_bytes == 100_000
+    }),
+    ("ROOKERY_LIMITS_MAX_DEPTH", "16", |c| {
+        c.limits.max_depth == 16
+    }),
+    ("ROOKERY_LIMITS_NEGOTIATION_TIMEOUT_SECS", "5", |c| {
+        c.limits.negotiation_timeout_secs == 5
+    }),
+    ("ROOKERY_LIMITS_IDLE_TIMEOUT_SECS", "0", |c| {
+        c.limits.idle_timeout_secs == 0
+    }),
+    ("ROOKERY_LIMITS_MAX_CONNECTIONS_PER_IP", "2", |c| {
+        c.limits.max_connections_per_ip == 2
+    }),
+    ("ROOKERY_LIMITS_AUTH_FAILURES_BEFORE_DELAY", "7", |c| {
+        c.limits.auth_failures_before_delay == 7
+    }),
+    ("ROOKERY_LIMITS_AUTH_DELAY_MAX_SECS", "9", |c| {
+        c.limits.auth_delay_max_secs == 9
+    }),
+    ("ROOKERY_LIMITS_STANZA_RATE_PER_SEC", "11", |c| {
+        c.limits.stanza_rate_per_sec == 11
+    }),
+    ("ROOKERY_LIMITS_OUTBOUND_QUEUE", "64", |c| {
+        c.limits.outbound_queue == 64
+    }),
+    ("ROOKERY_LIMITS_OFFLINE_MAX_PER_USER", " 5 ", |c| {
+        c.limits.offline_max_per_user == 5
+    }),
+    ("ROOKERY_STORAGE_BACKEND", "memory", |c| {
+        c.storage.backend == StorageBackend::Memory
+    }),
+    ("ROOKERY_STORAGE_DURABILITY", "fsync", |c| {
+        c.storage.durability == Durability::Fsync
+    }),
+    ("ROOKERY_LOG_LEVEL", "debug", |c| c.log.level == "debug"),
+    ("ROOKERY_LOG_FORMAT", "json", |c| {
+        c.log.format == LogFormat::Json
+    }),
+    ("ROOKERY_ADMIN_TOKEN_FILE", "/t", |c| {
+        c.admin.token_file.as_deref() == Some(Path::new("/t"))
+    }),
+];
+
+#[test]
+fn every_env_var_applies() {
+    let vars: Vec<&str> = ENV_KEYS.iter().map(|(v, _)| *v).collect();
+    let cased: Vec<&str> = ENV_CASES.iter().map(|(v, _, _)| *v).collect();
+    assert_eq!(vars, cased, "ENV_CASES must cover ENV_KEYS in order");
+
+    for (var, value, check) in ENV_CASES {
+        let c = with_env(&[(var, value)]).unwrap();
+        assert!(check(&c), "{var}={value} did not apply");
+        assert!(
+            !check(&Config::default()),
+            "{var}: test value equals the default"
+        );
+    }
+
+    // All at once, over a file, and the result still validates (cert and key both set).
+    let all: Vec<(&str, &str)> = ENV_CASES.iter().map(|(v, x, _)| (*v, *x)).collect();
+    let mut c = Config::from_toml_str(EXAMPLE).unwrap();
+    c.apply_env(env(&all)).unwrap();
+    for (var, _, check) in ENV_CASES {
+        assert!(check(&c), "{var} lost when applied together");
+    }
+    c.validate().unwrap();
+}
+
+#[test]
+fn env_keys_table_matches_schema() {
+    assert_eq!(ENV_KEYS.len(), FIELDS.len());
+    for (var, key) in ENV_KEYS {
+        assert!(var.starts_with("ROOKERY_"), "{var}");
+        assert!(crate::schema::field(key).is_some(), "{key}");
+        assert!(!RESERVED_ENV.contains(var) && !var.starts_with(RESERVED_ENV_PREFIX));
+    }
+    let required = [
+        "ROOKERY_DOMAINS",
+        "ROOKERY_DATA_DIR",
+        "ROOKERY_C2S",
+        "ROOKERY_C2S_TLS",
+        "ROOKERY_HTTP",
+        "ROOKERY_TLS_CERT",
+        "ROOKERY_TLS_KEY",
+        "ROOKERY_ALLOW_REGISTRATION",
+        "ROOKERY_STORAGE_BACKEND",
+        "ROOKERY_STORAGE_DURABILITY",
+        "ROOKERY_LOG_LEVEL",
+        "ROOKERY_LOG_FORMAT",
+        "ROOKERY_ADMIN_TOKEN_FILE",
+    ];
+    for var in required {
+        assert!(ENV_KEYS.iter().any(|(v, _)| *v == var), "{var}");
+    }
+    for f in FIELDS.iter().filter(|f| f.key.starts_with("limits.")) {
+        let var = format!("ROOKERY_LIMITS_{}", f.key["limits.".len()..].to_uppercase());
+        assert_eq!(f.env, var);
+    }
+}
+
+#[test]
+fn docs_and_example_cover_every_key() {
+    for (var, key) in ENV_KEYS {
+        assert!(DOCS.contains(&format!("`{var}`")), "docs lack {var}");
+        assert!(DOCS.contains(&format!("`{key}`")), "docs lack {key}");
+    }
+}
+
+#[test]
+fn env_booleans() {
+    for (v, want) in [
+        ("true", true),
+        ("TRUE", true),
+        ("1", true),
+        ("yes", true),
+        ("false", false),
+        ("0", false),
+        ("No", false),
+    ] {
+        let mut c = Config::default();
+        c.registration.allow = !want;
+        c.apply_env(env(&[("ROOKERY_ALLOW_REGISTRATION", v)]))
+            .unwrap();
+        assert_eq!(c.registration.allow, want, "{v}");
+    }
+}
+
+#[test]
+fn env_empty_optional_path_unsets() {
+    let mut c = Config::from_toml_str(EXAMPLE).unwrap();
+    c.apply_env(env(&[
+        ("ROOKERY_TLS_CERT", ""),
+        ("ROOKERY_TLS_KEY", ""),
+        ("ROOKERY_ADMIN_TOKEN_FILE", ""),
+    ]))
+    .unwrap();
+    assert_eq!(c.tls, Tls::default());
+    assert_eq!(
+        c.admin_token_path(),
+        Path::new("/var/lib/rookery/admin.token")
+    );
+}
+
+#[test]
+fn env_ignores_reserved_and_foreign_variables() {
+    let c = with_env(&[
+        ("ROOKERY_CONFIG", "/etc/rookery.toml"),
+        ("ROOKERY_ADMIN_URL", "http://127.0.0.1:5280"),
+        ("ROOKERY_ADMIN_TOKEN", "secret"),
+        ("ROOKERY_TEST_ANYTHING", "x"),
+        ("PATH", "/usr/bin"),
+        ("rookery_domains", "lower.case"),
+    ])
+    .unwrap();
+    assert_eq!(c, Config::default());
+}
+
+#[test]
+fn unknown_env_var_suggests() {
+    let e = with_env(&[("ROOKERY_LIMITS_MAX_STANZA_BYTE", "1")]).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(
+            "unknown environment variable ROOKERY_LIMITS_MAX_STANZA_BYTE; \
+             did you mean `ROOKERY_LIMITS_MAX_STANZA_BYTES`?"
+        ),
+        "{msg}"
+    );
+    let msg = with_env(&[("ROOKERY_DOMAIN", "a.org")])
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("did you mean `ROOKERY_DOMAINS`?"), "{msg}");
+    let e = with_env(&[("ROOKERY_QQQQQQQQQQQQQQQQ", "1")]).unwrap_err();
+    match e {
+        ConfigError::UnknownEnv {
+            suggestion, valid, ..
+        } => {
+            assert_eq!(suggestion, None);
+            assert!(valid.contains(&"ROOKERY_LOG_LEVEL"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bad_env_values_name_variable_value_and_form() {
+    for (var, value, key, form) in [
+        (
+            "ROOKERY_LIMITS_MAX_DEPTH",
+            "deep",
+            "limits.max_depth",
+            "whole number",
+        ),
+        (
+            "ROOKERY_LIMITS_MAX_DEPTH",
+            "-3",
+            "limits.max_depth",
+            "whole number",
+        ),
+        (
+            "ROOKERY_LIMITS_STANZA_RATE_PER_SEC",
+            "4294967296",
+            "limits.stanza_rate_per_sec",
+            "4294967295",
+        ),
+        (
+            "ROOKERY_ALLOW_REGISTRATION",
+            "maybe",
+            "registration.allow",
+            "true, false",
+        ),
+        ("ROOKERY_C2S", "localhost:5222", "listen.c2s", "IP:port"),
+        (
+            "ROOKERY_STORAGE_BACKEND",
+            "redis",
+            "storage.backend",
+            "embedded, memory",
+        ),
+        (
+            "ROOKERY_STORAGE_DURABILITY",
+            "sync",
+            "storage.durability",
+            "os, fsync",
+        ),
+        ("ROOKERY_LOG_FORMAT", "xml", "log.format", "text, json"),
+        ("ROOKERY_DATA_DIR", "", "data_dir", "non-empty path"),
+    ] {
+        let e = with_env(&[(var, value)]).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ConfigError::BadEnv { .. }), "{e:?}");
+        assert_eq!(e.keys(), vec![key]);
+        assert!(msg.contains(var), "{msg}");
+        assert!(msg.contains(&format!("{value:?}")), "{msg}");
+        assert!(msg.contains(&format!("`{key}`")), "{msg}");
+        assert!(msg.contains(form), "{msg}");
+    }
+}
+
+#[test]
+fn env_wins_over_file() {
+    let mut c = Config::from_toml_str("[limits]\nmax_depth = 20\n").unwrap();
+    c.apply_env(env(&[("ROOKERY_LIMITS_MAX_DEPTH", "30")]))
+        .unwrap();
+    assert_eq!(c.limits.max_depth, 30);
+}
+
+// ---- validation ---------------------------------------------------------------------------
+
+fn expect_invalid(edit: impl FnOnce(&mut Config), key: &str) {
+    let mut c = Config::default();
+    edit(&mut c);
+    let keys = invalid_keys(&c);
+    assert_eq!(keys, vec![key.to_owned()]);
+    let msg = c.validate().unwrap_err().to_string();
+    assert!(msg.contains(&format!("`{key}`")), "{msg}");
+    assert!(msg.contains("fix: "), "{msg}");
+}
+
+#[test]
+fn validation_failures_name_their_key() {
+    expect_invalid(|c| c.domains.clear(), "domains");
+    expect_invalid(|c| c.domains = vec!["Example.org".into()], "domains");
+    expect_invalid(|c| c.domains = vec!["exa mple.org".into()], "domains");
+    expect_invalid(|c| c.domains = vec!["example..org".into()], "domains");
+    expect_invalid(|c| c.domains = vec![".example.org".into()], "domains");
+    expect_invalid(|c| c.domains = vec!["-bad.org".into()], "domains");
+    expect_invalid(|c| c.domains = vec!["a".repeat(64) + ".org"], "domains");
+    expect_invalid(
+        |c| c.domains = vec!["a.org".into(), "a.org".into()],
+        "domains",
+    );
+    expect_invalid(|c| c.data_dir = PathBuf::new(), "data_dir");
+    expect_invalid(|c| c.tls.cert = Some("/c.pem".into()), "tls.key");
+    expect_invalid(|c| c.tls.key = Some("/k.pem".into()), "tls.cert");
+    expect_invalid(
+        |c| c.registration.min_password_len = 0,
+        "registration.min_password_len",
+    );
+    expect_invalid(
+        |c| c.limits.max_stanza_bytes = 9_999,
+        "limits.max_stanza_bytes",
+    );
+    expect_invalid(
+        |c| c.limits.max_stanza_bytes = 16 * 1024 * 1024 + 1,
+        "limits.max_stanza_bytes",
+    );
+    expect_invalid(|c| c.limits.max_depth = 7, "limits.max_depth");
+    expect_invalid(|c| c.limits.max_depth = 257, "limits.max_depth");
+    expect_invalid(
+        |c| c.limits.negotiation_timeout_secs = 0,
+        "limits.negotiation_timeout_secs",
+    );
+    expect_invalid(
+        |c| c.limits.negotiation_timeout_secs = 601,
+        "limits.negotiation_timeout_secs",
+    );
+    expect_invalid(
+        |c| c.limits.max_connections_per_ip = 0,
+        "limits.max_connections_per_ip",
+    );
+    expect_invalid(
+        |c| c.limits.stanza_rate_per_sec = 0,
+        "limits.stanza_rate_per_sec",
+    );
+    expect_invalid(|c| c.limits.outbound_queue = 15, "limits.outbound_queue");
+    expect_invalid(|c| c.listen.c2s_tls = c.listen.c2s, "listen.c2s_tls");
+    expect_invalid(|c| c.listen.http = addr("127.0.0.1:5222"), "listen.http");
+    expect_invalid(|c| c.log.level = " ".into(), "log.level");
+}
+
+#[test]
+fn validation_boundaries_accepted() {
+    let mut c = Config {
+        domains: vec![
+            "localhost".into(),
+            "a.b-c.example".into(),
+            "xn--bcher-kva.example".into(),
+            "host1".into(),
+        ],
+        ..Config::default()
+    };
+    c.limits.max_stanza_bytes = 10_000;
+    c.limits.max_depth = 8;
+    c.limits.negotiation_timeout_secs = 600;
+    c.limits.outbound_queue = 16;
+    c.limits.idle_timeout_secs = 0;
+    c.validate().unwrap();
+    c.limits.max_stanza_bytes = 16 * 1024 * 1024;
+    c.limits.max_depth = 256;
+    c.limits.negotiation_timeout_secs = 1;
+    c.validate().unwrap();
+}
+
+#[test]
+fn listeners_on_port_zero_or_disabled_do_not_collide() {
+    let mut c = Config::default();
+    c.listen.c2s = addr("127.0.0.1:0");
+    c.listen.c2s_tls = addr("127.0.0.1:0");
+    c.listen.http = addr("127.0.0.1:0");
+    c.validate().unwrap();
+    c.listen.c2s = None;
+    c.listen.c2s_tls = None;
+    c.validate().unwrap();
+    // Same port on two distinct specific addresses is fine.
+    c.listen.c2s = addr("10.0.0.1:5222");
+    c.listen.c2s_tls = addr("10.0.0.2:5222");
+    c.validate().unwrap();
+}
+
+#[test]
+fn validation_reports_all_problems_at_once() {
+    let mut c = Config::default();
+    c.domains.clear();
+    c.limits.max_depth = 1;
+    c.limits.outbound_queue = 1;
+    let keys = invalid_keys(&c);
+    assert_eq!(
+        keys,
+        vec!["domains", "limits.max_depth", "limits.outbound_queue"]
+    );
+    let msg = c.validate().unwrap_err().to_string();
+    assert!(
+        msg.starts_with("invalid configuration (3 problems):"),
+        "{msg}"
+    );
+}
+
+// ---- load ---------------------------------------------------------------------------------
+
+#[test]
+fn load_missing_file_names_the_path() {
+    let path = Path::new("/nonexistent/rookery-config-test/rookery.toml");
+    let e = Config::load(Some(path)).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("/nonexistent/rookery-config-test/rookery.toml")
+    );
+}
+
+#[test]
+fn load_reports_file_and_key() {
+    let path =
+        std::env::temp_dir().join(format!("rookery-config-test-{}.toml", std::process::id()));
+    std::fs::write(&path, "[limits]\nmax_depht = 3\n").unwrap();
+    let e = Config::load(Some(&path)).unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    let msg = e.to_string();
+    assert!(msg.starts_with(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("did you mean `max_depth`?"), "{msg}");
+    assert_eq!(e.keys(), vec!["limits.max_depht"]);
+}
+
+#[test]
+fn docs_example_parses_and_matches_shipped_example() {
+    let start = DOCS.find("```toml\n").unwrap() + "```toml\n".len();
+    let len = DOCS[start..].find("```").unwrap();
+    let from_docs = Config::from_toml_str(&DOCS[start..start + len]).unwrap();
+    from_docs.validate().unwrap();
+    assert_eq!(from_docs, Config::from_toml_str(EXAMPLE).unwrap());
+}

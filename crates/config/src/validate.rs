@@ -1,0 +1,219 @@
+//! Cross-field rules and ranges. All problems are collected so an operator fixes them in one
+//! round instead of one restart per mistake.
+
+use std::net::SocketAddr;
+
+use crate::Config;
+use crate::error::Problem;
+
+/// RFC 6120 §13.12: a server must accept stanzas of at least 10000 bytes.
+pub(crate) const MIN_STANZA_BYTES: usize = 10_000;
+pub(crate) const MAX_STANZA_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const DEPTH_RANGE: std::ops::RangeInclusive<usize> = 8..=256;
+pub(crate) const NEGOTIATION_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=600;
+pub(crate) const MIN_OUTBOUND_QUEUE: usize = 16;
+pub(crate) const PASSWORD_LEN_RANGE: std::ops::RangeInclusive<usize> = 1..=1024;
+
+fn problem(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Problem {
+    Problem {
+        key: key.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Why `name` is not an acceptable domain, if it is not.
+pub(crate) fn domain_error(name: &str) -> Option<&'static str> {
+    if name == "localhost" {
+        return None;
+    }
+    if name.is_empty() {
+        return Some("it is empty");
+    }
+    if name.len() > 253 {
+        return Some("it is longer than 253 characters");
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some("it contains uppercase letters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return Some("it contains characters other than a-z, 0-9, '-' and '.'");
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Some("it has an empty label (leading, trailing or doubled '.')");
+        }
+        if label.len() > 63 {
+            return Some("a label is longer than 63 characters");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Some("a label starts or ends with '-'");
+        }
+    }
+    None
+}
+
+/// Whether two listeners cannot both bind: same non-zero port and the same address, or a
+/// wildcard address on either side (0.0.0.0 and [::] cover every address).
+fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
+    // Port 0 asks the OS for a free port, so such listeners never collide.
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+pub(crate) fn problems(cfg: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+
+    if cfg.domains.is_empty() {
+        out.push(problem(
+            "domains",
+            "no domain is configured",
+            "set `domains = [\"example.org\"]` or ROOKERY_DOMAINS=example.org",
+        ));
+    }
+    for (i, d) in cfg.domains.iter().enumerate() {
+        if let Some(why) = domain_error(d) {
+            out.push(problem(
+                "domains",
+                format!("{d:?} is not a valid domain: {why}"),
+                "write the domain in lowercase ASCII such as \"example.org\" \
+                 (internationalized names in their xn-- form), or \"localhost\"",
+            ));
+        } else if cfg.domains[..i].contains(d) {
+            out.push(problem(
+                "domains",
+                format!("{d:?} is listed twice"),
+                "remove the duplicate entry",
+            ));
+        }
+    }
+
+    if cfg.data_dir.as_os_str().is_empty() {
+        out.push(problem(
+            "data_dir",
+            "the data directory is empty",
+            "set `data_dir` to a writable directory such as \"/var/lib/rookery\"",
+        ));
+    }
+
+    match (&cfg.tls.cert, &cfg.tls.key) {
+        (Some(_), None) => out.push(problem(
+            "tls.key",
+            "tls.cert is set but tls.key is not",
+            "set `tls.key` (ROOKERY_TLS_KEY) to the PEM private key for the certificate, \
+             or remove `tls.cert` to use a generated self-signed certificate",
+        )),
+        (None, Some(_)) => out.push(problem(
+            "tls.cert",
+            "tls.key is set but tls.cert is not",
+            "set `tls.cert` (ROOKERY_TLS_CERT) to the PEM certificate chain for the key, \
+             or remove `tls.key` to use a generated self-signed certificate",
+        )),
+        _ => {}
+    }
+
+    let pw = cfg.registration.min_password_len;
+    if !PASSWORD_LEN_RANGE.contains(&pw) {
+        out.push(problem(
+            "registration.min_password_len",
+            format!("{pw} is out of range"),
+            format!(
+                "use a value from {} to {} (default 8)",
+                PASSWORD_LEN_RANGE.start(),
+                PASSWORD_LEN_RANGE.end()
+            ),
+        ));
+    }
+
+    let l = &cfg.limits;
+    if !(MIN_STANZA_BYTES..=MAX_STANZA_BYTES).contains(&l.max_stanza_bytes) {
+        out.push(problem(
+            "limits.max_stanza_bytes",
+            format!("{} is out of range", l.max_stanza_bytes),
+            format!(
+                "use a value from {MIN_STANZA_BYTES} (the minimum RFC 6120 §13.12 requires) \
+                 to {MAX_STANZA_BYTES} (16 MiB); the default is 262144"
+            ),
+        ));
+    }
+    if !DEPTH_RANGE.contains(&l.max_depth) {
+        out.push(problem(
+            "limits.max_depth",
+            format!("{} is out of range", l.max_depth),
+            format!(
+                "use a value from {} to {} (default 48)",
+                DEPTH_RANGE.start(),
+                DEPTH_RANGE.end()
+            ),
+        ));
+    }
+    if !NEGOTIATION_TIMEOUT_RANGE.contains(&l.negotiation_timeout_secs) {
+        out.push(problem(
+            "limits.negotiation_timeout_secs",
+            format!("{} is out of range", l.negotiation_timeout_secs),
+            format!(
+                "use a value from {} to {} seconds (default 30)",
+                NEGOTIATION_TIMEOUT_RANGE.start(),
+                NEGOTIATION_TIMEOUT_RANGE.end()
+            ),
+        ));
+    }
+    if l.max_connections_per_ip == 0 {
+        out.push(problem(
+            "limits.max_connections_per_ip",
+            "0 would refuse every connection",
+            "use a value of at least 1 (default 64); to stop client connections, \
+             set `listen.c2s` and `listen.c2s_tls` to \"off\"",
+        ));
+    }
+    if l.stanza_rate_per_sec == 0 {
+        out.push(problem(
+            "limits.stanza_rate_per_sec",
+            "0 would stop every session from sending",
+            "use a value greater than 0 (default 200)",
+        ));
+    }
+    if l.outbound_queue < MIN_OUTBOUND_QUEUE {
+        out.push(problem(
+            "limits.outbound_queue",
+            format!(
+                "{} is too small: a roster push or MUC join alone can queue more",
+                l.outbound_queue
+            ),
+            format!("use a value of at least {MIN_OUTBOUND_QUEUE} (default 4096)"),
+        ));
+    }
+
+    let listeners: [(&str, Option<SocketAddr>); 3] = [
+        ("listen.c2s", cfg.listen.c2s),
+        ("listen.c2s_tls", cfg.listen.c2s_tls),
+        ("listen.http", cfg.listen.http),
+    ];
+    for (i, (key_a, a)) in listeners.iter().enumerate() {
+        for (key_b, b) in &listeners[i + 1..] {
+            if let (Some(a), Some(b)) = (a, b)
+                && overlaps(a, b)
+            {
+                out.push(problem(
+                    *key_b,
+                    format!("{b} collides with `{key_a}` = {a}"),
+                    format!("give `{key_b}` a different port, or set one of them to \"off\""),
+                ));
+            }
+        }
+    }
+
+    if cfg.log.level.trim().is_empty() {
+        out.push(problem(
+            "log.level",
+            "the log filter is empty",
+            "set `log.level` to a tracing filter such as \"info\" or \"info,rookery_edge=debug\"",
+        ));
+    }
+
+    out
+}

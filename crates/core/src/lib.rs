@@ -1,0 +1,78 @@
+//! The seams of Rookery: the `Router` trait the edge talks to, the `EdgeLink` the router
+//! delivers through, the session registry, and the module API (`Module`, `Registrar`,
+//! IQ handlers, the `ServerApi` a module may call).
+//!
+//! Owns: interfaces and the in-process implementations of the session registry and
+//! edge link used by the single binary.
+//! Must not touch: sockets, TLS, databases. No storage backend is named here; modules see
+//! only `rookery_storage` traits (DESIGN §2).
+
+pub mod hub;
+pub mod module;
+pub mod registry;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rookery_jid::FullJid;
+use rookery_stanza::{Envelope, StreamCondition};
+
+pub use hub::LocalHub;
+pub use module::{
+    Dispatch, Features, Identity, IqResult,
+    Ctx, IqHandler, IqRequest, IqType, Module, ModuleInfo, Registrar, ServerApi, Support, Target, XepSupport,
+};
+pub use registry::{MemoryRegistry, SessionEntry, SessionRegistry};
+
+/// Identifies one client connection on one edge.
+pub type ConnId = u64;
+
+/// Where a session is connected: the edge process and its connection id. In the single
+/// binary `edge` is always 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Location {
+    pub edge: u32,
+    pub conn: ConnId,
+}
+
+/// What the router asks an edge to do with a connection.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// Write these bytes (one or more complete stanzas) to the client.
+    Stanza(Bytes),
+    /// Close the stream with this error (e.g. `conflict` when the resource is taken over,
+    /// `policy-violation` when the client does not read fast enough).
+    Close(StreamCondition),
+}
+
+/// Delivery from the router to the edge holding a connection.
+pub trait EdgeLink: Send + Sync + 'static {
+    /// Queues `out` for the connection. Returns false when the connection is gone; the
+    /// caller treats the session as offline.
+    fn deliver(&self, loc: Location, out: Outbound) -> bool;
+}
+
+/// Why a bind failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    #[error("resource conflict")]
+    Conflict,
+    #[error("too many resources")]
+    ResourceConstraint,
+    #[error("internal error")]
+    Internal,
+}
+
+/// The edge-facing side of the router. In the single binary this is a direct call; in a
+/// cluster the same calls travel over gRPC. Calls for one session are made in order from
+/// that session's task, which keeps RFC 6120 §10.1 ordering without locks.
+#[async_trait]
+pub trait Router: Send + Sync + 'static {
+    /// RFC 6120 §7: registers a bound resource. If the full JID is already bound, the
+    /// older session is replaced and told `conflict` (§7.7.2.2, "override" policy).
+    async fn bind(&self, jid: &FullJid, loc: Location) -> Result<(), BindError>;
+    /// A stanza from a bound session, `from` already stamped.
+    async fn route(&self, env: Envelope);
+    /// The session ended (graceful or not): unavailable presence goes out if it was
+    /// available (RFC 6121 §4.5.2, §4.6.3) and its registry entry is removed.
+    async fn unbind(&self, jid: &FullJid, loc: Location);
+}

@@ -1,0 +1,97 @@
+//! Session registry: which full JIDs are bound where, with their presence state
+//! (RFC 6121 §4: availability, priority, last presence broadcast, directed presences).
+//! The in-memory implementation serves the single binary; the cluster backs the same
+//! trait with Redis.
+
+use crate::Location;
+use bytes::Bytes;
+use rookery_jid::{BareJid, FullJid, Jid};
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+#[derive(Debug, Clone)]
+pub struct SessionEntry {
+    pub jid: FullJid,
+    pub loc: Location,
+    /// RFC 6121 §4.7.2.3; only meaningful when `available`.
+    pub priority: i8,
+    /// Sent initial presence and not yet unavailable (RFC 6121 §4.2).
+    pub available: bool,
+    /// The last broadcast presence stanza (for probes, RFC 6121 §4.3.2).
+    pub presence: Option<Bytes>,
+    /// Requested the roster (an "interested resource", RFC 6121 §2.1.6).
+    pub interested: bool,
+    /// Entities that received directed presence (RFC 6121 §4.6) and must get unavailable.
+    pub directed: Vec<Jid>,
+}
+
+pub trait SessionRegistry: Send + Sync + 'static {
+    /// Inserts the session; returns the entry it replaced (same full JID), if any.
+    fn insert(&self, entry: SessionEntry) -> Option<SessionEntry>;
+    /// Removes the session if it is still at `loc`; returns it.
+    fn remove(&self, jid: &FullJid, loc: Location) -> Option<SessionEntry>;
+    fn get(&self, jid: &FullJid) -> Option<SessionEntry>;
+    fn sessions(&self, user: &BareJid) -> Vec<SessionEntry>;
+    /// Applies `f` to the entry if present; returns its result.
+    fn update(&self, jid: &FullJid, f: &mut dyn FnMut(&mut SessionEntry)) -> bool;
+    fn count(&self) -> usize;
+}
+
+#[derive(Default)]
+pub struct MemoryRegistry {
+    users: RwLock<HashMap<BareJid, Vec<SessionEntry>>>,
+}
+
+impl MemoryRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl SessionRegistry for MemoryRegistry {
+    fn insert(&self, entry: SessionEntry) -> Option<SessionEntry> {
+        let Ok(mut m) = self.users.write() else { return None };
+        let list = m.entry(entry.jid.to_bare()).or_default();
+        if let Some(pos) = list.iter().position(|e| e.jid == entry.jid) {
+            return Some(std::mem::replace(&mut list[pos], entry));
+        }
+        list.push(entry);
+        None
+    }
+
+    fn remove(&self, jid: &FullJid, loc: Location) -> Option<SessionEntry> {
+        let Ok(mut m) = self.users.write() else { return None };
+        let bare = jid.to_bare();
+        let list = m.get_mut(&bare)?;
+        let pos = list.iter().position(|e| &e.jid == jid && e.loc == loc)?;
+        let e = list.swap_remove(pos);
+        if list.is_empty() {
+            m.remove(&bare);
+        }
+        Some(e)
+    }
+
+    fn get(&self, jid: &FullJid) -> Option<SessionEntry> {
+        let m = self.users.read().ok()?;
+        m.get(&jid.to_bare())?.iter().find(|e| &e.jid == jid).cloned()
+    }
+
+    fn sessions(&self, user: &BareJid) -> Vec<SessionEntry> {
+        self.users.read().ok().and_then(|m| m.get(user).cloned()).unwrap_or_default()
+    }
+
+    fn update(&self, jid: &FullJid, f: &mut dyn FnMut(&mut SessionEntry)) -> bool {
+        let Ok(mut m) = self.users.write() else { return false };
+        match m.get_mut(&jid.to_bare()).and_then(|l| l.iter_mut().find(|e| &e.jid == jid)) {
+            Some(e) => {
+                f(e);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.users.read().map(|m| m.values().map(Vec::len).sum()).unwrap_or(0)
+    }
+}

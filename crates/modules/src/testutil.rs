@@ -1,0 +1,212 @@
+//! Test harness shared by the module tests: a registrar built from chosen modules, the
+//! in-memory stores, and a fake `ServerApi` that records what modules ask of the server.
+#![allow(clippy::unwrap_used)]
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rookery_core::{Ctx, Dispatch, Features, IqRequest, IqResult, IqType, Registrar, ServerApi, Target};
+use rookery_jid::{BareJid, FullJid, Jid};
+use rookery_stanza::{Condition, StanzaError};
+pub(crate) use rookery_storage::Subscription;
+use rookery_storage::{Account, RosterItem};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One connected resource of the fake server.
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    pub jid: FullJid,
+    /// Requested the roster (RFC 6121 §2.1.6).
+    pub interested: bool,
+    /// Sent available presence.
+    pub available: bool,
+}
+
+pub(crate) struct FakeServer {
+    pub domains: Vec<String>,
+    pub registration: AtomicBool,
+    pub min_password: usize,
+    pub uptime: u64,
+    pub sessions: Mutex<Vec<Session>>,
+    pub sent: Mutex<Vec<(FullJid, Bytes)>>,
+    pub blocklist_changes: Mutex<Vec<(BareJid, Vec<String>, Vec<String>)>>,
+    pub deleted: Mutex<Vec<BareJid>>,
+}
+
+impl Default for FakeServer {
+    fn default() -> Self {
+        FakeServer {
+            domains: vec!["example.com".to_owned()],
+            registration: AtomicBool::new(true),
+            min_password: 4,
+            uptime: 1234,
+            sessions: Mutex::default(),
+            sent: Mutex::default(),
+            blocklist_changes: Mutex::default(),
+            deleted: Mutex::default(),
+        }
+    }
+}
+
+impl FakeServer {
+    pub fn connect(&self, jid: &str, interested: bool, available: bool) {
+        self.sessions.lock().unwrap().push(Session { jid: FullJid::parse(jid).unwrap(), interested, available });
+    }
+    /// What was sent, as (recipient, UTF-8 stanza).
+    pub fn sent(&self) -> Vec<(String, String)> {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(to, b)| (to.to_string(), String::from_utf8(b.to_vec()).unwrap()))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ServerApi for FakeServer {
+    fn domains(&self) -> &[String] {
+        &self.domains
+    }
+    fn is_local_domain(&self, domain: &str) -> bool {
+        self.domains.iter().any(|d| d == domain)
+    }
+    fn send_to_resource(&self, to: &FullJid, bytes: Bytes) -> bool {
+        let connected = self.sessions.lock().unwrap().iter().any(|s| &s.jid == to);
+        if connected {
+            self.sent.lock().unwrap().push((to.clone(), bytes));
+        }
+        connected
+    }
+    fn resources(&self, user: &BareJid, interested_only: bool) -> Vec<FullJid> {
+        self.sessions
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| &s.jid.to_bare() == user && (s.interested || !interested_only))
+            .map(|s| s.jid.clone())
+            .collect()
+    }
+    fn is_online(&self, user: &BareJid) -> bool {
+        self.sessions.lock().unwrap().iter().any(|s| &s.jid.to_bare() == user && s.available)
+    }
+    fn uptime_secs(&self) -> u64 {
+        self.uptime
+    }
+    fn registration_allowed(&self) -> bool {
+        self.registration.load(Ordering::SeqCst)
+    }
+    fn min_password_len(&self) -> usize {
+        self.min_password
+    }
+    async fn blocklist_changed(&self, user: &BareJid, blocked: &[String], unblocked: &[String]) {
+        self.blocklist_changes.lock().unwrap().push((user.clone(), blocked.to_vec(), unblocked.to_vec()));
+    }
+    async fn account_deleted(&self, user: &BareJid) {
+        self.deleted.lock().unwrap().push(user.clone());
+        self.sessions.lock().unwrap().retain(|s| &s.jid.to_bare() != user);
+    }
+}
+
+pub(crate) struct Harness {
+    pub dispatch: Dispatch,
+    pub ctx: Ctx,
+    pub server: Arc<FakeServer>,
+    pub features: Arc<Features>,
+}
+
+impl Harness {
+    pub fn new(f: impl FnOnce(&mut Registrar)) -> Self {
+        Self::with_server(FakeServer::default(), f)
+    }
+
+    pub fn with_server(server: FakeServer, f: impl FnOnce(&mut Registrar)) -> Self {
+        let mut r = Registrar::new();
+        f(&mut r);
+        let (dispatch, features) = r.build();
+        let server = Arc::new(server);
+        let ctx = Ctx {
+            stores: rookery_storage::memory::memory_stores(),
+            server: server.clone(),
+            features: features.clone(),
+        };
+        Harness { dispatch, ctx, server, features }
+    }
+
+    /// Dispatches like the router would; an unregistered (payload, type, target) is
+    /// answered `feature-not-implemented` so tests can assert on it.
+    pub async fn call(&self, from: Option<&str>, to: &str, kind: IqType, target: Target, payload: &str) -> IqResult {
+        let payload = rookery_xml::parse_element(payload.as_bytes(), "jabber:client").unwrap();
+        let Some(h) = self.dispatch.handler(&payload.name, &payload.ns, kind, target) else {
+            return Err(StanzaError::new(Condition::FeatureNotImplemented));
+        };
+        let req = IqRequest {
+            from: from.map(|f| FullJid::parse(f).unwrap()),
+            to: Jid::parse(to).unwrap(),
+            kind,
+            id: "t1".to_owned(),
+            payload,
+        };
+        h.handle(&self.ctx, req).await
+    }
+
+    fn target(from: &str, to: &str) -> Target {
+        let to = Jid::parse(to).unwrap();
+        if to.node().is_none() {
+            Target::Host
+        } else if FullJid::parse(from).unwrap().to_bare() == to.to_bare() {
+            Target::Own
+        } else {
+            Target::OtherUser
+        }
+    }
+
+    pub async fn get(&self, from: &str, to: &str, payload: &str) -> IqResult {
+        self.call(Some(from), to, IqType::Get, Self::target(from, to), payload).await
+    }
+
+    pub async fn set(&self, from: &str, to: &str, payload: &str) -> IqResult {
+        self.call(Some(from), to, IqType::Set, Self::target(from, to), payload).await
+    }
+
+    /// An IQ without `to` from a bound resource: addressed to its own account.
+    pub async fn get_own(&self, from: &str, payload: &str) -> IqResult {
+        let to = FullJid::parse(from).unwrap().to_bare();
+        self.call(Some(from), to.as_str(), IqType::Get, Target::Own, payload).await
+    }
+
+    pub async fn set_own(&self, from: &str, payload: &str) -> IqResult {
+        let to = FullJid::parse(from).unwrap().to_bare();
+        self.call(Some(from), to.as_str(), IqType::Set, Target::Own, payload).await
+    }
+
+    /// Creates an account without paying for key derivation.
+    pub async fn account(&self, jid: &str) {
+        let created = self
+            .ctx
+            .stores
+            .accounts
+            .create(&BareJid::parse(jid).unwrap(), Account { credentials: Vec::new(), created_at: 0 })
+            .await
+            .unwrap();
+        assert!(created);
+    }
+
+    /// Sets `user`'s roster item for `contact` to the given subscription.
+    pub async fn subscription(&self, user: &str, contact: &str, subscription: Subscription) {
+        let item = RosterItem {
+            jid: contact.to_owned(),
+            name: None,
+            subscription,
+            ask: false,
+            pending_in: None,
+            approved: false,
+            groups: Vec::new(),
+        };
+        self.ctx.stores.roster.put_item(&BareJid::parse(user).unwrap(), item).await.unwrap();
+    }
+}
+
+pub(crate) fn bare(s: &str) -> BareJid {
+    BareJid::parse(s).unwrap()
+}

@@ -1,0 +1,137 @@
+//! The shared conformance suite on the fjall backend, one test per check, each on a
+//! fresh database in its own temporary directory.
+#![allow(clippy::unwrap_used)]
+
+use rookery_storage::{Stores, conformance};
+use rookery_storage_embedded::{Durability, EmbeddedStore, embedded_stores};
+use std::sync::Arc;
+
+/// The directory must outlive the stores, so both are returned.
+fn open(durability: Durability) -> (tempfile::TempDir, Stores) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), durability).unwrap();
+    (dir, embedded_stores(Arc::new(store)))
+}
+
+#[tokio::test]
+async fn accounts() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_accounts(&stores).await;
+}
+
+#[tokio::test]
+async fn account_isolation() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_account_isolation(&stores).await;
+}
+
+#[tokio::test]
+async fn roster_basic() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_roster_basic(&stores).await;
+}
+
+#[tokio::test]
+async fn roster_versions() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_roster_versions(&stores).await;
+}
+
+#[tokio::test]
+async fn roster_isolation() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_roster_isolation(&stores).await;
+}
+
+#[tokio::test]
+async fn roster_unicode_and_groups() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_roster_unicode_and_groups(&stores).await;
+}
+
+#[tokio::test]
+async fn offline_basic() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_offline_basic(&stores).await;
+}
+
+#[tokio::test]
+async fn offline_remove_up_to() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_offline_remove_up_to(&stores).await;
+}
+
+#[tokio::test]
+async fn offline_delete_all() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_offline_delete_all(&stores).await;
+}
+
+#[tokio::test]
+async fn offline_large_stanza() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_offline_large_stanza(&stores).await;
+}
+
+#[tokio::test]
+async fn offline_many() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_offline_many(&stores).await;
+}
+
+#[tokio::test]
+async fn vcard() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_vcard(&stores).await;
+}
+
+#[tokio::test]
+async fn blocking() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_blocking(&stores).await;
+}
+
+#[tokio::test]
+async fn last_activity() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_last_activity(&stores).await;
+}
+
+#[tokio::test]
+async fn delete_user() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_delete_user(&stores).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_offline() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_concurrent_offline(&stores).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_roster() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_concurrent_roster(&stores).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_all_on_one_store() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::run_all(&stores).await;
+}
+
+/// Fsync mode runs writes on the blocking pool; the contract must not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_all_fsync() {
+    let (_dir, stores) = open(Durability::Fsync);
+    conformance::run_all(&stores).await;
+}
+
+/// Fsync mode on a current-thread runtime (the default for `#[tokio::test]`).
+#[tokio::test]
+async fn fsync_current_thread() {
+    let (_dir, stores) = open(Durability::Fsync);
+    conformance::check_roster_versions(&stores).await;
+    conformance::check_offline_remove_up_to(&stores).await;
+}

@@ -1,0 +1,368 @@
+//! Durability of the fjall backend: data survives closing and reopening, and every write
+//! acknowledged before a `kill -9` is there after restart.
+//!
+//! The crash test re-runs this test binary as a child process (selected with
+//! `--exact writer_child` and [`WRITER_DIR_ENV`]) that writes and prints each acknowledged
+//! write; the parent kills it with SIGKILL mid-stream and checks the acknowledged set.
+#![allow(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use rookery_jid::BareJid;
+use rookery_storage::{Account, LastActivity, RosterItem, Stores, Subscription};
+use rookery_storage_embedded::{Durability, EmbeddedStore, embedded_stores};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WRITER_DIR_ENV: &str = "ROOKERY_TEST_CRASH_WRITER_DIR";
+
+fn jid(s: &str) -> BareJid {
+    BareJid::parse(s).unwrap()
+}
+
+fn open(dir: &Path, durability: Durability) -> Stores {
+    embedded_stores(Arc::new(EmbeddedStore::open(dir, durability).unwrap()))
+}
+
+fn item(contact: &str) -> RosterItem {
+    RosterItem {
+        jid: contact.to_owned(),
+        name: Some(format!("name of {contact}")),
+        subscription: Subscription::Both,
+        ask: false,
+        pending_in: None,
+        approved: false,
+        groups: vec!["g2".into(), "g1".into()],
+        hidden: false,
+    }
+}
+
+fn account() -> Account {
+    Account {
+        credentials: vec![rookery_sasl::StoredCredentials {
+            alg: rookery_sasl::HashAlg::Sha256,
+            salt: vec![1; 16],
+            iterations: 4096,
+            stored_key: vec![2; 32],
+            server_key: vec![3; 32],
+        }],
+        created_at: 1_700_000_000,
+    }
+}
+
+async fn reopen_keeps_everything(durability: Durability) {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = jid("alice@a.example");
+    let bob = jid("bob@a.example");
+    let alice_b = jid("alice@b.example");
+
+    let (pushed, roster_version, gone_seq) = {
+        let s = open(dir.path(), durability);
+        assert!(s.accounts.create(&alice, account()).await.unwrap());
+        assert!(s.accounts.create(&bob, account()).await.unwrap());
+        s.roster
+            .put_item(&alice, item("x@c.example"))
+            .await
+            .unwrap();
+        s.roster
+            .put_item(&alice, item("y@c.example"))
+            .await
+            .unwrap();
+        let roster_version = s
+            .roster
+            .remove_item(&alice, "x@c.example")
+            .await
+            .unwrap()
+            .unwrap();
+        let mut pushed = Vec::new();
+        for i in 0..50 {
+            let stanza = Bytes::from(format!("<message n='{i}'/>"));
+            pushed.push((
+                s.offline.push(&alice, stanza.clone()).await.unwrap(),
+                stanza,
+            ));
+        }
+        // Bob's queue is emptied before the restart: his next seq must still be higher.
+        let gone_seq = s
+            .offline
+            .push(&bob, Bytes::from_static(b"<gone/>"))
+            .await
+            .unwrap();
+        s.offline.delete_all(&bob).await.unwrap();
+        s.vcard
+            .set(&alice, Bytes::from_static(b"<vCard/>"))
+            .await
+            .unwrap();
+        s.blocking
+            .block(&alice, &["eve@evil.example".to_owned()])
+            .await
+            .unwrap();
+        s.last
+            .set(
+                &alice,
+                LastActivity {
+                    at: 42,
+                    status: "zzz".into(),
+                },
+            )
+            .await
+            .unwrap();
+        s.offline
+            .push(&alice_b, Bytes::from_static(b"<b/>"))
+            .await
+            .unwrap();
+        (pushed, roster_version, gone_seq)
+        // Every handle is dropped here, closing the database.
+    };
+
+    let s = open(dir.path(), durability);
+    assert_eq!(s.accounts.get(&alice).await.unwrap(), Some(account()));
+    assert_eq!(
+        s.accounts.list("a.example").await.unwrap(),
+        vec!["alice", "bob"]
+    );
+    let roster = s.roster.get(&alice).await.unwrap();
+    assert_eq!(
+        roster.version, roster_version,
+        "roster version survives a restart"
+    );
+    assert_eq!(roster.items, vec![item("y@c.example")]);
+    let listed = s.offline.list(&alice).await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|m| (m.seq, m.stanza.clone()))
+            .collect::<Vec<_>>(),
+        pushed,
+        "offline messages survive a restart in order"
+    );
+    assert_eq!(s.offline.count(&bob).await.unwrap(), 0);
+    assert_eq!(s.offline.count(&alice_b).await.unwrap(), 1);
+    assert_eq!(
+        s.vcard.get(&alice).await.unwrap(),
+        Some(Bytes::from_static(b"<vCard/>"))
+    );
+    assert_eq!(
+        s.blocking.list(&alice).await.unwrap(),
+        vec!["eve@evil.example"]
+    );
+    assert_eq!(s.last.get(&alice).await.unwrap().map(|l| l.at), Some(42));
+
+    let last_before = pushed.last().unwrap().0;
+    let next = s
+        .offline
+        .push(&alice, Bytes::from_static(b"<after/>"))
+        .await
+        .unwrap();
+    assert!(
+        next > last_before,
+        "seqs keep increasing after a restart ({last_before} -> {next})"
+    );
+    let bob_next = s
+        .offline
+        .push(&bob, Bytes::from_static(b"<after/>"))
+        .await
+        .unwrap();
+    assert!(
+        bob_next > gone_seq,
+        "seqs keep increasing after a restart even when the queue was emptied ({gone_seq} -> {bob_next})"
+    );
+    let v = s
+        .roster
+        .put_item(&alice, item("z@c.example"))
+        .await
+        .unwrap();
+    assert!(
+        v > roster_version,
+        "roster versions keep increasing after a restart"
+    );
+}
+
+#[tokio::test]
+async fn reopen_keeps_everything_os() {
+    reopen_keeps_everything(Durability::Os).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_keeps_everything_fsync() {
+    reopen_keeps_everything(Durability::Fsync).await;
+}
+
+#[tokio::test]
+async fn second_open_of_same_dir_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = EmbeddedStore::open(dir.path(), Durability::Os).unwrap();
+    match EmbeddedStore::open(dir.path(), Durability::Os) {
+        Ok(_) => panic!("a second open of a directory in use must fail"),
+        Err(e) => assert!(
+            e.to_string().contains(&dir.path().display().to_string()),
+            "the error names the directory: {e}"
+        ),
+    }
+}
+
+#[tokio::test]
+async fn open_creates_missing_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("var/lib/rookery");
+    let s = open(&nested, Durability::Os);
+    s.vcard
+        .set(&jid("alice@a.example"), Bytes::from_static(b"<vCard/>"))
+        .await
+        .unwrap();
+    drop(s);
+    let s = open(&nested, Durability::Os);
+    assert!(
+        s.vcard
+            .get(&jid("alice@a.example"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// The child side of [`kill_9_loses_no_acknowledged_write`]; a no-op unless started by it.
+#[tokio::test]
+async fn writer_child() {
+    let Some(dir) = std::env::var_os(WRITER_DIR_ENV) else {
+        return;
+    };
+    let s = open(Path::new(&dir), Durability::Os);
+    let alice = jid("alice@a.example");
+    let mut out = std::io::stdout().lock();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 0u64;
+    // Bounded so an orphaned child cannot run forever.
+    while Instant::now() < deadline {
+        let seq = s.offline.push(&alice, stanza(i)).await.unwrap();
+        writeln!(out, "ACK {seq} {i}").unwrap();
+        if i.is_multiple_of(10) {
+            let v = s
+                .roster
+                .put_item(&alice, item(&format!("c{i}@c.example")))
+                .await
+                .unwrap();
+            writeln!(out, "ROSTER {v} {i}").unwrap();
+        }
+        out.flush().unwrap();
+        i += 1;
+    }
+}
+
+fn stanza(i: u64) -> Bytes {
+    Bytes::from(format!(
+        "<message n='{i}'><body>{}</body></message>",
+        "x".repeat(512)
+    ))
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_acknowledged_write() {
+    const KILL_AFTER: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["writer_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(WRITER_DIR_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+
+    let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut roster: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut record = |line: &str| {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        match parts.as_slice() {
+            ["ACK", seq, i] => {
+                acked.insert(seq.parse().unwrap(), i.parse().unwrap());
+            }
+            ["ROSTER", v, i] => {
+                roster.insert(v.parse().unwrap(), i.parse().unwrap());
+            }
+            _ => {} // test harness chatter
+        }
+    };
+    let mut seen = 0;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.starts_with("ACK ") {
+            seen += 1;
+        }
+        record(&line);
+        if seen >= KILL_AFTER {
+            break;
+        }
+    }
+    assert!(
+        seen >= KILL_AFTER,
+        "the writer child stopped early after {seen} writes"
+    );
+    child.kill().unwrap(); // SIGKILL on Unix
+    // Lines already in the pipe were acknowledged before the kill.
+    for line in lines {
+        match line {
+            Ok(line) => record(&line),
+            Err(_) => break,
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the child must have been killed, not finished: {status}"
+    );
+
+    let s = open(dir.path(), Durability::Os);
+    let alice = jid("alice@a.example");
+    let stored: BTreeMap<u64, Bytes> = s
+        .offline
+        .list(&alice)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.seq, m.stanza))
+        .collect();
+    for (seq, i) in &acked {
+        assert_eq!(
+            stored.get(seq),
+            Some(&stanza(*i)),
+            "acknowledged offline message {i} (seq {seq}) lost by kill -9"
+        );
+    }
+    assert!(stored.len() >= acked.len());
+    let r = s.roster.get(&alice).await.unwrap();
+    if let Some((&max_v, _)) = roster.last_key_value() {
+        assert!(
+            r.version >= max_v,
+            "roster version went back: {} < {max_v}",
+            r.version
+        );
+    }
+    for i in roster.values() {
+        let contact = format!("c{i}@c.example");
+        assert!(
+            r.items.iter().any(|it| it.jid == contact),
+            "acknowledged roster item {contact} lost by kill -9"
+        );
+    }
+    assert_eq!(
+        r.version as usize,
+        r.items.len(),
+        "version and items stay consistent (one bump per distinct item here)"
+    );
+
+    let last = *acked.keys().last().unwrap();
+    let next = s
+        .offline
+        .push(&alice, Bytes::from_static(b"<after/>"))
+        .await
+        .unwrap();
+    assert!(
+        next > *stored.keys().last().unwrap_or(&last),
+        "seqs keep increasing after a crash"
+    );
+}

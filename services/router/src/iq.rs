@@ -1,0 +1,138 @@
+//! IQ routing (RFC 6120 §8.2.3, RFC 6121 §8.5): requests to the server or to an account
+//! are answered here or by a module; requests to a full JID are delivered; results and
+//! errors go back to the requesting resource. Every get/set gets exactly one reply.
+
+use crate::LocalRouter;
+use rookery_core::{IqRequest, IqType, Target};
+use rookery_jid::FullJid;
+use rookery_stanza::{ns, Condition, Envelope, StanzaError};
+
+impl LocalRouter {
+    pub(crate) async fn route_iq(&self, env: Envelope) {
+        let Ok(from) = FullJid::try_from(env.from.clone()) else { return };
+        let kind = match env.stanza_type() {
+            Some("get") => IqType::Get,
+            Some("set") => IqType::Set,
+            Some("result") | Some("error") => {
+                self.route_iq_response(env).await;
+                return;
+            }
+            _ => {
+                self.bounce(&env, StanzaError::new(Condition::BadRequest).with_text("iq type must be get, set, result or error"));
+                return;
+            }
+        };
+        // RFC 6120 §8.1.3: an IQ get/set needs an id.
+        let Some(id) = env.id().map(str::to_owned) else {
+            self.bounce(&env, StanzaError::new(Condition::BadRequest).with_text("iq without id"));
+            return;
+        };
+        let to = env.to.clone();
+        if !self.is_local(to.domain()) {
+            self.bounce(&env, StanzaError::new(Condition::RemoteServerNotFound));
+            return;
+        }
+        let sender = from.to_bare();
+        if to.resource().is_some() && to.node().is_some() {
+            return self.iq_to_full(&env, &from).await;
+        }
+        let target = if to.node().is_none() {
+            if to.resource().is_some() {
+                self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable));
+                return;
+            }
+            Target::Host
+        } else if to.bare_str() == sender.as_str() {
+            Target::Own
+        } else {
+            Target::OtherUser
+        };
+        if target == Target::OtherUser {
+            let Some(user) = crate::user_of(&to) else { return };
+            if self.blocks.blocks(&user, &env.from).await || !self.account_exists(&user).await {
+                self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable));
+                return;
+            }
+        }
+        // RFC 6120 §8.2.3: exactly one payload child.
+        let payload = match env.el.parse() {
+            Ok(el) => {
+                let mut children = el.elements();
+                match (children.next(), children.next()) {
+                    (Some(p), None) => p.clone(),
+                    _ => {
+                        self.bounce(&env, StanzaError::new(Condition::BadRequest).with_text("an iq get/set carries exactly one payload"));
+                        return;
+                    }
+                }
+            }
+            Err(_) => {
+                self.bounce(&env, StanzaError::new(Condition::BadRequest));
+                return;
+            }
+        };
+        let result = if payload.is("query", ns::ROSTER) {
+            if target == Target::Own {
+                self.roster_iq(&from, kind, &payload).await
+            } else {
+                // RFC 6121 §2.1.5: only the user's own roster.
+                Err(StanzaError::new(Condition::Forbidden))
+            }
+        } else {
+            match (self.dispatch.handler(&payload.name, &payload.ns, kind, target), self.ctx()) {
+                (Some(h), Some(ctx)) => {
+                    let req = IqRequest { from: Some(from.clone()), to: to.clone(), kind, id: id.clone(), payload };
+                    h.handle(&ctx, req).await
+                }
+                // RFC 6120 §8.4: an unsupported namespace is service-unavailable.
+                _ => Err(StanzaError::new(Condition::ServiceUnavailable)),
+            }
+        };
+        let reply = match result {
+            Ok(p) => {
+                let from_attr = if target == Target::Own && env.el.to.is_none() { None } else { Some(&to) };
+                rookery_stanza::iq_result(from_attr, from.as_jid(), &id, p.as_ref())
+            }
+            Err(err) => match env.error_reply(&err) {
+                Some(b) => b,
+                None => return,
+            },
+        };
+        self.deliver_to_full(&from, reply);
+    }
+
+    /// §8.5.3: deliver to the exact resource, or answer service-unavailable.
+    async fn iq_to_full(&self, env: &Envelope, from: &FullJid) {
+        let Ok(to) = FullJid::try_from(env.to.clone()) else { return };
+        let user = to.to_bare();
+        if self.blocks.blocks(&user, &env.from).await {
+            self.bounce(env, StanzaError::new(Condition::ServiceUnavailable));
+            return;
+        }
+        if user != from.to_bare() && self.blocks.blocks(&from.to_bare(), &env.to).await {
+            self.bounce(
+                env,
+                StanzaError::new(Condition::NotAcceptable)
+                    .with_type(rookery_stanza::ErrorType::Cancel)
+                    .with_app("blocked", ns::BLOCKING_ERRORS),
+            );
+            return;
+        }
+        if !self.deliver_to_full(&to, env.wire()) {
+            self.bounce(env, StanzaError::new(Condition::ServiceUnavailable));
+        }
+    }
+
+    /// Results and errors: to a full JID they are delivered; to the server or a bare JID
+    /// they answer server-generated requests (roster pushes) and end here.
+    async fn route_iq_response(&self, env: Envelope) {
+        if let Ok(to) = FullJid::try_from(env.to.clone()) {
+            if self.is_local(to.domain()) {
+                if self.blocks.blocks(&to.to_bare(), &env.from).await {
+                    return;
+                }
+                self.deliver_to_full(&to, env.wire());
+            }
+        }
+    }
+}

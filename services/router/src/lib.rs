@@ -1,0 +1,272 @@
+//! The router: XMPP semantics for stanzas coming from the edge (RFC 6120 §8, §10;
+//! RFC 6121 §2-§4, §8.5), the IQ dispatch to modules, and delivery through the
+//! `EdgeLink`. It holds no connection state of its own: sessions live in the
+//! `SessionRegistry`, durable data in the `Stores`, so the same code runs in one process or
+//! as stateless cluster workers.
+//!
+//! Owns: delivery rules (RFC 6121 §8.5), presence broadcast/probes/directed presence
+//! (RFC 6121 §4), subscriptions (RFC 6121 §3, Appendix A), the roster protocol (RFC 6121 §2
+//! with XEP-0237 versioning), offline storage (XEP-0160), block-list enforcement (XEP-0191
+//! §3.6-§3.7).
+//! Must not touch: sockets, TLS, SASL, XML framing; the storage backend is only seen
+//! through traits.
+
+mod blocking;
+mod iq;
+mod message;
+mod offline;
+mod presence;
+mod roster;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rookery_core::{
+    BindError, Ctx, Dispatch, EdgeLink, Features, Location, Module, ModuleInfo, Outbound, Registrar, Router, ServerApi,
+    SessionEntry, SessionRegistry, Support, XepSupport,
+};
+use rookery_jid::{BareJid, FullJid, Jid};
+use rookery_stanza::{Envelope, Kind, StreamCondition};
+use rookery_storage::Stores;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+pub use blocking::BlockCache;
+
+/// Router settings taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    pub domains: Vec<String>,
+    pub allow_registration: bool,
+    pub min_password_len: usize,
+    pub offline_max_per_user: usize,
+}
+
+/// Everything the router needs, shared by all sessions.
+pub struct LocalRouter {
+    cfg: RouterConfig,
+    registry: Arc<dyn SessionRegistry>,
+    link: Arc<dyn EdgeLink>,
+    stores: Stores,
+    dispatch: Dispatch,
+    features: Arc<Features>,
+    blocks: BlockCache,
+    started: Instant,
+    push_ids: AtomicU64,
+    me: OnceLock<std::sync::Weak<LocalRouter>>,
+}
+
+/// The specs implemented by the router itself (not by a module); they are listed in
+/// docs/compliance.md together with the modules'.
+pub struct CoreSpecs;
+
+impl Module for CoreSpecs {
+    fn info(&self) -> ModuleInfo {
+        ModuleInfo {
+            name: "router",
+            specs: &[
+                XepSupport { spec: "RFC 6121", version: "2011", support: Support::Full, note: "roster, subscriptions incl. pre-approval, presence, delivery rules §8.5" },
+                XepSupport { spec: "XEP-0160", version: "1.0.1", support: Support::Full, note: "offline messages, delivered on next available presence with XEP-0203 delay" },
+                XepSupport { spec: "XEP-0203", version: "2.0", support: Support::Full, note: "delay stamp on offline messages" },
+                XepSupport { spec: "XEP-0237", version: "1.3", support: Support::Partial, note: "roster `ver`; a changed roster is sent whole instead of as pushes" },
+                XepSupport { spec: "XEP-0191", version: "1.3", support: Support::Full, note: "enforcement on delivery (the IQ side is the blocking module)" },
+            ],
+        }
+    }
+    fn register(self: Arc<Self>, r: &mut Registrar) {
+        r.host_feature(rookery_stanza::ns::OFFLINE);
+        r.host_feature(rookery_stanza::ns::ROSTER_VER);
+        r.host_feature(rookery_stanza::ns::PRE_APPROVAL);
+        r.identity("server", "im", "Rookery");
+    }
+}
+
+impl LocalRouter {
+    /// Builds the router with the given modules registered.
+    pub fn new(
+        cfg: RouterConfig,
+        registry: Arc<dyn SessionRegistry>,
+        link: Arc<dyn EdgeLink>,
+        stores: Stores,
+        register_modules: impl FnOnce(&mut Registrar),
+    ) -> Arc<Self> {
+        let mut r = Registrar::new();
+        r.add(Arc::new(CoreSpecs));
+        register_modules(&mut r);
+        let (dispatch, features) = r.build();
+        let blocks = BlockCache::new(stores.blocking.clone());
+        let router = Arc::new(LocalRouter {
+            cfg,
+            registry,
+            link,
+            stores,
+            dispatch,
+            features,
+            blocks,
+            started: Instant::now(),
+            push_ids: AtomicU64::new(1),
+            me: OnceLock::new(),
+        });
+        let _ = router.me.set(Arc::downgrade(&router));
+        router
+    }
+
+    pub fn features(&self) -> &Arc<Features> {
+        &self.features
+    }
+
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    pub fn registry(&self) -> &Arc<dyn SessionRegistry> {
+        &self.registry
+    }
+
+    /// The context handed to module handlers.
+    pub fn ctx(&self) -> Option<Ctx> {
+        let me = self.me.get()?.upgrade()?;
+        Some(Ctx { stores: self.stores.clone(), server: me, features: self.features.clone() })
+    }
+
+    pub fn dispatch(&self) -> &Dispatch {
+        &self.dispatch
+    }
+
+    pub(crate) fn is_local(&self, domain: &str) -> bool {
+        self.cfg.domains.iter().any(|d| d == domain)
+    }
+
+    pub(crate) fn next_push_id(&self) -> String {
+        format!("push{}", self.push_ids.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Sends bytes to one session; false when it is gone.
+    pub(crate) fn send(&self, entry: &SessionEntry, bytes: Bytes) -> bool {
+        self.link.deliver(entry.loc, Outbound::Stanza(bytes))
+    }
+
+    /// Sends bytes to a local full JID if bound.
+    pub(crate) fn send_full(&self, to: &FullJid, bytes: Bytes) -> bool {
+        match self.registry.get(to) {
+            Some(e) => self.send(&e, bytes),
+            None => false,
+        }
+    }
+
+    /// Replies to the sender of `env` with a stanza error.
+    pub(crate) fn bounce(&self, env: &Envelope, err: rookery_stanza::StanzaError) {
+        if let Some(reply) = env.error_reply(&err) {
+            if let Ok(full) = FullJid::try_from(env.from.clone()) {
+                self.send_full(&full, reply);
+            }
+        }
+    }
+
+    pub(crate) fn account_exists_sync_hint(&self, user: &BareJid) -> bool {
+        !self.registry.sessions(user).is_empty()
+    }
+
+    pub(crate) async fn account_exists(&self, user: &BareJid) -> bool {
+        if self.account_exists_sync_hint(user) {
+            return true;
+        }
+        match self.stores.accounts.get(user).await {
+            Ok(a) => a.is_some(),
+            Err(e) => {
+                tracing::warn!(event = "account_lookup_failed", user = %user, error = %e);
+                false
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Router for LocalRouter {
+    async fn bind(&self, jid: &FullJid, loc: Location) -> Result<(), BindError> {
+        let entry = SessionEntry {
+            jid: jid.clone(),
+            loc,
+            priority: 0,
+            available: false,
+            presence: None,
+            interested: false,
+            directed: Vec::new(),
+        };
+        if let Some(old) = self.registry.insert(entry) {
+            // RFC 6120 §7.7.2.2: the new session wins; the old one is told why it ends.
+            tracing::info!(event = "resource_conflict", jid = %jid);
+            self.link.deliver(old.loc, Outbound::Close(StreamCondition::Conflict));
+        }
+        Ok(())
+    }
+
+    async fn route(&self, env: Envelope) {
+        match env.kind {
+            Kind::Message => self.route_message(env).await,
+            Kind::Presence => self.route_presence(env).await,
+            Kind::Iq => self.route_iq(env).await,
+        }
+    }
+
+    async fn unbind(&self, jid: &FullJid, loc: Location) {
+        let Some(entry) = self.registry.remove(jid, loc) else { return };
+        if entry.available {
+            self.broadcast_unavailable(&entry, None).await;
+        }
+        if self.registry.sessions(&jid.to_bare()).is_empty() {
+            let status = entry.presence.as_ref().map(|p| presence::status_text(p)).unwrap_or_default();
+            let last = rookery_storage::LastActivity { at: rookery_storage::now_secs(), status };
+            if let Err(e) = self.stores.last.set(&jid.to_bare(), last).await {
+                tracing::warn!(event = "last_activity_write_failed", user = %jid.to_bare(), error = %e);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApi for LocalRouter {
+    fn domains(&self) -> &[String] {
+        &self.cfg.domains
+    }
+    fn is_local_domain(&self, domain: &str) -> bool {
+        self.is_local(domain)
+    }
+    fn send_to_resource(&self, to: &FullJid, bytes: Bytes) -> bool {
+        self.send_full(to, bytes)
+    }
+    fn resources(&self, user: &BareJid, interested_only: bool) -> Vec<FullJid> {
+        self.registry.sessions(user).into_iter().filter(|e| !interested_only || e.interested).map(|e| e.jid).collect()
+    }
+    fn is_online(&self, user: &BareJid) -> bool {
+        self.registry.sessions(user).iter().any(|e| e.available)
+    }
+    fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+    fn registration_allowed(&self) -> bool {
+        self.cfg.allow_registration
+    }
+    fn min_password_len(&self) -> usize {
+        self.cfg.min_password_len
+    }
+    async fn blocklist_changed(&self, user: &BareJid, blocked: &[String], unblocked: &[String]) {
+        self.blocks.invalidate(user);
+        self.on_blocklist_change(user, blocked, unblocked).await;
+    }
+    async fn account_deleted(&self, user: &BareJid) {
+        self.blocks.invalidate(user);
+        for e in self.registry.sessions(user) {
+            self.link.deliver(e.loc, Outbound::Close(StreamCondition::NotAuthorized));
+        }
+    }
+}
+
+/// The bare JID of a JID that is known to be a local user (has a node).
+pub(crate) fn user_of(j: &Jid) -> Option<BareJid> {
+    j.node()?;
+    Some(j.to_bare())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,283 @@
+//! Presence, RFC 6121 §4: initial presence and probes (§4.2, §4.3), broadcast and
+//! unavailable (§4.4, §4.5), directed presence (§4.6), and the subscription stanzas of
+//! §3 (the state machine of Appendix A lives in `roster.rs`).
+
+use crate::LocalRouter;
+use bytes::Bytes;
+use rookery_core::SessionEntry;
+use rookery_jid::{BareJid, FullJid, Jid};
+use rookery_stanza::{Condition, Envelope, StanzaError};
+use rookery_storage::Subscription;
+
+/// The `<status/>` text of a presence stanza, if any.
+pub(crate) fn status_text(p: &Bytes) -> String {
+    rookery_xml::parse_element(p, rookery_stanza::ns::CLIENT)
+        .ok()
+        .and_then(|e| e.get_child("status", rookery_stanza::ns::CLIENT).map(|s| s.text_content()))
+        .unwrap_or_default()
+}
+
+/// A stored presence (`<presence from='full' …>`, no `to`) addressed to `to`.
+pub(crate) fn readdress(p: &Bytes, to: &Jid) -> Bytes {
+    const OPEN: &[u8] = b"<presence";
+    if !p.starts_with(OPEN) {
+        return p.clone();
+    }
+    let mut out = Vec::with_capacity(p.len() + to.as_str().len() + 8);
+    out.extend_from_slice(OPEN);
+    rookery_stanza::push_attr(&mut out, "to", to.as_str());
+    out.extend_from_slice(&p[OPEN.len()..]);
+    Bytes::from(out)
+}
+
+/// RFC 6121 §4.7.2.3: priority is an integer in -128..=127; absent means 0.
+fn priority_of(env: &Envelope) -> i8 {
+    if env.el.self_closing {
+        return 0;
+    }
+    env.el
+        .parse()
+        .ok()
+        .and_then(|e| e.get_child("priority", rookery_stanza::ns::CLIENT).map(|p| p.text_content()))
+        .and_then(|t| t.trim().parse::<i64>().ok())
+        .map(|v| v.clamp(-128, 127) as i8)
+        .unwrap_or(0)
+}
+
+impl LocalRouter {
+    pub(crate) async fn route_presence(&self, env: Envelope) {
+        let Ok(from) = FullJid::try_from(env.from.clone()) else { return };
+        let ptype = env.stanza_type().map(str::to_owned);
+        match ptype.as_deref() {
+            None | Some("unavailable") if env.el.to.is_none() => self.broadcast(&from, env).await,
+            None | Some("unavailable") | Some("error") => self.directed(&from, env).await,
+            Some("subscribe") | Some("subscribed") | Some("unsubscribe") | Some("unsubscribed") => {
+                self.outbound_subscription(&from, env).await
+            }
+            // Probes are the server's business (RFC 6121 §4.3); a client's is ignored.
+            Some("probe") => {}
+            Some(_) => self.bounce(&env, StanzaError::new(Condition::BadRequest)),
+        }
+    }
+
+    /// Contacts of `user` whose roster subscription matches `pred`.
+    pub(crate) async fn contacts(&self, user: &BareJid, pred: impl Fn(Subscription) -> bool) -> Vec<Jid> {
+        match self.stores.roster.get(user).await {
+            Ok(r) => r
+                .items
+                .into_iter()
+                .filter(|i| pred(i.subscription))
+                .filter_map(|i| Jid::parse(&i.jid).ok())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(event = "roster_read_failed", user = %user, error = %e);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Whether `contact` is subscribed to `user`'s presence (subscription from/both).
+    pub(crate) async fn contact_sees_presence(&self, user: &BareJid, contact: &BareJid) -> bool {
+        matches!(
+            self.stores.roster.get_item(user, contact.as_str()).await,
+            Ok(Some(i)) if matches!(i.subscription, Subscription::From | Subscription::Both)
+        )
+    }
+
+    /// Inbound presence (no type, unavailable, error) for `to`, §8.5.2.1.2 / §8.5.3.
+    pub(crate) async fn deliver_presence_from(&self, from: &Jid, to: &Jid, bytes: Bytes) {
+        if !self.is_local(to.domain()) {
+            return;
+        }
+        let Some(user) = crate::user_of(to) else { return };
+        if self.blocks.blocks(&user, from).await {
+            return;
+        }
+        let sessions = self.registry.sessions(&user);
+        match to.resource() {
+            Some(res) => {
+                if let Some(s) = sessions.iter().find(|s| s.jid.resource() == res) {
+                    self.send(s, bytes);
+                }
+            }
+            None => {
+                for s in sessions.iter().filter(|s| s.available) {
+                    self.send(s, bytes.clone());
+                }
+            }
+        }
+    }
+
+    /// Used when the sender is implied by the stored stanza itself.
+    pub(crate) async fn deliver_presence_to(&self, to: &Jid, bytes: Bytes) {
+        let from = rookery_xml::parse_element(&bytes, rookery_stanza::ns::CLIENT)
+            .ok()
+            .and_then(|e| e.get_attr("from").and_then(|f| Jid::parse(f).ok()));
+        if let Some(from) = from {
+            self.deliver_presence_from(&from, to, bytes).await;
+        }
+    }
+
+    async fn broadcast(&self, from: &FullJid, env: Envelope) {
+        let user = from.to_bare();
+        let stored = env.el.rewrite_attrs(&[("from", Some(from.as_str())), ("to", None)]);
+        if env.stanza_type() == Some("unavailable") {
+            let mut before = None;
+            self.registry.update(from, &mut |e| {
+                before = Some(e.clone());
+                e.available = false;
+                e.presence = None;
+                e.directed.clear();
+            });
+            if let Some(entry) = before {
+                if entry.available || !entry.directed.is_empty() {
+                    self.broadcast_unavailable(&entry, Some(stored)).await;
+                }
+            }
+            return;
+        }
+        let priority = priority_of(&env);
+        let mut was_available = false;
+        let mut snapshot = None;
+        self.registry.update(from, &mut |e| {
+            was_available = e.available;
+            e.available = true;
+            e.priority = priority;
+            e.presence = Some(stored.clone());
+            snapshot = Some(e.clone());
+        });
+        let Some(entry) = snapshot else { return };
+        // §4.2.2 / §4.4.2: to subscribed contacts, and to all of the user's own
+        // available resources including this one.
+        for contact in self.contacts(&user, |s| matches!(s, Subscription::From | Subscription::Both)).await {
+            if self.blocks.blocks(&user, &contact).await {
+                continue;
+            }
+            self.deliver_presence_from(from.as_jid(), &contact, readdress(&stored, &contact)).await;
+        }
+        let own = self.registry.sessions(&user);
+        for s in own.iter().filter(|s| s.available) {
+            self.send(s, readdress(&stored, s.jid.as_jid()));
+        }
+        if was_available {
+            return;
+        }
+        // Initial presence (§4.2): probes, other resources' presence, pending
+        // subscription requests, offline messages.
+        self.answer_probes(&entry).await;
+        for s in own.iter().filter(|s| s.available && s.jid != *from) {
+            if let Some(p) = &s.presence {
+                self.send(&entry, readdress(p, from.as_jid()));
+            }
+        }
+        self.redeliver_pending_subscriptions(&entry).await;
+        if priority >= 0 {
+            self.flush_offline(&entry).await;
+        }
+    }
+
+    /// §4.3.2: the server answers the probe of a new resource on behalf of local contacts
+    /// the user is subscribed to.
+    async fn answer_probes(&self, entry: &SessionEntry) {
+        let user = entry.jid.to_bare();
+        for contact in self.contacts(&user, |s| matches!(s, Subscription::To | Subscription::Both)).await {
+            if !self.is_local(contact.domain()) {
+                continue;
+            }
+            let Some(cbare) = crate::user_of(&contact) else { continue };
+            if self.blocks.blocks(&cbare, entry.jid.as_jid()).await || self.blocks.blocks(&user, &contact).await {
+                continue;
+            }
+            // Only if the contact really has us as from/both (rosters can disagree
+            // after a crash; the contact's side is authoritative for its presence).
+            if !self.contact_sees_presence(&cbare, &user).await {
+                continue;
+            }
+            for s in self.registry.sessions(&cbare).iter().filter(|s| s.available) {
+                if let Some(p) = &s.presence {
+                    self.send(entry, readdress(p, entry.jid.as_jid()));
+                }
+            }
+        }
+    }
+
+    /// Sends unavailable presence for a resource that went offline to everyone that saw
+    /// it: subscribed contacts, the user's other resources, directed-presence targets.
+    pub(crate) async fn broadcast_unavailable(&self, entry: &SessionEntry, stanza: Option<Bytes>) {
+        let user = entry.jid.to_bare();
+        let stored = stanza.unwrap_or_else(|| {
+            let mut out = Vec::with_capacity(64);
+            out.extend_from_slice(b"<presence");
+            rookery_stanza::push_attr(&mut out, "from", entry.jid.as_str());
+            rookery_stanza::push_attr(&mut out, "type", "unavailable");
+            out.extend_from_slice(b"/>");
+            Bytes::from(out)
+        });
+        let mut sent: Vec<Jid> = Vec::new();
+        if entry.available {
+            for contact in self.contacts(&user, |s| matches!(s, Subscription::From | Subscription::Both)).await {
+                self.deliver_presence_from(entry.jid.as_jid(), &contact, readdress(&stored, &contact)).await;
+                sent.push(contact);
+            }
+            for s in self.registry.sessions(&user).iter().filter(|s| s.available && s.jid != entry.jid) {
+                self.send(s, readdress(&stored, s.jid.as_jid()));
+            }
+            // The resource itself, if still connected (explicit unavailable).
+            if let Some(me) = self.registry.get(&entry.jid) {
+                self.send(&me, readdress(&stored, entry.jid.as_jid()));
+            }
+        }
+        for target in &entry.directed {
+            if sent.iter().any(|s| s.as_str() == target.as_str()) {
+                continue;
+            }
+            self.deliver_presence_from(entry.jid.as_jid(), target, readdress(&stored, target)).await;
+        }
+    }
+
+    /// §4.6: presence sent to a specific entity.
+    async fn directed(&self, from: &FullJid, env: Envelope) {
+        let to = env.to.clone();
+        let user = from.to_bare();
+        if !self.is_local(to.domain()) {
+            if env.stanza_type() != Some("error") {
+                self.bounce(&env, StanzaError::new(Condition::RemoteServerNotFound));
+            }
+            return;
+        }
+        if self.blocks.blocks(&user, &to).await {
+            return;
+        }
+        let unavailable = env.stanza_type() == Some("unavailable");
+        if env.stanza_type() != Some("error") {
+            let target = to.clone();
+            self.registry.update(from, &mut |e| {
+                e.directed.retain(|d| d != &target);
+                if !unavailable {
+                    e.directed.push(target.clone());
+                }
+            });
+        }
+        self.deliver_presence_from(from.as_jid(), &to, env.wire()).await;
+    }
+
+    /// A presence of a subscription type from the user's client: stamp bare from/to
+    /// (§3.1.2, §3.2.2, §3.3.2), update the user's roster, then process it at the
+    /// contact.
+    async fn outbound_subscription(&self, from: &FullJid, env: Envelope) {
+        let user = from.to_bare();
+        let contact = env.to.to_bare();
+        if contact == user {
+            return;
+        }
+        if self.blocks.blocks(&user, contact.as_jid()).await {
+            return;
+        }
+        let kind = env.stanza_type().unwrap_or_default().to_owned();
+        // The stanza as the contact sees it: from the user's bare JID.
+        let stanza = env
+            .el
+            .rewrite_attrs(&[("from", Some(user.as_str())), ("to", Some(contact.as_str()))]);
+        self.subscription_out(&user, &contact, &kind, stanza).await;
+    }
+}

@@ -1,0 +1,250 @@
+//! Router unit tests: an in-process router with memory stores and a capturing edge link.
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use rookery_storage::Subscription;
+use rookery_storage::memory::memory_stores;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct Capture {
+    out: Mutex<HashMap<u64, Vec<String>>>,
+}
+
+impl EdgeLink for Capture {
+    fn deliver(&self, loc: Location, out: Outbound) -> bool {
+        let s = match out {
+            // Quote style is the sender's; normalise it so assertions stay simple.
+            Outbound::Stanza(b) => String::from_utf8(b.to_vec()).unwrap().replace('\'', "\""),
+            Outbound::Close(c) => format!("CLOSE {}", c.name()),
+        };
+        self.out.lock().unwrap().entry(loc.conn).or_default().push(s);
+        true
+    }
+}
+
+impl Capture {
+    fn take(&self, conn: u64) -> Vec<String> {
+        self.out.lock().unwrap().remove(&conn).unwrap_or_default()
+    }
+}
+
+struct World {
+    router: Arc<LocalRouter>,
+    cap: Arc<Capture>,
+}
+
+fn parse_one(xml: &str) -> rookery_xml::RawElement {
+    let mut f = rookery_xml::Framer::new(rookery_xml::Limits::default());
+    f.read_buf().extend_from_slice(
+        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>",
+    );
+    f.read_buf().extend_from_slice(xml.as_bytes());
+    loop {
+        match f.next_frame().unwrap().unwrap() {
+            rookery_xml::Frame::Element(e) => return e,
+            _ => continue,
+        }
+    }
+}
+
+async fn world(users: &[&str]) -> World {
+    let stores = memory_stores();
+    for u in users {
+        let creds = rookery_sasl::new_credentials("secret", 64).unwrap();
+        stores
+            .accounts
+            .create(&BareJid::parse(u).unwrap(), rookery_storage::Account { credentials: creds, created_at: 0 })
+            .await
+            .unwrap();
+    }
+    let cap = Arc::new(Capture::default());
+    let cfg = RouterConfig {
+        domains: vec!["example.com".into()],
+        allow_registration: false,
+        min_password_len: 8,
+        offline_max_per_user: 3,
+    };
+    let router = LocalRouter::new(cfg, Arc::new(rookery_core::MemoryRegistry::new()), cap.clone(), stores, |_| {});
+    World { router, cap }
+}
+
+impl World {
+    async fn bind(&self, jid: &str, conn: u64) {
+        self.router.bind(&FullJid::parse(jid).unwrap(), Location { edge: 0, conn }).await.unwrap();
+    }
+    async fn send(&self, from: &str, xml: &str) {
+        let el = parse_one(xml);
+        let from = Jid::parse(from).unwrap();
+        let to = match &el.to {
+            Some(t) => Jid::parse(t).unwrap(),
+            None => from.to_bare().into(),
+        };
+        let kind = Kind::from_name(&el.name).unwrap();
+        self.router.route(Envelope { kind, from, to, el }).await;
+    }
+}
+
+#[tokio::test]
+async fn subscription_handshake_gives_both_and_presence() {
+    let w = world(&["alice@example.com", "bob@example.com"]).await;
+    w.bind("alice@example.com/a", 1).await;
+    w.bind("bob@example.com/b", 2).await;
+    w.send("alice@example.com/a", "<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>").await;
+    w.send("bob@example.com/b", "<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>").await;
+    w.send("alice@example.com/a", "<presence/>").await;
+    w.send("bob@example.com/b", "<presence/>").await;
+    w.cap.take(1);
+    w.cap.take(2);
+    w.send("alice@example.com/a", "<presence to='bob@example.com' type='subscribe'/>").await;
+    let a = w.cap.take(1);
+    assert!(a.iter().any(|s| s.contains("ask=\"subscribe\"")), "alice gets a push with ask: {a:?}");
+    let b = w.cap.take(2);
+    assert!(
+        b.iter().any(|s| s.contains("type=\"subscribe\"") && s.contains("from=\"alice@example.com\"")),
+        "bob gets the request from alice's bare JID: {b:?}"
+    );
+    w.send("bob@example.com/b", "<presence to='alice@example.com' type='subscribed'/>").await;
+    let a = w.cap.take(1);
+    assert!(a.iter().any(|s| s.contains("subscription=\"to\"")), "{a:?}");
+    assert!(a.iter().any(|s| s.starts_with("<presence") && s.contains("from=\"bob@example.com/b\"") && !s.contains("type=")), "alice sees bob: {a:?}");
+    let b = w.cap.take(2);
+    assert!(b.iter().any(|s| s.contains("subscription=\"from\"")), "{b:?}");
+    let item = w
+        .router
+        .stores()
+        .roster
+        .get_item(&BareJid::parse("alice@example.com").unwrap(), "bob@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(item.subscription, Subscription::To);
+    assert!(!item.ask);
+}
+
+#[tokio::test]
+async fn pre_approval_auto_accepts() {
+    let w = world(&["alice@example.com", "bob@example.com"]).await;
+    w.bind("alice@example.com/a", 1).await;
+    w.bind("bob@example.com/b", 2).await;
+    w.send("bob@example.com/b", "<presence to='alice@example.com' type='subscribed'/>").await;
+    let bob = BareJid::parse("bob@example.com").unwrap();
+    let item = w.router.stores().roster.get_item(&bob, "alice@example.com").await.unwrap().unwrap();
+    assert!(item.approved);
+    w.send("alice@example.com/a", "<presence to='bob@example.com' type='subscribe'/>").await;
+    let item = w.router.stores().roster.get_item(&bob, "alice@example.com").await.unwrap().unwrap();
+    assert_eq!(item.subscription, Subscription::From);
+    assert!(!item.approved);
+    assert!(w.cap.take(2).iter().all(|s| !s.contains("type=\"subscribe\"")), "no request shown to bob");
+}
+
+#[tokio::test]
+async fn message_to_unknown_user_is_service_unavailable() {
+    let w = world(&["alice@example.com"]).await;
+    w.bind("alice@example.com/a", 1).await;
+    w.send("alice@example.com/a", "<message to='nobody@example.com' id='x' type='chat'><body>hi</body></message>").await;
+    let a = w.cap.take(1);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert!(a[0].contains("service-unavailable") && a[0].contains("type=\"error\""), "{a:?}");
+}
+
+#[tokio::test]
+async fn offline_then_delivered_on_initial_presence() {
+    let w = world(&["alice@example.com", "bob@example.com"]).await;
+    w.bind("alice@example.com/a", 1).await;
+    w.send("alice@example.com/a", "<message to='bob@example.com' id='m1' type='chat'><body>one</body></message>").await;
+    w.send("alice@example.com/a", "<message to='bob@example.com' id='m2' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>").await;
+    assert!(w.cap.take(1).is_empty(), "no error to the sender");
+    w.bind("bob@example.com/b", 2).await;
+    w.send("bob@example.com/b", "<presence/>").await;
+    let b = w.cap.take(2);
+    let msgs: Vec<_> = b.iter().filter(|s| s.starts_with("<message")).collect();
+    assert_eq!(msgs.len(), 1, "only the message with a body was stored: {b:?}");
+    assert!(msgs[0].contains("<body>one</body>") && msgs[0].contains("urn:xmpp:delay"));
+    let bob = BareJid::parse("bob@example.com").unwrap();
+    assert_eq!(w.router.stores().offline.count(&bob).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn offline_quota_bounces() {
+    let w = world(&["alice@example.com", "bob@example.com"]).await;
+    w.bind("alice@example.com/a", 1).await;
+    for i in 0..4 {
+        w.send("alice@example.com/a", &format!("<message to='bob@example.com' id='m{i}'><body>{i}</body></message>")).await;
+    }
+    let a = w.cap.take(1);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert!(a[0].contains("id=\"m3\"") && a[0].contains("service-unavailable"));
+}
+
+#[tokio::test]
+async fn bare_message_goes_to_highest_priority_and_full_to_exact() {
+    let w = world(&["alice@example.com", "bob@example.com"]).await;
+    w.bind("alice@example.com/a", 1).await;
+    w.bind("bob@example.com/low", 2).await;
+    w.bind("bob@example.com/high", 3).await;
+    w.send("bob@example.com/low", "<presence><priority>1</priority></presence>").await;
+    w.send("bob@example.com/high", "<presence><priority>10</priority></presence>").await;
+    w.cap.take(2);
+    w.cap.take(3);
+    w.send("alice@example.com/a", "<message to='bob@example.com' type='chat'><body>x</body></message>").await;
+    assert!(w.cap.take(2).is_empty());
+    let h = w.cap.take(3);
+    assert_eq!(h.len(), 1);
+    assert!(h[0].contains("to=\"bob@example.com\""), "to is not rewritten: {h:?}");
+    w.send("alice@example.com/a", "<message to='bob@example.com/low' type='chat'><body>y</body></message>").await;
+    assert_eq!(w.cap.take(2).len(), 1);
+    assert!(w.cap.take(3).is_empty());
+}
+
+#[tokio::test]
+async fn conflict_replaces_old_session() {
+    let w = world(&["alice@example.com"]).await;
+    w.bind("alice@example.com/a", 1).await;
+    w.bind("alice@example.com/a", 2).await;
+    assert_eq!(w.cap.take(1), vec!["CLOSE conflict".to_string()]);
+    // The old session's late unbind does not remove the new one.
+    w.router.unbind(&FullJid::parse("alice@example.com/a").unwrap(), Location { edge: 0, conn: 1 }).await;
+    assert_eq!(w.router.registry().count(), 1);
+}
+
+#[tokio::test]
+async fn roster_versioning_and_remove() {
+    let w = world(&["alice@example.com"]).await;
+    w.bind("alice@example.com/a", 1).await;
+    w.send("alice@example.com/a", "<iq type='get' id='g'><query xmlns='jabber:iq:roster'/></iq>").await;
+    let r = w.cap.take(1);
+    assert!(r[0].contains("ver=\"0\""), "{r:?}");
+    w.send("alice@example.com/a", "<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='carol@example.com' name='C'><group>Friends</group></item></query></iq>").await;
+    let r = w.cap.take(1);
+    assert!(r.iter().any(|s| s.contains("type=\"set\"") && s.contains("ver=\"1\"") && s.contains("<group>Friends</group>")), "push: {r:?}");
+    assert!(r.iter().any(|s| s.contains("id=\"s\"") && s.contains("type=\"result\"")), "result: {r:?}");
+    w.send("alice@example.com/a", "<iq type='get' id='g2'><query xmlns='jabber:iq:roster' ver='1'/></iq>").await;
+    let r = w.cap.take(1);
+    assert_eq!(r.len(), 1);
+    assert!(r[0].ends_with("/>") && r[0].contains("type=\"result\""), "unchanged roster gives empty result: {r:?}");
+    w.send("alice@example.com/a", "<iq type='set' id='d'><query xmlns='jabber:iq:roster'><item jid='carol@example.com' subscription='remove'/></query></iq>").await;
+    let r = w.cap.take(1);
+    assert!(r.iter().any(|s| s.contains("subscription=\"remove\"")), "{r:?}");
+    w.send("alice@example.com/a", "<iq type='set' id='d2'><query xmlns='jabber:iq:roster'><item jid='carol@example.com' subscription='remove'/></query></iq>").await;
+    let r = w.cap.take(1);
+    assert!(r[0].contains("item-not-found"), "{r:?}");
+    w.send("alice@example.com/a", "<iq type='set' id='two'><query xmlns='jabber:iq:roster'><item jid='x@example.com'/><item jid='y@example.com'/></query></iq>").await;
+    assert!(w.cap.take(1)[0].contains("bad-request"));
+}
+
+#[tokio::test]
+async fn unavailable_on_unbind_reaches_contacts() {
+    let w = world(&["alice@example.com", "bob@example.com"]).await;
+    w.bind("alice@example.com/a", 1).await;
+    w.bind("bob@example.com/b", 2).await;
+    w.send("alice@example.com/a", "<presence to='bob@example.com' type='subscribe'/>").await;
+    w.send("bob@example.com/b", "<presence to='alice@example.com' type='subscribed'/>").await;
+    w.send("alice@example.com/a", "<presence/>").await;
+    w.send("bob@example.com/b", "<presence/>").await;
+    w.cap.take(1);
+    w.router.unbind(&FullJid::parse("bob@example.com/b").unwrap(), Location { edge: 0, conn: 2 }).await;
+    let a = w.cap.take(1);
+    assert!(a.iter().any(|s| s.contains("type=\"unavailable\"") && s.contains("from=\"bob@example.com/b\"")), "{a:?}");
+}
