@@ -75,4 +75,7 @@ pub trait Router: Send + Sync + 'static {
     /// The session ended (graceful or not): unavailable presence goes out if it was
     /// available (RFC 6121 §4.5.2, §4.6.3) and its registry entry is removed.
     async fn unbind(&self, jid: &FullJid, loc: Location);
+    /// An IQ from a stream that has not authenticated yet. Only in-band registration
+    /// (XEP-0077 §3.1) is allowed there; the edge filters everything else.
+    async fn preauth_iq(&self, req: IqRequest) -> IqResult;
 }

@@ -16,8 +16,7 @@
 use crate::util::{TargetedHandler, account_exists, may_see_presence, register_at, sender};
 use async_trait::async_trait;
 use rookery_core::{
-    Ctx, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target,
-    XepSupport,
+    Ctx, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport,
 };
 use rookery_stanza::{Condition, StanzaError, ns};
 use rookery_xml::Element;
@@ -167,7 +166,11 @@ mod tests {
             r.add(Arc::new(crate::Ping));
         });
         let q = h
-            .get("alice@example.com/a", "example.com", r"<query xmlns='http://jabber.org/protocol/disco#info'/>")
+            .get(
+                "alice@example.com/a",
+                "example.com",
+                r"<query xmlns='http://jabber.org/protocol/disco#info'/>",
+            )
             .await
             .unwrap()
             .unwrap();
@@ -192,11 +195,17 @@ mod tests {
             r"<query xmlns='http://jabber.org/protocol/disco#info' node='x'/>",
             r"<query xmlns='http://jabber.org/protocol/disco#items' node='x'/>",
         ] {
-            let e = h.get("alice@example.com/a", "example.com", payload).await.unwrap_err();
+            let e = h
+                .get("alice@example.com/a", "example.com", payload)
+                .await
+                .unwrap_err();
             assert_eq!(e.condition, Condition::ItemNotFound);
         }
         let e = h
-            .get_own("alice@example.com/a", r"<query xmlns='http://jabber.org/protocol/disco#info' node='x'/>")
+            .get_own(
+                "alice@example.com/a",
+                r"<query xmlns='http://jabber.org/protocol/disco#info' node='x'/>",
+            )
             .await
             .unwrap_err();
         assert_eq!(e.condition, Condition::ItemNotFound);
@@ -207,7 +216,10 @@ mod tests {
         let h = Harness::new(|r| r.add(Arc::new(Disco)));
         h.account("alice@example.com").await;
         let q = h
-            .get_own("alice@example.com/a", r"<query xmlns='http://jabber.org/protocol/disco#info'/>")
+            .get_own(
+                "alice@example.com/a",
+                r"<query xmlns='http://jabber.org/protocol/disco#info'/>",
+            )
             .await
             .unwrap()
             .unwrap();
@@ -222,11 +234,17 @@ mod tests {
         let h = Harness::new(|r| r.add(Arc::new(Disco)));
         let info = r"<query xmlns='http://jabber.org/protocol/disco#info'/>";
         // No such account.
-        let e = h.get("bob@example.com/b", "ghost@example.com", info).await.unwrap_err();
+        let e = h
+            .get("bob@example.com/b", "ghost@example.com", info)
+            .await
+            .unwrap_err();
         assert_eq!(e.condition, Condition::ServiceUnavailable);
         // Exists, but bob has no presence subscription: same error, nothing leaks.
         h.account("alice@example.com").await;
-        let e = h.get("bob@example.com/b", "alice@example.com", info).await.unwrap_err();
+        let e = h
+            .get("bob@example.com/b", "alice@example.com", info)
+            .await
+            .unwrap_err();
         assert_eq!(e.condition, Condition::ServiceUnavailable);
         // A node on a missing account is still service-unavailable.
         let e = h
@@ -239,12 +257,21 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.condition, Condition::ServiceUnavailable);
         // `to` only: not enough.
-        h.subscription("alice@example.com", "bob@example.com", Subscription::To).await;
-        let e = h.get("bob@example.com/b", "alice@example.com", info).await.unwrap_err();
+        h.subscription("alice@example.com", "bob@example.com", Subscription::To)
+            .await;
+        let e = h
+            .get("bob@example.com/b", "alice@example.com", info)
+            .await
+            .unwrap_err();
         assert_eq!(e.condition, Condition::ServiceUnavailable);
         // `from`: alice shares presence with bob.
-        h.subscription("alice@example.com", "bob@example.com", Subscription::From).await;
-        let q = h.get("bob@example.com/b", "alice@example.com", info).await.unwrap().unwrap();
+        h.subscription("alice@example.com", "bob@example.com", Subscription::From)
+            .await;
+        let q = h
+            .get("bob@example.com/b", "alice@example.com", info)
+            .await
+            .unwrap()
+            .unwrap();
         let id = q.get_child("identity", ns::DISCO_INFO).unwrap();
         assert_eq!(id.get_attr("category"), Some("account"));
     }
@@ -253,13 +280,25 @@ mod tests {
     async fn items_are_empty() {
         let h = Harness::new(|r| r.add(Arc::new(Disco)));
         let items = r"<query xmlns='http://jabber.org/protocol/disco#items'/>";
-        let q = h.get("alice@example.com/a", "example.com", items).await.unwrap().unwrap();
+        let q = h
+            .get("alice@example.com/a", "example.com", items)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(q.is("query", ns::DISCO_ITEMS));
         assert_eq!(q.elements().count(), 0);
-        let q = h.get_own("alice@example.com/a", items).await.unwrap().unwrap();
+        let q = h
+            .get_own("alice@example.com/a", items)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(q.elements().count(), 0);
         // Missing account: empty, not an error (§8 rule 2).
-        let q = h.get("alice@example.com/a", "ghost@example.com", items).await.unwrap().unwrap();
+        let q = h
+            .get("alice@example.com/a", "ghost@example.com", items)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(q.elements().count(), 0);
     }
 }

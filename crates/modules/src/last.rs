@@ -109,7 +109,11 @@ mod tests {
     #[tokio::test]
     async fn server_uptime() {
         let h = Harness::new(|r| r.add(Arc::new(LastActivity)));
-        let q = h.get("bob@example.com/b", "example.com", Q).await.unwrap().unwrap();
+        let q = h
+            .get("bob@example.com/b", "example.com", Q)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(seconds(&q), 1234);
         assert_eq!(q.text_content(), "");
         assert!(h.features.host.contains(&ns::LAST));
@@ -119,7 +123,10 @@ mod tests {
     #[tokio::test]
     async fn unknown_user_is_service_unavailable() {
         let h = Harness::new(|r| r.add(Arc::new(LastActivity)));
-        let e = h.get("bob@example.com/b", "ghost@example.com", Q).await.unwrap_err();
+        let e = h
+            .get("bob@example.com/b", "ghost@example.com", Q)
+            .await
+            .unwrap_err();
         assert_eq!(e.condition, Condition::ServiceUnavailable);
     }
 
@@ -128,17 +135,40 @@ mod tests {
         let h = Harness::new(|r| r.add(Arc::new(LastActivity)));
         h.account("alice@example.com").await;
         let at = rookery_storage::now_secs() - 100;
-        h.ctx.stores.last.set(&bare("alice@example.com"), Stored { at, status: "Heading Home".into() }).await.unwrap();
+        h.ctx
+            .stores
+            .last
+            .set(
+                &bare("alice@example.com"),
+                Stored {
+                    at,
+                    status: "Heading Home".into(),
+                },
+            )
+            .await
+            .unwrap();
 
-        let e = h.get("bob@example.com/b", "alice@example.com", Q).await.unwrap_err();
+        let e = h
+            .get("bob@example.com/b", "alice@example.com", Q)
+            .await
+            .unwrap_err();
         assert_eq!(e.condition, Condition::Forbidden);
         // alice is subscribed to bob's presence, not the other way round: still forbidden.
-        h.subscription("alice@example.com", "bob@example.com", Subscription::To).await;
-        let e = h.get("bob@example.com/b", "alice@example.com", Q).await.unwrap_err();
+        h.subscription("alice@example.com", "bob@example.com", Subscription::To)
+            .await;
+        let e = h
+            .get("bob@example.com/b", "alice@example.com", Q)
+            .await
+            .unwrap_err();
         assert_eq!(e.condition, Condition::Forbidden);
 
-        h.subscription("alice@example.com", "bob@example.com", Subscription::Both).await;
-        let q = h.get("bob@example.com/b", "alice@example.com", Q).await.unwrap().unwrap();
+        h.subscription("alice@example.com", "bob@example.com", Subscription::Both)
+            .await;
+        let q = h
+            .get("bob@example.com/b", "alice@example.com", Q)
+            .await
+            .unwrap()
+            .unwrap();
         assert!((100..110).contains(&seconds(&q)));
         assert_eq!(q.text_content(), "Heading Home");
     }
@@ -147,17 +177,28 @@ mod tests {
     async fn online_user_is_zero_and_never_seen_is_item_not_found() {
         let h = Harness::new(|r| r.add(Arc::new(LastActivity)));
         h.account("alice@example.com").await;
-        h.subscription("alice@example.com", "bob@example.com", Subscription::From).await;
-        let e = h.get("bob@example.com/b", "alice@example.com", Q).await.unwrap_err();
+        h.subscription("alice@example.com", "bob@example.com", Subscription::From)
+            .await;
+        let e = h
+            .get("bob@example.com/b", "alice@example.com", Q)
+            .await
+            .unwrap_err();
         assert_eq!(e.condition, Condition::ItemNotFound);
 
         // A connected but unavailable resource does not count (§3: available resource).
         h.server.connect("alice@example.com/x", false, false);
-        let e = h.get("bob@example.com/b", "alice@example.com", Q).await.unwrap_err();
+        let e = h
+            .get("bob@example.com/b", "alice@example.com", Q)
+            .await
+            .unwrap_err();
         assert_eq!(e.condition, Condition::ItemNotFound);
 
         h.server.connect("alice@example.com/phone", true, true);
-        let q = h.get("bob@example.com/b", "alice@example.com", Q).await.unwrap().unwrap();
+        let q = h
+            .get("bob@example.com/b", "alice@example.com", Q)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(seconds(&q), 0);
         assert_eq!(q.text_content(), "");
     }
@@ -167,7 +208,18 @@ mod tests {
         let h = Harness::new(|r| r.add(Arc::new(LastActivity)));
         h.account("alice@example.com").await;
         let at = rookery_storage::now_secs() - 5;
-        h.ctx.stores.last.set(&bare("alice@example.com"), Stored { at, status: String::new() }).await.unwrap();
+        h.ctx
+            .stores
+            .last
+            .set(
+                &bare("alice@example.com"),
+                Stored {
+                    at,
+                    status: String::new(),
+                },
+            )
+            .await
+            .unwrap();
         let q = h.get_own("alice@example.com/a", Q).await.unwrap().unwrap();
         assert!((5..15).contains(&seconds(&q)));
         assert_eq!(q.text_content(), "");

@@ -99,11 +99,18 @@ mod tests {
     async fn answers_with_utc_and_zero_offset() {
         let h = Harness::new(|r| r.add(Arc::new(Time)));
         let t = h
-            .get("alice@example.com/a", "example.com", "<time xmlns='urn:xmpp:time'/>")
+            .get(
+                "alice@example.com/a",
+                "example.com",
+                "<time xmlns='urn:xmpp:time'/>",
+            )
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(t.get_child("tzo", ns::TIME).unwrap().text_content(), "+00:00");
+        assert_eq!(
+            t.get_child("tzo", ns::TIME).unwrap().text_content(),
+            "+00:00"
+        );
         let utc = t.get_child("utc", ns::TIME).unwrap().text_content();
         assert_eq!(utc.len(), 20);
         assert!(utc.ends_with('Z') && utc.as_bytes()[10] == b'T');

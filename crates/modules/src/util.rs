@@ -40,7 +40,10 @@ pub(crate) fn register_at<H: TargetedHandler>(
     targets: &[Target],
 ) {
     for &target in targets {
-        let adapter = At { inner: h.clone(), target };
+        let adapter = At {
+            inner: h.clone(),
+            target,
+        };
         r.iq(name, ns, kind, &[target], Arc::new(adapter));
     }
 }
@@ -52,15 +55,6 @@ pub(crate) fn sender(req: &IqRequest) -> Result<BareJid, StanzaError> {
         .as_ref()
         .map(|f| f.to_bare())
         .ok_or_else(|| StanzaError::new(Condition::NotAuthorized))
-}
-
-/// The account a request concerns: the sender's own for [`Target::Own`] (the `to` may be
-/// absent on the wire), the addressed one for [`Target::OtherUser`].
-pub(crate) fn account_of(req: &IqRequest, target: Target) -> Result<BareJid, StanzaError> {
-    match target {
-        Target::Own => sender(req),
-        Target::OtherUser | Target::Host => Ok(req.to.to_bare()),
-    }
 }
 
 /// Logs a store failure and returns the condition the client sees.

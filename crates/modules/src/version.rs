@@ -57,11 +57,18 @@ mod tests {
     async fn reports_name_and_version_without_os() {
         let h = Harness::new(|r| r.add(Arc::new(Version)));
         let q = h
-            .get("alice@example.com/a", "example.com", "<query xmlns='jabber:iq:version'/>")
+            .get(
+                "alice@example.com/a",
+                "example.com",
+                "<query xmlns='jabber:iq:version'/>",
+            )
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(q.get_child("name", ns::VERSION).unwrap().text_content(), "Rookery");
+        assert_eq!(
+            q.get_child("name", ns::VERSION).unwrap().text_content(),
+            "Rookery"
+        );
         assert_eq!(
             q.get_child("version", ns::VERSION).unwrap().text_content(),
             env!("CARGO_PKG_VERSION")

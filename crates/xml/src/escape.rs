@@ -67,7 +67,9 @@ pub(crate) fn decode_ref(body: &[u8]) -> Result<char, XmlError> {
     }
     let Some(num) = body.strip_prefix(b"#") else {
         return match body.first() {
-            Some(&b) if is_name_start(b) => Err(XmlError::Restricted("entity reference")),
+            Some(&b) if is_name_start(b) && body.iter().all(|&c| is_name_char(c)) => {
+                Err(XmlError::Restricted("entity reference"))
+            }
             _ => Err(XmlError::NotWellFormed("malformed reference")),
         };
     };
@@ -87,7 +89,9 @@ pub(crate) fn decode_ref(body: &[u8]) -> Result<char, XmlError> {
     }
     match char::from_u32(value) {
         Some(c) if is_xml_char(c) => Ok(c),
-        _ => Err(XmlError::NotWellFormed("character reference to an illegal character")),
+        _ => Err(XmlError::NotWellFormed(
+            "character reference to an illegal character",
+        )),
     }
 }
 
@@ -194,10 +198,26 @@ mod tests {
         assert_eq!(unescape("a&amp;b&lt;&#65;&#x42;", false).unwrap(), "a&b<AB");
         assert_eq!(unescape("a\r\nb\rc", false).unwrap(), "a\nb\nc");
         assert_eq!(unescape("a\tb\r\nc&#xA;", true).unwrap(), "a b c\n");
-        assert_eq!(unescape("&foo;", false), Err(XmlError::Restricted("entity reference")));
-        assert!(matches!(unescape("&#0;", false), Err(XmlError::NotWellFormed(_))));
-        assert!(matches!(unescape("&#xD800;", false), Err(XmlError::NotWellFormed(_))));
-        assert!(matches!(unescape("&amp", false), Err(XmlError::NotWellFormed(_))));
+        assert_eq!(
+            unescape("&foo;", false),
+            Err(XmlError::Restricted("entity reference"))
+        );
+        assert!(matches!(
+            unescape("&#0;", false),
+            Err(XmlError::NotWellFormed(_))
+        ));
+        assert!(matches!(
+            unescape("&#xD800;", false),
+            Err(XmlError::NotWellFormed(_))
+        ));
+        assert!(matches!(
+            unescape("&amp", false),
+            Err(XmlError::NotWellFormed(_))
+        ));
+        assert!(matches!(
+            unescape("&amp x;", false),
+            Err(XmlError::NotWellFormed(_))
+        ));
     }
 
     #[test]

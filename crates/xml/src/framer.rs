@@ -16,13 +16,12 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::XmlError;
 use crate::element::Element;
 use crate::escape::{
-    MAX_REF_LEN, check_qname, decode_ref, escape_attr, is_name_char, is_name_start, is_ws,
-    unescape,
+    MAX_REF_LEN, check_qname, decode_ref, escape_attr, is_name_char, is_name_start, is_ws, unescape,
 };
 use crate::parser::{XML_NS, parse_scoped};
-use crate::XmlError;
 
 #[cfg(test)]
 mod tests;
@@ -684,8 +683,11 @@ impl Framer {
                     return Ok(None);
                 }
                 let body = &self.buf[self.ref_start..self.pos];
-                if self.buf[self.pos] != b';' {
-                    return Err(ref_error(body));
+                match self.buf[self.pos] {
+                    b';' => {}
+                    // A name with non-ASCII characters: an entity other than the five.
+                    0x80.. => return Err(ref_error(body)),
+                    _ => return Err(XmlError::NotWellFormed("unterminated reference")),
                 }
                 decode_ref(body)?;
                 self.pos += 1;
@@ -1192,7 +1194,10 @@ fn ref_error(body: &[u8]) -> XmlError {
 fn pseudo_attr<'a>(body: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let at = body.windows(name.len()).position(|w| w == name)?;
     let mut rest = &body[at + name.len()..];
-    rest = rest.trim_ascii_start().strip_prefix(b"=")?.trim_ascii_start();
+    rest = rest
+        .trim_ascii_start()
+        .strip_prefix(b"=")?
+        .trim_ascii_start();
     let (&quote, rest) = rest.split_first()?;
     if quote != b'"' && quote != b'\'' {
         return None;

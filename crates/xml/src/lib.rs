@@ -17,6 +17,32 @@
 //! §11.1-§11.6 (restrictions, namespace well-formedness, well-formedness, declaration,
 //! language, UTF-8); a subset of XML 1.0 well-formedness and Namespaces in XML 1.0 (no DTDs,
 //! no entities beyond the five predefined ones, no comments or processing instructions).
+//!
+//! ```
+//! use rookery_xml::{Frame, Framer, Limits};
+//!
+//! let mut framer = Framer::new(Limits::default());
+//! // In the edge: `stream.read_buf(framer.read_buf()).await?`
+//! framer.read_buf().extend_from_slice(
+//!     b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
+//!       to='example.com' version='1.0'><message to='romeo@example.net'><body>hi</body></message>",
+//! );
+//! let mut kinds = Vec::new();
+//! while let Some(frame) = framer.next_frame()? {
+//!     match frame {
+//!         Frame::StreamOpen(h) => assert_eq!(h.to.as_deref(), Some("example.com")),
+//!         Frame::Element(e) => {
+//!             assert_eq!(e.to.as_deref(), Some("romeo@example.net"));
+//!             let stamped = e.rewrite_attrs(&[("from", Some("juliet@example.com/balcony"))]);
+//!             assert!(stamped.starts_with(b"<message to='romeo@example.net' from=\"juliet@"));
+//!             kinds.push(e.name);
+//!         }
+//!         Frame::Whitespace | Frame::StreamClose => {}
+//!     }
+//! }
+//! assert_eq!(kinds, ["message"]);
+//! # Ok::<(), rookery_xml::XmlError>(())
+//! ```
 
 mod element;
 mod error;

@@ -5,9 +5,9 @@
 
 use std::borrow::Cow;
 
+use crate::XmlError;
 use crate::element::Element;
 use crate::escape::{check_qname, is_name_char, is_name_start, is_ws, is_xml_char, unescape};
-use crate::XmlError;
 
 /// Nesting bound for the tree: dropping, cloning and comparing a tree recurse, so the
 /// depth is capped even for input that did not come through a framer.
@@ -24,7 +24,10 @@ pub fn parse_element(raw: &[u8], default_ns: &str) -> Result<Element, XmlError> 
 
 /// Parses with inherited declarations `(prefix, uri)`; the prefix `""` is the default
 /// namespace.
-pub(crate) fn parse_scoped(raw: &[u8], inherited: &[(String, String)]) -> Result<Element, XmlError> {
+pub(crate) fn parse_scoped(
+    raw: &[u8],
+    inherited: &[(String, String)],
+) -> Result<Element, XmlError> {
     let s = std::str::from_utf8(raw).map_err(|_| XmlError::BadEncoding)?;
     let mut p = Parser {
         s,
@@ -246,7 +249,10 @@ impl<'a> Parser<'a> {
             }
         }
         let (local, ns) = match qname.split_once(':') {
-            Some((prefix, local)) => (local, self.lookup(prefix).ok_or(XmlError::UndeclaredPrefix)?),
+            Some((prefix, local)) => (
+                local,
+                self.lookup(prefix).ok_or(XmlError::UndeclaredPrefix)?,
+            ),
             None => (qname, self.lookup("").unwrap_or("")),
         };
         let mut el = Element::new(local, ns);
@@ -298,8 +304,14 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         let cases: &[(&[u8], XmlError)] = &[
-            (b"<a><!-- c --></a>", XmlError::Restricted("comment or declaration")),
-            (b"<a><?pi x?></a>", XmlError::Restricted("processing instruction")),
+            (
+                b"<a><!-- c --></a>",
+                XmlError::Restricted("comment or declaration"),
+            ),
+            (
+                b"<a><?pi x?></a>",
+                XmlError::Restricted("processing instruction"),
+            ),
             (b"<a>&ent;</a>", XmlError::Restricted("entity reference")),
             (b"<p:a/>", XmlError::UndeclaredPrefix),
             (b"<a q:b='1'/>", XmlError::UndeclaredPrefix),

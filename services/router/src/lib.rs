@@ -77,7 +77,6 @@ impl Module for CoreSpecs {
         r.host_feature(rookery_stanza::ns::OFFLINE);
         r.host_feature(rookery_stanza::ns::ROSTER_VER);
         r.host_feature(rookery_stanza::ns::PRE_APPROVAL);
-        r.identity("server", "im", "Rookery");
     }
 }
 
@@ -206,6 +205,15 @@ impl Router for LocalRouter {
             Kind::Message => self.route_message(env).await,
             Kind::Presence => self.route_presence(env).await,
             Kind::Iq => self.route_iq(env).await,
+        }
+    }
+
+    async fn preauth_iq(&self, req: rookery_core::IqRequest) -> rookery_core::IqResult {
+        let name = req.payload.name.clone();
+        let ns = req.payload.ns.clone();
+        match (self.dispatch.handler(&name, &ns, req.kind, rookery_core::Target::Host), self.ctx()) {
+            (Some(h), Some(ctx)) => h.handle(&ctx, req).await,
+            _ => Err(rookery_stanza::StanzaError::new(rookery_stanza::Condition::ServiceUnavailable)),
         }
     }
 

@@ -1,0 +1,163 @@
+//! Start-up of a single node: open the store, build the router with its modules, load TLS,
+//! bind listeners, serve until shutdown.
+
+use anyhow::Context;
+use rookery_config::{Config, StorageBackend};
+use rookery_core::{LocalHub, MemoryRegistry};
+use rookery_edge::{Edge, EdgeConfig, ListenKind};
+use rookery_router::{LocalRouter, RouterConfig};
+use rookery_storage::Stores;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// A running node. Dropping it does not stop it: call [`Server::shutdown`].
+pub struct Server {
+    pub c2s: Option<SocketAddr>,
+    pub c2s_tls: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub router: Arc<LocalRouter>,
+    pub admin_token: String,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Server {
+    /// Closes every stream with `<system-shutdown/>`, stops the listeners and waits.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits until the node stops (it only stops through `shutdown`).
+    pub async fn wait(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Reads a secret file from the data directory, creating it with fresh random bytes
+/// (hex) on first use.
+pub fn secret_file(path: &Path, bytes: usize) -> anyhow::Result<String> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        let s = s.trim().to_owned();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut raw = vec![0u8; bytes];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    rookery_edge::tls::write_private(path, hex.as_bytes())?;
+    Ok(hex)
+}
+
+/// Opens the configured store.
+pub fn open_stores(cfg: &Config) -> anyhow::Result<Stores> {
+    Ok(match cfg.storage.backend {
+        StorageBackend::Memory => rookery_storage::memory_stores(),
+        StorageBackend::Embedded => {
+            let dir = cfg.data_dir.join("store");
+            let durability = match cfg.storage.durability {
+                rookery_config::Durability::Os => rookery_storage_embedded::Durability::Os,
+                rookery_config::Durability::Fsync => rookery_storage_embedded::Durability::Fsync,
+            };
+            let store = rookery_storage_embedded::EmbeddedStore::open(&dir, durability)
+                .with_context(|| format!("cannot open the store in {} (is another rookery using it?)", dir.display()))?;
+            rookery_storage_embedded::embedded_stores(Arc::new(store))
+        }
+    })
+}
+
+/// Starts a node from a validated configuration.
+pub async fn start(cfg: Config) -> anyhow::Result<Server> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    let stores = open_stores(&cfg)?;
+    let hub = Arc::new(LocalHub::new());
+    let router = LocalRouter::new(
+        RouterConfig {
+            domains: cfg.domains.clone(),
+            allow_registration: cfg.registration.allow,
+            min_password_len: cfg.registration.min_password_len,
+            offline_max_per_user: cfg.limits.offline_max_per_user,
+        },
+        Arc::new(MemoryRegistry::new()),
+        hub.clone(),
+        stores.clone(),
+        rookery_modules::register_all,
+    );
+    let tls = rookery_edge::tls::load_or_generate(
+        cfg.tls.cert.as_deref(),
+        cfg.tls.key.as_deref(),
+        &cfg.data_dir,
+        &cfg.domains,
+    )?;
+    let fake_secret = secret_file(&cfg.data_dir.join("server.secret"), 32)?;
+    let admin_token = secret_file(&cfg.admin_token_path(), 24)?;
+    let l = &cfg.limits;
+    let edge_cfg = EdgeConfig {
+        domains: cfg.domains.clone(),
+        max_stanza_bytes: l.max_stanza_bytes,
+        max_depth: l.max_depth,
+        negotiation_timeout: Duration::from_secs(l.negotiation_timeout_secs),
+        idle_timeout: Duration::from_secs(l.idle_timeout_secs),
+        max_connections_per_ip: l.max_connections_per_ip,
+        auth_failures_before_delay: l.auth_failures_before_delay,
+        auth_delay_max: Duration::from_secs(l.auth_delay_max_secs),
+        stanza_rate_per_sec: l.stanza_rate_per_sec,
+        outbound_queue: l.outbound_queue,
+        allow_registration: cfg.registration.allow,
+        fake_secret: fake_secret.into_bytes(),
+    };
+    let edge = Edge::new(edge_cfg, tls, router.clone(), hub, stores.accounts.clone());
+    let (shutdown, rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let bound = |addr: Option<SocketAddr>| async move {
+        match addr {
+            Some(a) => rookery_edge::bind(a).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let c2s = bound(cfg.listen.c2s).await?;
+    let c2s_tls = bound(cfg.listen.c2s_tls).await?;
+    let http = bound(cfg.listen.http).await?;
+    let c2s_addr = c2s.as_ref().and_then(|l| l.local_addr().ok());
+    let c2s_tls_addr = c2s_tls.as_ref().and_then(|l| l.local_addr().ok());
+    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(l) = c2s {
+        tasks.spawn(edge.clone().serve(l, ListenKind::StartTls, rx.clone()));
+    }
+    if let Some(l) = c2s_tls {
+        tasks.spawn(edge.clone().serve(l, ListenKind::DirectTls, rx.clone()));
+    }
+    if let Some(l) = http {
+        let state = crate::admin::AdminState {
+            stores: stores.clone(),
+            router: router.clone(),
+            token: admin_token.clone(),
+            min_password_len: cfg.registration.min_password_len,
+            domains: cfg.domains.clone(),
+        };
+        tasks.spawn(crate::admin::serve(l, state, rx.clone()));
+    }
+    tracing::info!(
+        event = "started",
+        domains = ?cfg.domains,
+        c2s = ?c2s_addr,
+        c2s_tls = ?c2s_tls_addr,
+        http = ?http_addr,
+        data_dir = %cfg.data_dir.display(),
+    );
+    Ok(Server { c2s: c2s_addr, c2s_tls: c2s_tls_addr, http: http_addr, router, admin_token, shutdown, tasks })
+}
