@@ -11,3 +11,23 @@ pub mod admin;
 pub mod node;
 
 pub use node::{Server, start};
+
+/// The supported-specifications table (docs/compliance.md), generated from what the
+/// router and the modules declare, so what we claim is what the code registers.
+pub fn compliance() -> String {
+    let router = rookery_router::LocalRouter::new(
+        rookery_router::RouterConfig {
+            domains: vec!["localhost".into()],
+            allow_registration: false,
+            min_password_len: 8,
+            offline_max_per_user: 1,
+        },
+        std::sync::Arc::new(rookery_core::MemoryRegistry::new()),
+        std::sync::Arc::new(rookery_core::LocalHub::new()),
+        rookery_storage::memory_stores(),
+        rookery_modules::register_all,
+    );
+    let mut infos = router.features().modules.clone();
+    infos.push(rookery_edge::SPECS);
+    rookery_modules::compliance_markdown(&infos)
+}

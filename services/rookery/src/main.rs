@@ -324,23 +324,6 @@ async fn offline_user(cfg: &Config, cmd: UserCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn compliance() -> String {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let router = rookery_router::LocalRouter::new(
-        rookery_router::RouterConfig {
-            domains: vec!["localhost".into()],
-            allow_registration: false,
-            min_password_len: 8,
-            offline_max_per_user: 1,
-        },
-        std::sync::Arc::new(rookery_core::MemoryRegistry::new()),
-        std::sync::Arc::new(rookery_core::LocalHub::new()),
-        rookery_storage::memory_stores(),
-        rookery_modules::register_all,
-    );
-    rookery_modules::compliance_markdown(&router.features().modules)
-}
-
 fn main() {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -363,7 +346,7 @@ fn main() {
                 Ok(())
             }
             Cmd::Compliance => {
-                print!("{}", compliance());
+                print!("{}", rookery::compliance());
                 Ok(())
             }
         }

@@ -1,0 +1,12 @@
+//! docs/compliance.md must be exactly what the code declares.
+
+#[test]
+fn compliance_doc_matches_code() {
+    let generated = rookery::compliance();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/compliance.md");
+    let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        on_disk == generated,
+        "docs/compliance.md is stale: run `cargo run -p rookery -- compliance > docs/compliance.md`"
+    );
+}
