@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod raw;
+pub mod scenario;
 
 use rookery_config::{Config, StorageBackend};
 use std::net::SocketAddr;
@@ -25,9 +26,7 @@ pub struct TestServer {
 /// A configuration for tests: domain `localhost`, loopback ports picked by the OS,
 /// embedded store in `data_dir`.
 pub fn test_config(data_dir: &Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.domains = vec!["localhost".into()];
-    cfg.data_dir = data_dir.to_path_buf();
+    let mut cfg = Config { domains: vec!["localhost".into()], data_dir: data_dir.to_path_buf(), ..Config::default() };
     cfg.listen.c2s = Some("127.0.0.1:0".parse().unwrap());
     cfg.listen.c2s_tls = Some("127.0.0.1:0".parse().unwrap());
     cfg.listen.http = Some("127.0.0.1:0".parse().unwrap());

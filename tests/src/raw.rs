@@ -133,7 +133,11 @@ impl RawClient {
     pub async fn connect(addr: SocketAddr) -> RawClient {
         let s = TcpStream::connect(addr).await.unwrap();
         s.set_nodelay(true).unwrap();
-        RawClient { io: Io::Plain(s), framer: Framer::new(Limits { max_stanza_bytes: 1 << 24, ..Limits::default() }), jid: None }
+        RawClient {
+            io: Io::Plain(s),
+            framer: Framer::new(Limits { max_stanza_bytes: 1 << 24, ..Limits::default() }),
+            jid: None,
+        }
     }
 
     /// Connects to the direct-TLS port (XEP-0368) and completes the TLS handshake.
@@ -143,7 +147,11 @@ impl RawClient {
             .connect(ServerName::try_from("localhost").unwrap(), s)
             .await
             .unwrap();
-        RawClient { io: Io::Tls(Box::new(tls)), framer: Framer::new(Limits { max_stanza_bytes: 1 << 24, ..Limits::default() }), jid: None }
+        RawClient {
+            io: Io::Tls(Box::new(tls)),
+            framer: Framer::new(Limits { max_stanza_bytes: 1 << 24, ..Limits::default() }),
+            jid: None,
+        }
     }
 
     pub async fn send(&mut self, s: &str) {
@@ -269,7 +277,10 @@ impl RawClient {
     pub async fn bind(&mut self, resource: Option<&str>) -> String {
         self.open().await;
         let res = resource.map(|r| format!("<resource>{r}</resource>")).unwrap_or_default();
-        self.send(&format!("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{res}</bind></iq>")).await;
+        self.send(&format!(
+            "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{res}</bind></iq>"
+        ))
+        .await;
         let r = self.recv().await;
         let jid = r
             .get_child("bind", "urn:ietf:params:xml:ns:xmpp-bind")

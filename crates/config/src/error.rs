@@ -82,9 +82,7 @@ pub enum ConfigError {
     },
 
     /// A `ROOKERY_*` variable whose value does not parse.
-    #[error(
-        "environment variable {var}={value:?} (sets `{key}`) is not valid: expected {expected}"
-    )]
+    #[error("environment variable {var}={value:?} (sets `{key}`) is not valid: expected {expected}")]
     BadEnv {
         /// The variable name.
         var: String,

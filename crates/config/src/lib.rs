@@ -124,10 +124,7 @@ pub struct Registration {
 
 impl Default for Registration {
     fn default() -> Self {
-        Registration {
-            allow: false,
-            min_password_len: 8,
-        }
+        Registration { allow: false, min_password_len: 8 }
     }
 }
 
@@ -260,10 +257,7 @@ pub struct Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Log {
-            level: "info".to_owned(),
-            format: LogFormat::Text,
-        }
+        Log { level: "info".to_owned(), format: LogFormat::Text }
     }
 }
 
@@ -315,17 +309,11 @@ impl Config {
     pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
         let table: toml::Table = s
             .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                message: e.to_string().trim_end().to_owned(),
-            })?;
+            .map_err(|e: toml::de::Error| ConfigError::Syntax { message: e.to_string().trim_end().to_owned() })?;
         // Walking the table first gives errors with the full dotted key and a suggestion,
         // which serde's own errors do not.
         schema::check_table(&table)?;
-        table
-            .try_into::<Config>()
-            .map_err(|e| ConfigError::Deserialize {
-                message: e.message().to_owned(),
-            })
+        table.try_into::<Config>().map_err(|e| ConfigError::Deserialize { message: e.message().to_owned() })
     }
 
     /// Builds the effective configuration: defaults, then the file at `path` (if given),
@@ -333,22 +321,17 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut cfg = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                Config::from_toml_str(&text).map_err(|e| ConfigError::File {
-                    path: path.to_owned(),
-                    source: Box::new(e),
-                })?
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                Config::from_toml_str(&text)
+                    .map_err(|e| ConfigError::File { path: path.to_owned(), source: Box::new(e) })?
             }
             None => Config::default(),
         };
         // `std::env::vars` panics on non-UTF-8 entries; a stray one must not take the server down.
         let vars = std::env::vars_os().filter_map(|(k, v)| {
             let k = k.into_string().ok()?;
-            k.starts_with(schema::ENV_PREFIX)
-                .then(|| (k, v.to_string_lossy().into_owned()))
+            k.starts_with(schema::ENV_PREFIX).then(|| (k, v.to_string_lossy().into_owned()))
         });
         cfg.apply_env(vars)?;
         cfg.validate()?;
@@ -358,10 +341,7 @@ impl Config {
     /// Applies `ROOKERY_*` overrides from `vars`. Variables without the prefix are ignored, as
     /// are the reserved ones ([`RESERVED_ENV`], and any starting with [`RESERVED_ENV_PREFIX`]).
     /// An unknown `ROOKERY_*` variable or a malformed value is an error.
-    pub fn apply_env(
-        &mut self,
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<(), ConfigError> {
+    pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
         schema::apply_env(self, vars)
     }
 
@@ -369,27 +349,19 @@ impl Config {
     /// and a fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let problems = validate::problems(self);
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 
     /// Where the admin API token lives: `admin.token_file`, or `<data_dir>/admin.token`.
     pub fn admin_token_path(&self) -> PathBuf {
-        self.admin
-            .token_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("admin.token"))
+        self.admin.token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"))
     }
 
     /// The configuration as TOML that [`Config::from_toml_str`] reads back unchanged.
     /// Disabled listeners print as `"off"`; unset optional paths are omitted.
     pub fn to_toml_string(&self) -> String {
         // Only non-UTF-8 paths can fail here; say so in the output rather than panic.
-        toml::to_string_pretty(self)
-            .unwrap_or_else(|e| format!("# configuration cannot be printed as TOML: {e}\n"))
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# configuration cannot be printed as TOML: {e}\n"))
     }
 }
 
@@ -401,26 +373,17 @@ mod listener {
 
     pub(crate) fn parse(s: &str) -> Result<Option<SocketAddr>, std::net::AddrParseError> {
         let s = s.trim();
-        if s.is_empty() || s.eq_ignore_ascii_case("off") {
-            Ok(None)
-        } else {
-            s.parse().map(Some)
-        }
+        if s.is_empty() || s.eq_ignore_ascii_case("off") { Ok(None) } else { s.parse().map(Some) }
     }
 
-    pub(crate) fn serialize<S: Serializer>(
-        v: &Option<SocketAddr>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(addr) => s.collect_str(addr),
             None => s.serialize_str("off"),
         }
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<SocketAddr>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
         let s = String::deserialize(d)?;
         parse(&s).map_err(|_| {
             serde::de::Error::custom(format!(
@@ -443,9 +406,7 @@ mod opt_path {
         }
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<PathBuf>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
         let p = PathBuf::deserialize(d)?;
         Ok((!p.as_os_str().is_empty()).then_some(p))
     }

@@ -38,161 +38,42 @@ pub(crate) struct Field {
     pub(crate) example: &'static str,
 }
 
-const USIZE: Kind = Kind::UInt {
-    max: usize::MAX as u64,
-};
+const USIZE: Kind = Kind::UInt { max: usize::MAX as u64 };
 const U64: Kind = Kind::UInt {
     // TOML integers are i64.
     max: i64::MAX as u64,
 };
-const U32: Kind = Kind::UInt {
-    max: u32::MAX as u64,
-};
+const U32: Kind = Kind::UInt { max: u32::MAX as u64 };
 
 const fn f(key: &'static str, env: &'static str, kind: Kind, example: &'static str) -> Field {
-    Field {
-        key,
-        env,
-        kind,
-        example,
-    }
+    Field { key, env, kind, example }
 }
 
 pub(crate) const FIELDS: &[Field] = &[
-    f(
-        "domains",
-        "ROOKERY_DOMAINS",
-        Kind::Domains,
-        r#"["example.org"]"#,
-    ),
-    f(
-        "data_dir",
-        "ROOKERY_DATA_DIR",
-        Kind::Path,
-        r#""/var/lib/rookery""#,
-    ),
-    f(
-        "listen.c2s",
-        "ROOKERY_C2S",
-        Kind::Listener,
-        r#""0.0.0.0:5222""#,
-    ),
-    f(
-        "listen.c2s_tls",
-        "ROOKERY_C2S_TLS",
-        Kind::Listener,
-        r#""0.0.0.0:5223""#,
-    ),
-    f(
-        "listen.http",
-        "ROOKERY_HTTP",
-        Kind::Listener,
-        r#""127.0.0.1:5280""#,
-    ),
-    f(
-        "tls.cert",
-        "ROOKERY_TLS_CERT",
-        Kind::OptPath,
-        r#""/etc/rookery/fullchain.pem""#,
-    ),
-    f(
-        "tls.key",
-        "ROOKERY_TLS_KEY",
-        Kind::OptPath,
-        r#""/etc/rookery/privkey.pem""#,
-    ),
-    f(
-        "registration.allow",
-        "ROOKERY_ALLOW_REGISTRATION",
-        Kind::Bool,
-        "false",
-    ),
-    f(
-        "registration.min_password_len",
-        "ROOKERY_REGISTRATION_MIN_PASSWORD_LEN",
-        USIZE,
-        "8",
-    ),
-    f(
-        "limits.max_stanza_bytes",
-        "ROOKERY_LIMITS_MAX_STANZA_BYTES",
-        USIZE,
-        "262144",
-    ),
+    f("domains", "ROOKERY_DOMAINS", Kind::Domains, r#"["example.org"]"#),
+    f("data_dir", "ROOKERY_DATA_DIR", Kind::Path, r#""/var/lib/rookery""#),
+    f("listen.c2s", "ROOKERY_C2S", Kind::Listener, r#""0.0.0.0:5222""#),
+    f("listen.c2s_tls", "ROOKERY_C2S_TLS", Kind::Listener, r#""0.0.0.0:5223""#),
+    f("listen.http", "ROOKERY_HTTP", Kind::Listener, r#""127.0.0.1:5280""#),
+    f("tls.cert", "ROOKERY_TLS_CERT", Kind::OptPath, r#""/etc/rookery/fullchain.pem""#),
+    f("tls.key", "ROOKERY_TLS_KEY", Kind::OptPath, r#""/etc/rookery/privkey.pem""#),
+    f("registration.allow", "ROOKERY_ALLOW_REGISTRATION", Kind::Bool, "false"),
+    f("registration.min_password_len", "ROOKERY_REGISTRATION_MIN_PASSWORD_LEN", USIZE, "8"),
+    f("limits.max_stanza_bytes", "ROOKERY_LIMITS_MAX_STANZA_BYTES", USIZE, "262144"),
     f("limits.max_depth", "ROOKERY_LIMITS_MAX_DEPTH", USIZE, "48"),
-    f(
-        "limits.negotiation_timeout_secs",
-        "ROOKERY_LIMITS_NEGOTIATION_TIMEOUT_SECS",
-        U64,
-        "30",
-    ),
-    f(
-        "limits.idle_timeout_secs",
-        "ROOKERY_LIMITS_IDLE_TIMEOUT_SECS",
-        U64,
-        "600",
-    ),
-    f(
-        "limits.max_connections_per_ip",
-        "ROOKERY_LIMITS_MAX_CONNECTIONS_PER_IP",
-        U32,
-        "64",
-    ),
-    f(
-        "limits.auth_failures_before_delay",
-        "ROOKERY_LIMITS_AUTH_FAILURES_BEFORE_DELAY",
-        U32,
-        "3",
-    ),
-    f(
-        "limits.auth_delay_max_secs",
-        "ROOKERY_LIMITS_AUTH_DELAY_MAX_SECS",
-        U64,
-        "30",
-    ),
-    f(
-        "limits.stanza_rate_per_sec",
-        "ROOKERY_LIMITS_STANZA_RATE_PER_SEC",
-        U32,
-        "200",
-    ),
-    f(
-        "limits.outbound_queue",
-        "ROOKERY_LIMITS_OUTBOUND_QUEUE",
-        USIZE,
-        "4096",
-    ),
-    f(
-        "limits.offline_max_per_user",
-        "ROOKERY_LIMITS_OFFLINE_MAX_PER_USER",
-        USIZE,
-        "1000",
-    ),
-    f(
-        "storage.backend",
-        "ROOKERY_STORAGE_BACKEND",
-        Kind::Enum(StorageBackend::NAMES),
-        r#""embedded""#,
-    ),
-    f(
-        "storage.durability",
-        "ROOKERY_STORAGE_DURABILITY",
-        Kind::Enum(Durability::NAMES),
-        r#""os""#,
-    ),
+    f("limits.negotiation_timeout_secs", "ROOKERY_LIMITS_NEGOTIATION_TIMEOUT_SECS", U64, "30"),
+    f("limits.idle_timeout_secs", "ROOKERY_LIMITS_IDLE_TIMEOUT_SECS", U64, "600"),
+    f("limits.max_connections_per_ip", "ROOKERY_LIMITS_MAX_CONNECTIONS_PER_IP", U32, "64"),
+    f("limits.auth_failures_before_delay", "ROOKERY_LIMITS_AUTH_FAILURES_BEFORE_DELAY", U32, "3"),
+    f("limits.auth_delay_max_secs", "ROOKERY_LIMITS_AUTH_DELAY_MAX_SECS", U64, "30"),
+    f("limits.stanza_rate_per_sec", "ROOKERY_LIMITS_STANZA_RATE_PER_SEC", U32, "200"),
+    f("limits.outbound_queue", "ROOKERY_LIMITS_OUTBOUND_QUEUE", USIZE, "4096"),
+    f("limits.offline_max_per_user", "ROOKERY_LIMITS_OFFLINE_MAX_PER_USER", USIZE, "1000"),
+    f("storage.backend", "ROOKERY_STORAGE_BACKEND", Kind::Enum(StorageBackend::NAMES), r#""embedded""#),
+    f("storage.durability", "ROOKERY_STORAGE_DURABILITY", Kind::Enum(Durability::NAMES), r#""os""#),
     f("log.level", "ROOKERY_LOG_LEVEL", Kind::Str, r#""info""#),
-    f(
-        "log.format",
-        "ROOKERY_LOG_FORMAT",
-        Kind::Enum(LogFormat::NAMES),
-        r#""text""#,
-    ),
-    f(
-        "admin.token_file",
-        "ROOKERY_ADMIN_TOKEN_FILE",
-        Kind::OptPath,
-        r#""/etc/rookery/admin.token""#,
-    ),
+    f("log.format", "ROOKERY_LOG_FORMAT", Kind::Enum(LogFormat::NAMES), r#""text""#),
+    f("admin.token_file", "ROOKERY_ADMIN_TOKEN_FILE", Kind::OptPath, r#""/etc/rookery/admin.token""#),
 ];
 
 const ENV_TABLE: [(&str, &str); FIELDS.len()] = {
@@ -232,48 +113,23 @@ fn sections() -> Vec<&'static str> {
 /// Keys valid directly inside `section` (`""` for the top level).
 fn valid_keys(section: &str) -> Vec<&'static str> {
     if section.is_empty() {
-        let mut out: Vec<&'static str> = FIELDS
-            .iter()
-            .map(|f| f.key)
-            .filter(|k| !k.contains('.'))
-            .collect();
+        let mut out: Vec<&'static str> = FIELDS.iter().map(|f| f.key).filter(|k| !k.contains('.')).collect();
         out.extend(sections());
         out
     } else {
-        FIELDS
-            .iter()
-            .filter_map(|f| {
-                f.key
-                    .split_once('.')
-                    .filter(|(s, _)| *s == section)
-                    .map(|(_, l)| l)
-            })
-            .collect()
+        FIELDS.iter().filter_map(|f| f.key.split_once('.').filter(|(s, _)| *s == section).map(|(_, l)| l)).collect()
     }
 }
 
 fn unknown_key(section: &str, name: &str) -> ConfigError {
     let valid = valid_keys(section);
-    let key = if section.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{section}.{name}")
-    };
+    let key = if section.is_empty() { name.to_owned() } else { format!("{section}.{name}") };
     // A near miss in the same table first; otherwise the same name in another section
     // (e.g. `max_depth` written at the top level instead of under [limits]).
     let suggestion = suggest::closest(name, valid.iter().copied())
         .map(str::to_owned)
-        .or_else(|| {
-            FIELDS
-                .iter()
-                .find(|f| f.key != key && leaf(f.key) == name)
-                .map(|f| f.key.to_owned())
-        });
-    ConfigError::UnknownKey {
-        key,
-        suggestion,
-        valid,
-    }
+        .or_else(|| FIELDS.iter().find(|f| f.key != key && leaf(f.key) == name).map(|f| f.key.to_owned()));
+    ConfigError::UnknownKey { key, suggestion, valid }
 }
 
 fn describe(v: &toml::Value) -> String {
@@ -298,29 +154,19 @@ impl Kind {
                 .to_owned(),
             Kind::Bool => "true or false (without quotes)".to_owned(),
             Kind::UInt { max } => format!("{} (without quotes)", uint_range(max)),
-            Kind::Enum(names) => format!(
-                "one of {}",
-                names
-                    .iter()
-                    .map(|n| format!("\"{n}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            Kind::Enum(names) => {
+                format!("one of {}", names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", "))
+            }
             Kind::Str => "a string".to_owned(),
         }
     }
 
     fn env_expected(self) -> String {
         match self {
-            Kind::Domains => {
-                "comma-separated domain names, e.g. example.org,chat.example.org".to_owned()
-            }
+            Kind::Domains => "comma-separated domain names, e.g. example.org,chat.example.org".to_owned(),
             Kind::Path => "a non-empty path".to_owned(),
             Kind::OptPath => "a path, or an empty value to unset".to_owned(),
-            Kind::Listener => {
-                "IP:port such as 0.0.0.0:5222 or [::]:5222, or `off` (or empty) to disable"
-                    .to_owned()
-            }
+            Kind::Listener => "IP:port such as 0.0.0.0:5222 or [::]:5222, or `off` (or empty) to disable".to_owned(),
             Kind::Bool => "one of true, false, 1, 0, yes, no".to_owned(),
             Kind::UInt { max } => uint_range(max),
             Kind::Enum(names) => format!("one of {}", names.join(", ")),
@@ -392,14 +238,9 @@ pub(crate) fn check_table(table: &toml::Table) -> Result<(), ConfigError> {
     Ok(())
 }
 
-pub(crate) fn apply_env(
-    cfg: &mut Config,
-    vars: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+pub(crate) fn apply_env(cfg: &mut Config, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
     for (var, value) in vars {
-        if !var.starts_with(ENV_PREFIX)
-            || RESERVED_ENV.contains(&var.as_str())
-            || var.starts_with(RESERVED_ENV_PREFIX)
+        if !var.starts_with(ENV_PREFIX) || RESERVED_ENV.contains(&var.as_str()) || var.starts_with(RESERVED_ENV_PREFIX)
         {
             continue;
         }
@@ -412,12 +253,7 @@ pub(crate) fn apply_env(
             });
         };
         if set(cfg, field.key, &value).is_err() {
-            return Err(ConfigError::BadEnv {
-                var,
-                value,
-                key: field.key,
-                expected: field.kind.env_expected(),
-            });
+            return Err(ConfigError::BadEnv { var, value, key: field.key, expected: field.kind.env_expected() });
         }
     }
     Ok(())
@@ -439,11 +275,7 @@ fn boolean(s: &str) -> Result<bool, Malformed> {
 }
 
 fn path(s: &str) -> Result<PathBuf, Malformed> {
-    if s.is_empty() {
-        Err(Malformed)
-    } else {
-        Ok(PathBuf::from(s))
-    }
+    if s.is_empty() { Err(Malformed) } else { Ok(PathBuf::from(s)) }
 }
 
 fn opt_path(s: &str) -> Option<PathBuf> {
@@ -455,12 +287,7 @@ fn set(cfg: &mut Config, key: &str, raw: &str) -> Result<(), Malformed> {
     let l = &mut cfg.limits;
     match key {
         "domains" => {
-            cfg.domains = raw
-                .split(',')
-                .map(str::trim)
-                .filter(|d| !d.is_empty())
-                .map(str::to_owned)
-                .collect();
+            cfg.domains = raw.split(',').map(str::trim).filter(|d| !d.is_empty()).map(str::to_owned).collect();
         }
         "data_dir" => cfg.data_dir = path(raw)?,
         "listen.c2s" => cfg.listen.c2s = listener::parse(raw).map_err(|_| Malformed)?,

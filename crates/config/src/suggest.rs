@@ -18,10 +18,7 @@ pub(crate) fn distance(a: &str, b: &str) -> usize {
 }
 
 /// The candidate closest to `input`, if it is close enough to be a plausible typo.
-pub(crate) fn closest<'a>(
-    input: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub(crate) fn closest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     // A third of the length catches transpositions and dropped letters in long names
     // without proposing unrelated short keys.
     let limit = (input.chars().count() / 3).max(2);

@@ -14,10 +14,7 @@ fn addr(s: &str) -> Option<SocketAddr> {
 }
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 fn with_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -42,13 +39,7 @@ fn defaults() {
     assert_eq!(c.listen.c2s, addr("0.0.0.0:5222"));
     assert_eq!(c.listen.c2s_tls, addr("0.0.0.0:5223"));
     assert_eq!(c.listen.http, addr("127.0.0.1:5280"));
-    assert_eq!(
-        c.tls,
-        Tls {
-            cert: None,
-            key: None
-        }
-    );
+    assert_eq!(c.tls, Tls { cert: None, key: None });
     assert!(!c.registration.allow);
     assert_eq!(c.registration.min_password_len, 8);
     let l = &c.limits;
@@ -67,20 +58,14 @@ fn defaults() {
     assert_eq!(c.log.level, "info");
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(c.admin.token_file, None);
-    assert_eq!(
-        c.admin_token_path(),
-        Path::new("./rookery-data").join("admin.token")
-    );
+    assert_eq!(c.admin_token_path(), Path::new("./rookery-data").join("admin.token"));
     c.validate().unwrap();
 }
 
 #[test]
 fn empty_document_is_defaults() {
     assert_eq!(Config::from_toml_str("").unwrap(), Config::default());
-    assert_eq!(
-        Config::from_toml_str("[limits]\n").unwrap(),
-        Config::default()
-    );
+    assert_eq!(Config::from_toml_str("[limits]\n").unwrap(), Config::default());
 }
 
 #[test]
@@ -99,18 +84,9 @@ fn example_file_parses_and_validates() {
     c.validate().unwrap();
     assert_eq!(c.domains, vec!["example.org"]);
     assert_eq!(c.data_dir, PathBuf::from("/var/lib/rookery"));
-    assert_eq!(
-        c.tls.cert.as_deref(),
-        Some(Path::new("/etc/rookery/tls/fullchain.pem"))
-    );
-    assert_eq!(
-        c.tls.key.as_deref(),
-        Some(Path::new("/etc/rookery/tls/privkey.pem"))
-    );
-    assert_eq!(
-        c.admin_token_path(),
-        PathBuf::from("/etc/rookery/admin.token")
-    );
+    assert_eq!(c.tls.cert.as_deref(), Some(Path::new("/etc/rookery/tls/fullchain.pem")));
+    assert_eq!(c.tls.key.as_deref(), Some(Path::new("/etc/rookery/tls/privkey.pem")));
+    assert_eq!(c.admin_token_path(), PathBuf::from("/etc/rookery/admin.token"));
     // Apart from those, the example documents the defaults.
     assert_eq!(c.listen, Listen::default());
     assert_eq!(c.registration, Registration::default());
@@ -197,8 +173,7 @@ fn to_toml_string_round_trips_defaults() {
 
 #[test]
 fn off_disables_a_listener() {
-    let c =
-        Config::from_toml_str("[listen]\nc2s = \"off\"\nc2s_tls = \"\"\nhttp = \"OFF\"\n").unwrap();
+    let c = Config::from_toml_str("[listen]\nc2s = \"off\"\nc2s_tls = \"\"\nhttp = \"OFF\"\n").unwrap();
     assert_eq!(c.listen.c2s, None);
     assert_eq!(c.listen.c2s_tls, None);
     assert_eq!(c.listen.http, None);
@@ -219,10 +194,7 @@ fn off_disables_a_listener() {
 fn unknown_key_in_section_suggests() {
     let e = Config::from_toml_str("[limits]\nmax_stanza_byte = 1\n").unwrap_err();
     let msg = e.to_string();
-    assert!(
-        msg.contains("unknown key `limits.max_stanza_byte`; did you mean `max_stanza_bytes`?"),
-        "{msg}"
-    );
+    assert!(msg.contains("unknown key `limits.max_stanza_byte`; did you mean `max_stanza_bytes`?"), "{msg}");
     assert!(msg.contains("valid keys in [limits]: "), "{msg}");
     assert!(msg.contains("outbound_queue"), "{msg}");
     assert_eq!(e.keys(), vec!["limits.max_stanza_byte"]);
@@ -230,31 +202,17 @@ fn unknown_key_in_section_suggests() {
 
 #[test]
 fn unknown_top_level_key_suggests() {
-    let msg = Config::from_toml_str("domain = [\"a.org\"]\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        msg.contains("unknown key `domain`; did you mean `domains`?"),
-        "{msg}"
-    );
-    let msg = Config::from_toml_str("[limit]\nmax_depth = 9\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        msg.contains("unknown key `limit`; did you mean `limits`?"),
-        "{msg}"
-    );
+    let msg = Config::from_toml_str("domain = [\"a.org\"]\n").unwrap_err().to_string();
+    assert!(msg.contains("unknown key `domain`; did you mean `domains`?"), "{msg}");
+    let msg = Config::from_toml_str("[limit]\nmax_depth = 9\n").unwrap_err().to_string();
+    assert!(msg.contains("unknown key `limit`; did you mean `limits`?"), "{msg}");
 }
 
 #[test]
 fn key_in_wrong_section_suggests_full_path() {
-    let msg = Config::from_toml_str("max_depth = 9\n")
-        .unwrap_err()
-        .to_string();
+    let msg = Config::from_toml_str("max_depth = 9\n").unwrap_err().to_string();
     assert!(msg.contains("did you mean `limits.max_depth`?"), "{msg}");
-    let msg = Config::from_toml_str("[listen]\ncert = \"x\"\n")
-        .unwrap_err()
-        .to_string();
+    let msg = Config::from_toml_str("[listen]\ncert = \"x\"\n").unwrap_err().to_string();
     assert!(msg.contains("unknown key `listen.cert`"), "{msg}");
     assert!(msg.contains("did you mean `tls.cert`?"), "{msg}");
 }
@@ -263,11 +221,7 @@ fn key_in_wrong_section_suggests_full_path() {
 fn unknown_key_without_close_match_lists_valid_keys() {
     let e = Config::from_toml_str("[storage]\nzzzzzzzzzz = 1\n").unwrap_err();
     match &e {
-        ConfigError::UnknownKey {
-            key,
-            suggestion,
-            valid,
-        } => {
+        ConfigError::UnknownKey { key, suggestion, valid } => {
             assert_eq!(key, "storage.zzzzzzzzzz");
             assert_eq!(suggestion, &None);
             assert_eq!(valid, &vec!["backend", "durability"]);
@@ -279,9 +233,7 @@ fn unknown_key_without_close_match_lists_valid_keys() {
 
 #[test]
 fn nested_unknown_table_is_unknown_key() {
-    let msg = Config::from_toml_str("[limits.extra]\nx = 1\n")
-        .unwrap_err()
-        .to_string();
+    let msg = Config::from_toml_str("[limits.extra]\nx = 1\n").unwrap_err().to_string();
     assert!(msg.contains("unknown key `limits.extra`"), "{msg}");
 }
 
@@ -299,65 +251,21 @@ fn bad_value(text: &str, key: &str, expected_part: &str) {
 
 #[test]
 fn bad_types_name_key_and_expected_type() {
-    bad_value(
-        "[limits]\nmax_depth = \"48\"\n",
-        "limits.max_depth",
-        "whole number",
-    );
-    bad_value(
-        "[limits]\nmax_depth = -1\n",
-        "limits.max_depth",
-        "whole number",
-    );
-    bad_value(
-        "[limits]\nmax_depth = 1.5\n",
-        "limits.max_depth",
-        "whole number",
-    );
-    bad_value(
-        "[limits]\nstanza_rate_per_sec = 5000000000\n",
-        "limits.stanza_rate_per_sec",
-        "4294967295",
-    );
-    bad_value(
-        "[registration]\nallow = \"yes\"\n",
-        "registration.allow",
-        "true or false",
-    );
-    bad_value(
-        "domains = \"example.org\"\n",
-        "domains",
-        "array of domain name strings",
-    );
-    bad_value(
-        "domains = [\"a.org\", 3]\n",
-        "domains",
-        "array of domain name strings",
-    );
+    bad_value("[limits]\nmax_depth = \"48\"\n", "limits.max_depth", "whole number");
+    bad_value("[limits]\nmax_depth = -1\n", "limits.max_depth", "whole number");
+    bad_value("[limits]\nmax_depth = 1.5\n", "limits.max_depth", "whole number");
+    bad_value("[limits]\nstanza_rate_per_sec = 5000000000\n", "limits.stanza_rate_per_sec", "4294967295");
+    bad_value("[registration]\nallow = \"yes\"\n", "registration.allow", "true or false");
+    bad_value("domains = \"example.org\"\n", "domains", "array of domain name strings");
+    bad_value("domains = [\"a.org\", 3]\n", "domains", "array of domain name strings");
     bad_value("data_dir = 5\n", "data_dir", "path string");
     bad_value("[tls]\ncert = true\n", "tls.cert", "path string");
     bad_value("[listen]\nc2s = 5222\n", "listen.c2s", "IP:port");
-    bad_value(
-        "[listen]\nc2s = \"localhost:5222\"\n",
-        "listen.c2s",
-        "IP:port",
-    );
+    bad_value("[listen]\nc2s = \"localhost:5222\"\n", "listen.c2s", "IP:port");
     bad_value("[listen]\nhttp = \"127.0.0.1\"\n", "listen.http", "IP:port");
-    bad_value(
-        "[storage]\nbackend = \"redis\"\n",
-        "storage.backend",
-        "\"embedded\", \"memory\"",
-    );
-    bad_value(
-        "[storage]\ndurability = \"Fsync\"\n",
-        "storage.durability",
-        "\"os\", \"fsync\"",
-    );
-    bad_value(
-        "[log]\nformat = \"yaml\"\n",
-        "log.format",
-        "\"text\", \"json\"",
-    );
+    bad_value("[storage]\nbackend = \"redis\"\n", "storage.backend", "\"embedded\", \"memory\"");
+    bad_value("[storage]\ndurability = \"Fsync\"\n", "storage.durability", "\"os\", \"fsync\"");
+    bad_value("[log]\nformat = \"yaml\"\n", "log.format", "\"text\", \"json\"");
     bad_value("[log]\nlevel = 3\n", "log.level", "a string");
     bad_value("limits = 5\n", "limits", "a table");
 }
@@ -376,76 +284,30 @@ fn syntax_error_is_reported() {
 type EnvCase = (&'static str, &'static str, fn(&Config) -> bool);
 
 const ENV_CASES: &[EnvCase] = &[
-    ("ROOKERY_DOMAINS", " a.org, b.example ,,", |c| {
-        c.domains == ["a.org", "b.example"]
-    }),
-    ("ROOKERY_DATA_DIR", "/data", |c| {
-        c.data_dir == Path::new("/data")
-    }),
-    ("ROOKERY_C2S", "127.0.0.1:15222", |c| {
-        c.listen.c2s == addr("127.0.0.1:15222")
-    }),
-    ("ROOKERY_C2S_TLS", "[::1]:15223", |c| {
-        c.listen.c2s_tls == addr("[::1]:15223")
-    }),
-    ("ROOKERY_HTTP", "0.0.0.0:9000", |c| {
-        c.listen.http == addr("0.0.0.0:9000")
-    }),
-    ("ROOKERY_TLS_CERT", "/c.pem", |c| {
-        c.tls.cert.as_deref() == Some(Path::new("/c.pem"))
-    }),
-    ("ROOKERY_TLS_KEY", "/k.pem", |c| {
-        c.tls.key.as_deref() == Some(Path::new("/k.pem"))
-    }),
-    ("ROOKERY_ALLOW_REGISTRATION", "yes", |c| {
-        c.registration.allow
-    }),
-    ("ROOKERY_REGISTRATION_MIN_PASSWORD_LEN", "14", |c| {
-        c.registration.min_password_len == 14
-    }),
-    ("ROOKERY_LIMITS_MAX_STANZA_BYTES", "100000", |c| {
-        c.limits.max_stanza_bytes == 100_000
-    }),
-    ("ROOKERY_LIMITS_MAX_DEPTH", "16", |c| {
-        c.limits.max_depth == 16
-    }),
-    ("ROOKERY_LIMITS_NEGOTIATION_TIMEOUT_SECS", "5", |c| {
-        c.limits.negotiation_timeout_secs == 5
-    }),
-    ("ROOKERY_LIMITS_IDLE_TIMEOUT_SECS", "0", |c| {
-        c.limits.idle_timeout_secs == 0
-    }),
-    ("ROOKERY_LIMITS_MAX_CONNECTIONS_PER_IP", "2", |c| {
-        c.limits.max_connections_per_ip == 2
-    }),
-    ("ROOKERY_LIMITS_AUTH_FAILURES_BEFORE_DELAY", "7", |c| {
-        c.limits.auth_failures_before_delay == 7
-    }),
-    ("ROOKERY_LIMITS_AUTH_DELAY_MAX_SECS", "9", |c| {
-        c.limits.auth_delay_max_secs == 9
-    }),
-    ("ROOKERY_LIMITS_STANZA_RATE_PER_SEC", "11", |c| {
-        c.limits.stanza_rate_per_sec == 11
-    }),
-    ("ROOKERY_LIMITS_OUTBOUND_QUEUE", "64", |c| {
-        c.limits.outbound_queue == 64
-    }),
-    ("ROOKERY_LIMITS_OFFLINE_MAX_PER_USER", " 5 ", |c| {
-        c.limits.offline_max_per_user == 5
-    }),
-    ("ROOKERY_STORAGE_BACKEND", "memory", |c| {
-        c.storage.backend == StorageBackend::Memory
-    }),
-    ("ROOKERY_STORAGE_DURABILITY", "fsync", |c| {
-        c.storage.durability == Durability::Fsync
-    }),
+    ("ROOKERY_DOMAINS", " a.org, b.example ,,", |c| c.domains == ["a.org", "b.example"]),
+    ("ROOKERY_DATA_DIR", "/data", |c| c.data_dir == Path::new("/data")),
+    ("ROOKERY_C2S", "127.0.0.1:15222", |c| c.listen.c2s == addr("127.0.0.1:15222")),
+    ("ROOKERY_C2S_TLS", "[::1]:15223", |c| c.listen.c2s_tls == addr("[::1]:15223")),
+    ("ROOKERY_HTTP", "0.0.0.0:9000", |c| c.listen.http == addr("0.0.0.0:9000")),
+    ("ROOKERY_TLS_CERT", "/c.pem", |c| c.tls.cert.as_deref() == Some(Path::new("/c.pem"))),
+    ("ROOKERY_TLS_KEY", "/k.pem", |c| c.tls.key.as_deref() == Some(Path::new("/k.pem"))),
+    ("ROOKERY_ALLOW_REGISTRATION", "yes", |c| c.registration.allow),
+    ("ROOKERY_REGISTRATION_MIN_PASSWORD_LEN", "14", |c| c.registration.min_password_len == 14),
+    ("ROOKERY_LIMITS_MAX_STANZA_BYTES", "100000", |c| c.limits.max_stanza_bytes == 100_000),
+    ("ROOKERY_LIMITS_MAX_DEPTH", "16", |c| c.limits.max_depth == 16),
+    ("ROOKERY_LIMITS_NEGOTIATION_TIMEOUT_SECS", "5", |c| c.limits.negotiation_timeout_secs == 5),
+    ("ROOKERY_LIMITS_IDLE_TIMEOUT_SECS", "0", |c| c.limits.idle_timeout_secs == 0),
+    ("ROOKERY_LIMITS_MAX_CONNECTIONS_PER_IP", "2", |c| c.limits.max_connections_per_ip == 2),
+    ("ROOKERY_LIMITS_AUTH_FAILURES_BEFORE_DELAY", "7", |c| c.limits.auth_failures_before_delay == 7),
+    ("ROOKERY_LIMITS_AUTH_DELAY_MAX_SECS", "9", |c| c.limits.auth_delay_max_secs == 9),
+    ("ROOKERY_LIMITS_STANZA_RATE_PER_SEC", "11", |c| c.limits.stanza_rate_per_sec == 11),
+    ("ROOKERY_LIMITS_OUTBOUND_QUEUE", "64", |c| c.limits.outbound_queue == 64),
+    ("ROOKERY_LIMITS_OFFLINE_MAX_PER_USER", " 5 ", |c| c.limits.offline_max_per_user == 5),
+    ("ROOKERY_STORAGE_BACKEND", "memory", |c| c.storage.backend == StorageBackend::Memory),
+    ("ROOKERY_STORAGE_DURABILITY", "fsync", |c| c.storage.durability == Durability::Fsync),
     ("ROOKERY_LOG_LEVEL", "debug", |c| c.log.level == "debug"),
-    ("ROOKERY_LOG_FORMAT", "json", |c| {
-        c.log.format == LogFormat::Json
-    }),
-    ("ROOKERY_ADMIN_TOKEN_FILE", "/t", |c| {
-        c.admin.token_file.as_deref() == Some(Path::new("/t"))
-    }),
+    ("ROOKERY_LOG_FORMAT", "json", |c| c.log.format == LogFormat::Json),
+    ("ROOKERY_ADMIN_TOKEN_FILE", "/t", |c| c.admin.token_file.as_deref() == Some(Path::new("/t"))),
 ];
 
 #[test]
@@ -457,10 +319,7 @@ fn every_env_var_applies() {
     for (var, value, check) in ENV_CASES {
         let c = with_env(&[(var, value)]).unwrap();
         assert!(check(&c), "{var}={value} did not apply");
-        assert!(
-            !check(&Config::default()),
-            "{var}: test value equals the default"
-        );
+        assert!(!check(&Config::default()), "{var}: test value equals the default");
     }
 
     // All at once, over a file, and the result still validates (cert and key both set).
@@ -515,19 +374,12 @@ fn docs_and_example_cover_every_key() {
 
 #[test]
 fn env_booleans() {
-    for (v, want) in [
-        ("true", true),
-        ("TRUE", true),
-        ("1", true),
-        ("yes", true),
-        ("false", false),
-        ("0", false),
-        ("No", false),
-    ] {
+    for (v, want) in
+        [("true", true), ("TRUE", true), ("1", true), ("yes", true), ("false", false), ("0", false), ("No", false)]
+    {
         let mut c = Config::default();
         c.registration.allow = !want;
-        c.apply_env(env(&[("ROOKERY_ALLOW_REGISTRATION", v)]))
-            .unwrap();
+        c.apply_env(env(&[("ROOKERY_ALLOW_REGISTRATION", v)])).unwrap();
         assert_eq!(c.registration.allow, want, "{v}");
     }
 }
@@ -535,17 +387,9 @@ fn env_booleans() {
 #[test]
 fn env_empty_optional_path_unsets() {
     let mut c = Config::from_toml_str(EXAMPLE).unwrap();
-    c.apply_env(env(&[
-        ("ROOKERY_TLS_CERT", ""),
-        ("ROOKERY_TLS_KEY", ""),
-        ("ROOKERY_ADMIN_TOKEN_FILE", ""),
-    ]))
-    .unwrap();
+    c.apply_env(env(&[("ROOKERY_TLS_CERT", ""), ("ROOKERY_TLS_KEY", ""), ("ROOKERY_ADMIN_TOKEN_FILE", "")])).unwrap();
     assert_eq!(c.tls, Tls::default());
-    assert_eq!(
-        c.admin_token_path(),
-        Path::new("/var/lib/rookery/admin.token")
-    );
+    assert_eq!(c.admin_token_path(), Path::new("/var/lib/rookery/admin.token"));
 }
 
 #[test]
@@ -573,15 +417,11 @@ fn unknown_env_var_suggests() {
         ),
         "{msg}"
     );
-    let msg = with_env(&[("ROOKERY_DOMAIN", "a.org")])
-        .unwrap_err()
-        .to_string();
+    let msg = with_env(&[("ROOKERY_DOMAIN", "a.org")]).unwrap_err().to_string();
     assert!(msg.contains("did you mean `ROOKERY_DOMAINS`?"), "{msg}");
     let e = with_env(&[("ROOKERY_QQQQQQQQQQQQQQQQ", "1")]).unwrap_err();
     match e {
-        ConfigError::UnknownEnv {
-            suggestion, valid, ..
-        } => {
+        ConfigError::UnknownEnv { suggestion, valid, .. } => {
             assert_eq!(suggestion, None);
             assert!(valid.contains(&"ROOKERY_LOG_LEVEL"));
         }
@@ -592,43 +432,13 @@ fn unknown_env_var_suggests() {
 #[test]
 fn bad_env_values_name_variable_value_and_form() {
     for (var, value, key, form) in [
-        (
-            "ROOKERY_LIMITS_MAX_DEPTH",
-            "deep",
-            "limits.max_depth",
-            "whole number",
-        ),
-        (
-            "ROOKERY_LIMITS_MAX_DEPTH",
-            "-3",
-            "limits.max_depth",
-            "whole number",
-        ),
-        (
-            "ROOKERY_LIMITS_STANZA_RATE_PER_SEC",
-            "4294967296",
-            "limits.stanza_rate_per_sec",
-            "4294967295",
-        ),
-        (
-            "ROOKERY_ALLOW_REGISTRATION",
-            "maybe",
-            "registration.allow",
-            "true, false",
-        ),
+        ("ROOKERY_LIMITS_MAX_DEPTH", "deep", "limits.max_depth", "whole number"),
+        ("ROOKERY_LIMITS_MAX_DEPTH", "-3", "limits.max_depth", "whole number"),
+        ("ROOKERY_LIMITS_STANZA_RATE_PER_SEC", "4294967296", "limits.stanza_rate_per_sec", "4294967295"),
+        ("ROOKERY_ALLOW_REGISTRATION", "maybe", "registration.allow", "true, false"),
         ("ROOKERY_C2S", "localhost:5222", "listen.c2s", "IP:port"),
-        (
-            "ROOKERY_STORAGE_BACKEND",
-            "redis",
-            "storage.backend",
-            "embedded, memory",
-        ),
-        (
-            "ROOKERY_STORAGE_DURABILITY",
-            "sync",
-            "storage.durability",
-            "os, fsync",
-        ),
+        ("ROOKERY_STORAGE_BACKEND", "redis", "storage.backend", "embedded, memory"),
+        ("ROOKERY_STORAGE_DURABILITY", "sync", "storage.durability", "os, fsync"),
         ("ROOKERY_LOG_FORMAT", "xml", "log.format", "text, json"),
         ("ROOKERY_DATA_DIR", "", "data_dir", "non-empty path"),
     ] {
@@ -646,8 +456,7 @@ fn bad_env_values_name_variable_value_and_form() {
 #[test]
 fn env_wins_over_file() {
     let mut c = Config::from_toml_str("[limits]\nmax_depth = 20\n").unwrap();
-    c.apply_env(env(&[("ROOKERY_LIMITS_MAX_DEPTH", "30")]))
-        .unwrap();
+    c.apply_env(env(&[("ROOKERY_LIMITS_MAX_DEPTH", "30")])).unwrap();
     assert_eq!(c.limits.max_depth, 30);
 }
 
@@ -672,43 +481,19 @@ fn validation_failures_name_their_key() {
     expect_invalid(|c| c.domains = vec![".example.org".into()], "domains");
     expect_invalid(|c| c.domains = vec!["-bad.org".into()], "domains");
     expect_invalid(|c| c.domains = vec!["a".repeat(64) + ".org"], "domains");
-    expect_invalid(
-        |c| c.domains = vec!["a.org".into(), "a.org".into()],
-        "domains",
-    );
+    expect_invalid(|c| c.domains = vec!["a.org".into(), "a.org".into()], "domains");
     expect_invalid(|c| c.data_dir = PathBuf::new(), "data_dir");
     expect_invalid(|c| c.tls.cert = Some("/c.pem".into()), "tls.key");
     expect_invalid(|c| c.tls.key = Some("/k.pem".into()), "tls.cert");
-    expect_invalid(
-        |c| c.registration.min_password_len = 0,
-        "registration.min_password_len",
-    );
-    expect_invalid(
-        |c| c.limits.max_stanza_bytes = 9_999,
-        "limits.max_stanza_bytes",
-    );
-    expect_invalid(
-        |c| c.limits.max_stanza_bytes = 16 * 1024 * 1024 + 1,
-        "limits.max_stanza_bytes",
-    );
+    expect_invalid(|c| c.registration.min_password_len = 0, "registration.min_password_len");
+    expect_invalid(|c| c.limits.max_stanza_bytes = 9_999, "limits.max_stanza_bytes");
+    expect_invalid(|c| c.limits.max_stanza_bytes = 16 * 1024 * 1024 + 1, "limits.max_stanza_bytes");
     expect_invalid(|c| c.limits.max_depth = 7, "limits.max_depth");
     expect_invalid(|c| c.limits.max_depth = 257, "limits.max_depth");
-    expect_invalid(
-        |c| c.limits.negotiation_timeout_secs = 0,
-        "limits.negotiation_timeout_secs",
-    );
-    expect_invalid(
-        |c| c.limits.negotiation_timeout_secs = 601,
-        "limits.negotiation_timeout_secs",
-    );
-    expect_invalid(
-        |c| c.limits.max_connections_per_ip = 0,
-        "limits.max_connections_per_ip",
-    );
-    expect_invalid(
-        |c| c.limits.stanza_rate_per_sec = 0,
-        "limits.stanza_rate_per_sec",
-    );
+    expect_invalid(|c| c.limits.negotiation_timeout_secs = 0, "limits.negotiation_timeout_secs");
+    expect_invalid(|c| c.limits.negotiation_timeout_secs = 601, "limits.negotiation_timeout_secs");
+    expect_invalid(|c| c.limits.max_connections_per_ip = 0, "limits.max_connections_per_ip");
+    expect_invalid(|c| c.limits.stanza_rate_per_sec = 0, "limits.stanza_rate_per_sec");
     expect_invalid(|c| c.limits.outbound_queue = 15, "limits.outbound_queue");
     expect_invalid(|c| c.listen.c2s_tls = c.listen.c2s, "listen.c2s_tls");
     expect_invalid(|c| c.listen.http = addr("127.0.0.1:5222"), "listen.http");
@@ -718,12 +503,7 @@ fn validation_failures_name_their_key() {
 #[test]
 fn validation_boundaries_accepted() {
     let mut c = Config {
-        domains: vec![
-            "localhost".into(),
-            "a.b-c.example".into(),
-            "xn--bcher-kva.example".into(),
-            "host1".into(),
-        ],
+        domains: vec!["localhost".into(), "a.b-c.example".into(), "xn--bcher-kva.example".into(), "host1".into()],
         ..Config::default()
     };
     c.limits.max_stanza_bytes = 10_000;
@@ -761,15 +541,9 @@ fn validation_reports_all_problems_at_once() {
     c.limits.max_depth = 1;
     c.limits.outbound_queue = 1;
     let keys = invalid_keys(&c);
-    assert_eq!(
-        keys,
-        vec!["domains", "limits.max_depth", "limits.outbound_queue"]
-    );
+    assert_eq!(keys, vec!["domains", "limits.max_depth", "limits.outbound_queue"]);
     let msg = c.validate().unwrap_err().to_string();
-    assert!(
-        msg.starts_with("invalid configuration (3 problems):"),
-        "{msg}"
-    );
+    assert!(msg.starts_with("invalid configuration (3 problems):"), "{msg}");
 }
 
 // ---- load ---------------------------------------------------------------------------------
@@ -779,16 +553,12 @@ fn load_missing_file_names_the_path() {
     let path = Path::new("/nonexistent/rookery-config-test/rookery.toml");
     let e = Config::load(Some(path)).unwrap_err();
     assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
-    assert!(
-        e.to_string()
-            .contains("/nonexistent/rookery-config-test/rookery.toml")
-    );
+    assert!(e.to_string().contains("/nonexistent/rookery-config-test/rookery.toml"));
 }
 
 #[test]
 fn load_reports_file_and_key() {
-    let path =
-        std::env::temp_dir().join(format!("rookery-config-test-{}.toml", std::process::id()));
+    let path = std::env::temp_dir().join(format!("rookery-config-test-{}.toml", std::process::id()));
     std::fs::write(&path, "[limits]\nmax_depht = 3\n").unwrap();
     let e = Config::load(Some(&path)).unwrap_err();
     std::fs::remove_file(&path).unwrap();

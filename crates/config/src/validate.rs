@@ -15,11 +15,7 @@ pub(crate) const MIN_OUTBOUND_QUEUE: usize = 16;
 pub(crate) const PASSWORD_LEN_RANGE: std::ops::RangeInclusive<usize> = 1..=1024;
 
 fn problem(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Problem {
-    Problem {
-        key: key.into(),
-        problem: problem.into(),
-        fix: fix.into(),
-    }
+    Problem { key: key.into(), problem: problem.into(), fix: fix.into() }
 }
 
 /// Why `name` is not an acceptable domain, if it is not.
@@ -36,10 +32,7 @@ pub(crate) fn domain_error(name: &str) -> Option<&'static str> {
     if name.bytes().any(|b| b.is_ascii_uppercase()) {
         return Some("it contains uppercase letters");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    {
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.') {
         return Some("it contains characters other than a-z, 0-9, '-' and '.'");
     }
     for label in name.split('.') {
@@ -60,9 +53,7 @@ pub(crate) fn domain_error(name: &str) -> Option<&'static str> {
 /// wildcard address on either side (0.0.0.0 and [::] cover every address).
 fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
     // Port 0 asks the OS for a free port, so such listeners never collide.
-    a.port() != 0
-        && a.port() == b.port()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 pub(crate) fn problems(cfg: &Config) -> Vec<Problem> {
@@ -84,11 +75,7 @@ pub(crate) fn problems(cfg: &Config) -> Vec<Problem> {
                  (internationalized names in their xn-- form), or \"localhost\"",
             ));
         } else if cfg.domains[..i].contains(d) {
-            out.push(problem(
-                "domains",
-                format!("{d:?} is listed twice"),
-                "remove the duplicate entry",
-            ));
+            out.push(problem("domains", format!("{d:?} is listed twice"), "remove the duplicate entry"));
         }
     }
 
@@ -121,11 +108,7 @@ pub(crate) fn problems(cfg: &Config) -> Vec<Problem> {
         out.push(problem(
             "registration.min_password_len",
             format!("{pw} is out of range"),
-            format!(
-                "use a value from {} to {} (default 8)",
-                PASSWORD_LEN_RANGE.start(),
-                PASSWORD_LEN_RANGE.end()
-            ),
+            format!("use a value from {} to {} (default 8)", PASSWORD_LEN_RANGE.start(), PASSWORD_LEN_RANGE.end()),
         ));
     }
 
@@ -144,11 +127,7 @@ pub(crate) fn problems(cfg: &Config) -> Vec<Problem> {
         out.push(problem(
             "limits.max_depth",
             format!("{} is out of range", l.max_depth),
-            format!(
-                "use a value from {} to {} (default 48)",
-                DEPTH_RANGE.start(),
-                DEPTH_RANGE.end()
-            ),
+            format!("use a value from {} to {} (default 48)", DEPTH_RANGE.start(), DEPTH_RANGE.end()),
         ));
     }
     if !NEGOTIATION_TIMEOUT_RANGE.contains(&l.negotiation_timeout_secs) {
@@ -180,19 +159,13 @@ pub(crate) fn problems(cfg: &Config) -> Vec<Problem> {
     if l.outbound_queue < MIN_OUTBOUND_QUEUE {
         out.push(problem(
             "limits.outbound_queue",
-            format!(
-                "{} is too small: a roster push or MUC join alone can queue more",
-                l.outbound_queue
-            ),
+            format!("{} is too small: a roster push or MUC join alone can queue more", l.outbound_queue),
             format!("use a value of at least {MIN_OUTBOUND_QUEUE} (default 4096)"),
         ));
     }
 
-    let listeners: [(&str, Option<SocketAddr>); 3] = [
-        ("listen.c2s", cfg.listen.c2s),
-        ("listen.c2s_tls", cfg.listen.c2s_tls),
-        ("listen.http", cfg.listen.http),
-    ];
+    let listeners: [(&str, Option<SocketAddr>); 3] =
+        [("listen.c2s", cfg.listen.c2s), ("listen.c2s_tls", cfg.listen.c2s_tls), ("listen.http", cfg.listen.http)];
     for (i, (key_a, a)) in listeners.iter().enumerate() {
         for (key_b, b) in &listeners[i + 1..] {
             if let (Some(a), Some(b)) = (a, b)

@@ -18,8 +18,8 @@ use rookery_stanza::{Envelope, StreamCondition};
 
 pub use hub::LocalHub;
 pub use module::{
-    Dispatch, Features, Identity, IqResult,
-    Ctx, IqHandler, IqRequest, IqType, Module, ModuleInfo, Registrar, ServerApi, Support, Target, XepSupport,
+    Ctx, Dispatch, Features, Identity, IqHandler, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar,
+    ServerApi, Support, Target, XepSupport,
 };
 pub use registry::{MemoryRegistry, SessionEntry, SessionRegistry};
 

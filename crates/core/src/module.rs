@@ -132,7 +132,14 @@ impl Registrar {
         Self::default()
     }
     /// Registers a handler for IQs whose payload is `<name xmlns='ns'/>`.
-    pub fn iq(&mut self, name: &'static str, ns: &'static str, kind: IqType, targets: &[Target], h: Arc<dyn IqHandler>) {
+    pub fn iq(
+        &mut self,
+        name: &'static str,
+        ns: &'static str,
+        kind: IqType,
+        targets: &[Target],
+        h: Arc<dyn IqHandler>,
+    ) {
         let list = self.handlers.entry(ns).or_default();
         for t in targets {
             list.retain(|(n, k, tt, _)| !(*n == name && *k == kind && tt == t));

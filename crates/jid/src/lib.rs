@@ -125,11 +125,7 @@ impl Jid {
     /// Builds a JID from separate parts, enforcing each one. Unlike [`Jid::parse`], the parts
     /// are taken as given: a `/` in `resource` is part of the resource, an `@` in `node` is an
     /// error.
-    pub fn from_parts(
-        node: Option<&str>,
-        domain: &str,
-        resource: Option<&str>,
-    ) -> Result<Jid, JidError> {
+    pub fn from_parts(node: Option<&str>, domain: &str, resource: Option<&str>) -> Result<Jid, JidError> {
         let domain = enforce_domain(domain)?;
         let node = node.map(enforce_node).transpose()?;
         let resource = resource.map(enforce_resource).transpose()?;
@@ -178,20 +174,12 @@ impl Jid {
         if self.slash.is_none() {
             return BareJid(self.clone());
         }
-        BareJid(Jid {
-            s: Arc::from(self.bare_str()),
-            at: self.at,
-            slash: None,
-        })
+        BareJid(Jid { s: Arc::from(self.bare_str()), at: self.at, slash: None })
     }
 
     /// Like [`Jid::to_bare`] but consumes `self`, avoiding a reference count bump.
     pub fn into_bare(self) -> BareJid {
-        if self.slash.is_none() {
-            BareJid(self)
-        } else {
-            self.to_bare()
-        }
+        if self.slash.is_none() { BareJid(self) } else { self.to_bare() }
     }
 
     /// The JID of the domain alone (the server or service hosting this address).
@@ -199,11 +187,7 @@ impl Jid {
         if self.at.is_none() && self.slash.is_none() {
             return BareJid(self.clone());
         }
-        BareJid(Jid {
-            s: Arc::from(self.domain()),
-            at: None,
-            slash: None,
-        })
+        BareJid(Jid { s: Arc::from(self.domain()), at: None, slash: None })
     }
 
     /// The same localpart and domainpart with `resource` (enforced) as resourcepart,
@@ -326,11 +310,7 @@ impl FullJid {
     }
 
     /// Builds a full JID from separate parts, enforcing each one.
-    pub fn from_parts(
-        node: Option<&str>,
-        domain: &str,
-        resource: &str,
-    ) -> Result<FullJid, JidError> {
+    pub fn from_parts(node: Option<&str>, domain: &str, resource: &str) -> Result<FullJid, JidError> {
         Jid::from_parts(node, domain, Some(resource)).map(FullJid)
     }
 
@@ -388,21 +368,13 @@ impl FullJid {
 impl TryFrom<Jid> for BareJid {
     type Error = JidError;
     fn try_from(j: Jid) -> Result<Self, JidError> {
-        if j.is_bare() {
-            Ok(BareJid(j))
-        } else {
-            Err(JidError::NotBare)
-        }
+        if j.is_bare() { Ok(BareJid(j)) } else { Err(JidError::NotBare) }
     }
 }
 impl TryFrom<Jid> for FullJid {
     type Error = JidError;
     fn try_from(j: Jid) -> Result<Self, JidError> {
-        if j.is_full() {
-            Ok(FullJid(j))
-        } else {
-            Err(JidError::NotFull)
-        }
+        if j.is_full() { Ok(FullJid(j)) } else { Err(JidError::NotFull) }
     }
 }
 impl From<BareJid> for Jid {
@@ -494,11 +466,7 @@ fn assemble_raw(pieces: &[&str]) -> Jid {
     } else {
         Arc::from(pieces.concat())
     };
-    Jid {
-        s,
-        at: None,
-        slash: None,
-    }
+    Jid { s, at: None, slash: None }
 }
 
 /// True when `s` is a non-empty localpart that `UsernameCaseMapped` leaves unchanged and
@@ -507,9 +475,7 @@ fn assemble_raw(pieces: &[&str]) -> Jid {
 fn node_is_canonical(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_PART_LEN
-        && s.bytes().all(|b| {
-            matches!(b, b'!'..=b'~') && !b.is_ascii_uppercase() && !NODE_EXCLUDED.contains(&b)
-        })
+        && s.bytes().all(|b| matches!(b, b'!'..=b'~') && !b.is_ascii_uppercase() && !NODE_EXCLUDED.contains(&b))
 }
 
 /// True when `s` is a non-empty resourcepart that `OpaqueString` leaves unchanged: printable
@@ -529,9 +495,7 @@ fn domain_is_canonical(s: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
                 && !label.starts_with("xn--")
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         })
 }
 
@@ -596,18 +560,12 @@ fn enforce_domain(s: &str) -> Result<Cow<'_, str>, JidError> {
     }
     // RFC 1034 label separators, including the ones UTS #46 maps to '.'; stripped before any
     // other step, as §3.2 requires.
-    let s = ['.', '\u{3002}', '\u{FF0E}', '\u{FF61}']
-        .iter()
-        .find_map(|&dot| s.strip_suffix(dot))
-        .unwrap_or(s);
+    let s = ['.', '\u{3002}', '\u{FF0E}', '\u{FF61}'].iter().find_map(|&dot| s.strip_suffix(dot)).unwrap_or(s);
     if s.is_empty() {
         return Err(JidError::EmptyDomain);
     }
     if let Some(inner) = s.strip_prefix('[') {
-        let addr = inner
-            .strip_suffix(']')
-            .and_then(|a| a.parse::<Ipv6Addr>().ok())
-            .ok_or(JidError::InvalidDomain)?;
+        let addr = inner.strip_suffix(']').and_then(|a| a.parse::<Ipv6Addr>().ok()).ok_or(JidError::InvalidDomain)?;
         // Canonical RFC 5952 text, so that [::1] and [0::1] compare equal.
         return Ok(Cow::Owned(format!("[{addr}]")));
     }
@@ -616,8 +574,7 @@ fn enforce_domain(s: &str) -> Result<Cow<'_, str>, JidError> {
     }
     // STD3 rules reject every ASCII character outside LDH ('@', '/', ' ', '_', ...), also
     // when a non-ASCII character maps to one. IPv4 literals are plain LDH and pass unchanged.
-    let (out, result) =
-        Uts46::new().to_unicode(s.as_bytes(), AsciiDenyList::STD3, Hyphens::CheckFirstLast);
+    let (out, result) = Uts46::new().to_unicode(s.as_bytes(), AsciiDenyList::STD3, Hyphens::CheckFirstLast);
     if result.is_err() || out.split('.').any(str::is_empty) {
         return Err(JidError::InvalidDomain);
     }

@@ -16,76 +16,21 @@ fn parts(j: &Jid) -> (Option<&str>, &str, Option<&str>) {
 fn rfc7622_valid_examples() {
     let cases: &[(&str, Option<&str>, &str, Option<&str>)] = &[
         ("juliet@example.com", Some("juliet"), "example.com", None),
-        (
-            "juliet@example.com/foo",
-            Some("juliet"),
-            "example.com",
-            Some("foo"),
-        ),
-        (
-            "juliet@example.com/foo bar",
-            Some("juliet"),
-            "example.com",
-            Some("foo bar"),
-        ),
-        (
-            "juliet@example.com/foo@bar",
-            Some("juliet"),
-            "example.com",
-            Some("foo@bar"),
-        ),
-        (
-            r"foo\20bar@example.com",
-            Some(r"foo\20bar"),
-            "example.com",
-            None,
-        ),
-        (
-            "fussball@example.com",
-            Some("fussball"),
-            "example.com",
-            None,
-        ),
-        (
-            "fu\u{DF}ball@example.com",
-            Some("fu\u{DF}ball"),
-            "example.com",
-            None,
-        ),
+        ("juliet@example.com/foo", Some("juliet"), "example.com", Some("foo")),
+        ("juliet@example.com/foo bar", Some("juliet"), "example.com", Some("foo bar")),
+        ("juliet@example.com/foo@bar", Some("juliet"), "example.com", Some("foo@bar")),
+        (r"foo\20bar@example.com", Some(r"foo\20bar"), "example.com", None),
+        ("fussball@example.com", Some("fussball"), "example.com", None),
+        ("fu\u{DF}ball@example.com", Some("fu\u{DF}ball"), "example.com", None),
         ("\u{3C0}@example.com", Some("\u{3C0}"), "example.com", None),
         // Example 9: capital sigma is case-mapped to small sigma.
-        (
-            "\u{3A3}@example.com/foo",
-            Some("\u{3C3}"),
-            "example.com",
-            Some("foo"),
-        ),
-        (
-            "\u{3C3}@example.com/foo",
-            Some("\u{3C3}"),
-            "example.com",
-            Some("foo"),
-        ),
-        (
-            "\u{3C2}@example.com/foo",
-            Some("\u{3C2}"),
-            "example.com",
-            Some("foo"),
-        ),
-        (
-            "king@example.com/\u{265A}",
-            Some("king"),
-            "example.com",
-            Some("\u{265A}"),
-        ),
+        ("\u{3A3}@example.com/foo", Some("\u{3C3}"), "example.com", Some("foo")),
+        ("\u{3C3}@example.com/foo", Some("\u{3C3}"), "example.com", Some("foo")),
+        ("\u{3C2}@example.com/foo", Some("\u{3C2}"), "example.com", Some("foo")),
+        ("king@example.com/\u{265A}", Some("king"), "example.com", Some("\u{265A}")),
         ("example.com", None, "example.com", None),
         ("example.com/foobar", None, "example.com", Some("foobar")),
-        (
-            "a.example.com/b@example.net",
-            None,
-            "a.example.com",
-            Some("b@example.net"),
-        ),
+        ("a.example.com/b@example.net", None, "a.example.com", Some("b@example.net")),
     ];
     for &(input, node, domain, resource) in cases {
         let j = parse(input);
@@ -95,22 +40,10 @@ fn rfc7622_valid_examples() {
 
 #[test]
 fn rfc7622_examples_6_7_and_9_10_11_comparisons() {
-    assert_ne!(
-        parse("fussball@example.com"),
-        parse("fu\u{DF}ball@example.com")
-    );
-    assert_eq!(
-        parse("\u{3A3}@example.com/foo"),
-        parse("\u{3C3}@example.com/foo")
-    );
-    assert_ne!(
-        parse("\u{3A3}@example.com/foo"),
-        parse("\u{3C2}@example.com/foo")
-    );
-    assert_ne!(
-        parse("\u{3C3}@example.com/foo"),
-        parse("\u{3C2}@example.com/foo")
-    );
+    assert_ne!(parse("fussball@example.com"), parse("fu\u{DF}ball@example.com"));
+    assert_eq!(parse("\u{3A3}@example.com/foo"), parse("\u{3C3}@example.com/foo"));
+    assert_ne!(parse("\u{3A3}@example.com/foo"), parse("\u{3C2}@example.com/foo"));
+    assert_ne!(parse("\u{3C3}@example.com/foo"), parse("\u{3C2}@example.com/foo"));
 }
 
 // RFC 7622 §3.5, table 2.
@@ -154,10 +87,7 @@ fn localpart_excluded_characters() {
         assert_eq!(r, Err(JidError::InvalidNode), "{c:?}");
     }
     // Fullwidth commercial at becomes '@' through width mapping.
-    assert_eq!(
-        Jid::parse("a\u{FF20}b@example.com"),
-        Err(JidError::InvalidNode)
-    );
+    assert_eq!(Jid::parse("a\u{FF20}b@example.com"), Err(JidError::InvalidNode));
     // Other printable ASCII is fine.
     let j = parse("a!#$%*+-.=?^_`{|}~b@example.com");
     assert_eq!(j.node(), Some("a!#$%*+-.=?^_`{|}~b"));
@@ -175,10 +105,7 @@ fn localpart_unicode() {
     assert_eq!(j.node(), Some("caf\u{E9}"));
     assert_eq!(j, parse("CAF\u{C9}@example.com"));
     // Control characters are disallowed.
-    assert_eq!(
-        Jid::parse("a\u{7}b@example.com"),
-        Err(JidError::InvalidNode)
-    );
+    assert_eq!(Jid::parse("a\u{7}b@example.com"), Err(JidError::InvalidNode));
 }
 
 #[test]
@@ -190,14 +117,8 @@ fn resourcepart_opaque_string() {
     // '/' and '@' inside the resource are ordinary characters.
     let j = parse("a@example.com/x/y@z");
     assert_eq!(j.resource(), Some("x/y@z"));
-    assert_eq!(
-        Jid::parse("a@example.com/a\u{0}b"),
-        Err(JidError::InvalidResource)
-    );
-    assert_eq!(
-        Jid::parse("a@example.com/a\u{7F}b"),
-        Err(JidError::InvalidResource)
-    );
+    assert_eq!(Jid::parse("a@example.com/a\u{0}b"), Err(JidError::InvalidResource));
+    assert_eq!(Jid::parse("a@example.com/a\u{7F}b"), Err(JidError::InvalidResource));
 }
 
 #[test]
@@ -237,14 +158,7 @@ fn domain_ip_literals() {
     assert_eq!(j.domain(), "[2001:db8::1]");
     assert_eq!(j, parse("[2001:db8::1]"));
     assert_eq!(parse("[::1].").domain(), "[::1]");
-    for bad in [
-        "[::1",
-        "::1",
-        "[]",
-        "[not:an:ip]",
-        "[::1]x",
-        "[fe80::1%eth0]",
-    ] {
+    for bad in ["[::1", "::1", "[]", "[not:an:ip]", "[::1]x", "[fe80::1%eth0]"] {
         assert_eq!(Jid::parse(bad), Err(JidError::InvalidDomain), "{bad}");
     }
 }
@@ -264,11 +178,7 @@ fn domain_invalid() {
         assert_eq!(Jid::parse(bad), Err(JidError::InvalidDomain), "{bad:?}");
     }
     for bad in ["a/b", "a@b", "exa\u{FF0F}mple", "exa\u{FF20}mple"] {
-        assert_eq!(
-            Jid::from_parts(None, bad, None),
-            Err(JidError::InvalidDomain),
-            "{bad:?}"
-        );
+        assert_eq!(Jid::from_parts(None, bad, None), Err(JidError::InvalidDomain), "{bad:?}");
     }
 }
 
@@ -280,15 +190,9 @@ fn empty_parts() {
     assert_eq!(Jid::parse("a@"), Err(JidError::EmptyDomain));
     assert_eq!(Jid::parse("a@/r"), Err(JidError::EmptyDomain));
     assert_eq!(Jid::parse("@"), Err(JidError::EmptyDomain));
-    assert_eq!(
-        Jid::from_parts(Some(""), "d", None),
-        Err(JidError::EmptyNode)
-    );
+    assert_eq!(Jid::from_parts(Some(""), "d", None), Err(JidError::EmptyNode));
     assert_eq!(Jid::from_parts(None, "", None), Err(JidError::EmptyDomain));
-    assert_eq!(
-        Jid::from_parts(None, "d", Some("")),
-        Err(JidError::EmptyResource)
-    );
+    assert_eq!(Jid::from_parts(None, "d", Some("")), Err(JidError::EmptyResource));
     // A part that enforcement maps to nothing is invalid as well.
     assert_eq!(Jid::parse("a@\u{AD}"), Err(JidError::InvalidDomain));
 }
@@ -308,20 +212,11 @@ fn too_long_parts() {
 
     assert_eq!(Jid::parse(&format!("{over}@d")), Err(JidError::TooLong));
     assert_eq!(Jid::parse(&format!("d/{over}")), Err(JidError::TooLong));
-    assert_eq!(
-        Jid::parse(&format!("{max_domain}b")),
-        Err(JidError::TooLong)
-    );
+    assert_eq!(Jid::parse(&format!("{max_domain}b")), Err(JidError::TooLong));
     // Limits apply after enforcement: uppercase and non-ASCII take the slow path.
     assert_eq!(Jid::parse(&format!("A{max}@d")), Err(JidError::TooLong));
-    assert_eq!(
-        Jid::parse(&format!("d/\u{E9}{max}")),
-        Err(JidError::TooLong)
-    );
-    assert_eq!(
-        Jid::parse(&format!("B{max_domain}")),
-        Err(JidError::TooLong)
-    );
+    assert_eq!(Jid::parse(&format!("d/\u{E9}{max}")), Err(JidError::TooLong));
+    assert_eq!(Jid::parse(&format!("B{max_domain}")), Err(JidError::TooLong));
     // Fullwidth 'a' is three octets but maps to one: 1023 of them fit.
     let wide = "\u{FF41}".repeat(MAX_PART_LEN);
     assert_eq!(parse(&format!("{wide}@d")).node(), Some(max.as_str()));
@@ -348,28 +243,16 @@ fn bare_full_conversions() {
     let other = bare.with_resource("Orchard\u{A0}1").unwrap();
     assert_eq!(other.as_str(), "juliet@example.com/Orchard 1");
     assert_eq!(other.to_bare(), bare);
-    assert_eq!(
-        full.with_resource("x").unwrap().as_str(),
-        "juliet@example.com/x"
-    );
+    assert_eq!(full.with_resource("x").unwrap().as_str(), "juliet@example.com/x");
     assert_eq!(bare.with_resource(""), Err(JidError::EmptyResource));
     assert_eq!(bare.with_resource("a\u{0}"), Err(JidError::InvalidResource));
     let domain_full = parse("example.com").with_resource("r").unwrap();
-    assert_eq!(
-        (domain_full.node(), domain_full.as_str()),
-        (None, "example.com/r")
-    );
+    assert_eq!((domain_full.node(), domain_full.as_str()), (None, "example.com/r"));
 
     assert_eq!(BareJid::parse("a@b/c"), Err(JidError::NotBare));
     assert_eq!(FullJid::parse("a@b"), Err(JidError::NotFull));
-    assert_eq!(
-        BareJid::try_from(full.clone().into_jid()),
-        Err(JidError::NotBare)
-    );
-    assert_eq!(
-        FullJid::try_from(bare.clone().into_jid()),
-        Err(JidError::NotFull)
-    );
+    assert_eq!(BareJid::try_from(full.clone().into_jid()), Err(JidError::NotBare));
+    assert_eq!(FullJid::try_from(bare.clone().into_jid()), Err(JidError::NotFull));
 
     let j: Jid = full.clone().into();
     assert!(j.is_full() && !j.is_bare());
@@ -381,18 +264,8 @@ fn bare_full_conversions() {
     assert_eq!(j.clone().into_bare(), bare);
     assert_eq!(BareJid::try_from(j).unwrap(), bare);
 
-    assert_eq!(
-        BareJid::from_parts(Some("Romeo"), "Example.NET")
-            .unwrap()
-            .as_str(),
-        "romeo@example.net"
-    );
-    assert_eq!(
-        FullJid::from_parts(None, "example.net", "r/s")
-            .unwrap()
-            .resource(),
-        "r/s"
-    );
+    assert_eq!(BareJid::from_parts(Some("Romeo"), "Example.NET").unwrap().as_str(), "romeo@example.net");
+    assert_eq!(FullJid::from_parts(None, "example.net", "r/s").unwrap().resource(), "r/s");
     assert_eq!(full.as_jid().as_str(), full.as_str());
     assert_eq!(bare.as_jid().as_str(), bare.as_str());
 }
@@ -415,10 +288,7 @@ fn from_parts_matches_parse() {
         assert_eq!(parse(j.as_str()), j, "{s}");
     }
     // from_parts takes parts literally.
-    assert_eq!(
-        Jid::from_parts(Some("a@b"), "c", None),
-        Err(JidError::InvalidNode)
-    );
+    assert_eq!(Jid::from_parts(Some("a@b"), "c", None), Err(JidError::InvalidNode));
     let j = Jid::from_parts(None, "c", Some("d@e/f")).unwrap();
     assert_eq!(parts(&j), (None, "c", Some("d@e/f")));
 }
@@ -434,32 +304,15 @@ fn equality_ordering_hashing_of_normalised_forms() {
     let set: HashSet<Jid> = [a.clone(), b, c].into_iter().collect();
     assert_eq!(set.len(), 1);
 
-    let mut v = [
-        parse("b@example.com"),
-        parse("A@example.com/z"),
-        parse("example.com"),
-        parse("a@example.com"),
-    ];
+    let mut v = [parse("b@example.com"), parse("A@example.com/z"), parse("example.com"), parse("a@example.com")];
     v.sort();
     let sorted: Vec<&str> = v.iter().map(Jid::as_str).collect();
-    assert_eq!(
-        sorted,
-        [
-            "a@example.com",
-            "a@example.com/z",
-            "b@example.com",
-            "example.com"
-        ]
-    );
+    assert_eq!(sorted, ["a@example.com", "a@example.com/z", "b@example.com", "example.com"]);
 
-    let bare: HashSet<BareJid> = [
-        "Romeo@Example.net",
-        "romeo@example.net",
-        "ROMEO@EXAMPLE.NET.",
-    ]
-    .into_iter()
-    .map(|s| BareJid::parse(s).unwrap())
-    .collect();
+    let bare: HashSet<BareJid> = ["Romeo@Example.net", "romeo@example.net", "ROMEO@EXAMPLE.NET."]
+        .into_iter()
+        .map(|s| BareJid::parse(s).unwrap())
+        .collect();
     assert_eq!(bare.len(), 1);
     assert!(BareJid::parse("a@x").unwrap() < BareJid::parse("b@x").unwrap());
     assert!(FullJid::parse("a@x/1").unwrap() < FullJid::parse("a@x/2").unwrap());
@@ -471,15 +324,9 @@ fn display_debug_fromstr() {
     assert_eq!(j.to_string(), "juliet@example.com/R");
     assert_eq!(format!("{j:?}"), "Jid(juliet@example.com/R)");
     let b: BareJid = "Juliet@Example.com".parse().unwrap();
-    assert_eq!(
-        format!("{b} {b:?}"),
-        "juliet@example.com BareJid(juliet@example.com)"
-    );
+    assert_eq!(format!("{b} {b:?}"), "juliet@example.com BareJid(juliet@example.com)");
     let f: FullJid = "Juliet@Example.com/R".parse().unwrap();
-    assert_eq!(
-        format!("{f} {f:?}"),
-        "juliet@example.com/R FullJid(juliet@example.com/R)"
-    );
+    assert_eq!(format!("{f} {f:?}"), "juliet@example.com/R FullJid(juliet@example.com/R)");
     assert_eq!("a@".parse::<Jid>(), Err(JidError::EmptyDomain));
     assert_eq!(AsRef::<str>::as_ref(&f), f.as_str());
 }
@@ -504,41 +351,26 @@ fn fast_paths_agree_with_full_enforcement() {
         let c = char::from(b);
         let s = format!("a{c}b");
 
-        let full = stabilize(s.as_str(), username_case_mapped)
-            .ok()
-            .filter(|o| !o.bytes().any(|b| NODE_EXCLUDED.contains(&b)));
+        let full =
+            stabilize(s.as_str(), username_case_mapped).ok().filter(|o| !o.bytes().any(|b| NODE_EXCLUDED.contains(&b)));
         if node_is_canonical(&s) {
             assert_eq!(full.as_deref(), Some(s.as_str()), "node {c:?}");
         }
-        assert_eq!(
-            enforce_node(&s).ok().as_deref(),
-            full.as_deref(),
-            "node {c:?}"
-        );
+        assert_eq!(enforce_node(&s).ok().as_deref(), full.as_deref(), "node {c:?}");
 
         let full = stabilize(s.as_str(), opaque_string).ok();
         assert!(resource_is_canonical(&s), "resource {c:?}");
         assert_eq!(full.as_deref(), Some(s.as_str()), "resource {c:?}");
 
-        let (idna, result) =
-            Uts46::new().to_unicode(s.as_bytes(), AsciiDenyList::STD3, Hyphens::CheckFirstLast);
+        let (idna, result) = Uts46::new().to_unicode(s.as_bytes(), AsciiDenyList::STD3, Hyphens::CheckFirstLast);
         if domain_is_canonical(&s) {
             assert!(result.is_ok(), "domain {c:?}");
             assert_eq!(idna, s, "domain {c:?}");
         }
     }
-    for s in [
-        "example.com",
-        "a-b.c-d",
-        "ab--cd.example",
-        "127.0.0.1",
-        "1.2.3",
-        "localhost",
-        "0",
-    ] {
+    for s in ["example.com", "a-b.c-d", "ab--cd.example", "127.0.0.1", "1.2.3", "localhost", "0"] {
         assert!(domain_is_canonical(s), "{s}");
-        let (idna, result) =
-            Uts46::new().to_unicode(s.as_bytes(), AsciiDenyList::STD3, Hyphens::CheckFirstLast);
+        let (idna, result) = Uts46::new().to_unicode(s.as_bytes(), AsciiDenyList::STD3, Hyphens::CheckFirstLast);
         assert!(result.is_ok(), "{s}");
         assert_eq!(idna, s, "{s}");
     }
@@ -550,8 +382,5 @@ fn fast_paths_agree_with_full_enforcement() {
 #[test]
 fn size_of_jid() {
     assert!(std::mem::size_of::<Jid>() <= 24);
-    assert_eq!(
-        std::mem::size_of::<Option<Jid>>(),
-        std::mem::size_of::<Jid>()
-    );
+    assert_eq!(std::mem::size_of::<Option<Jid>>(), std::mem::size_of::<Jid>());
 }

@@ -27,31 +27,20 @@ pub enum AccountError {
 
 /// Creates `user` with `password`. Returns false (and changes nothing) when the account
 /// already exists.
-pub async fn create_account(
-    stores: &Stores,
-    user: &BareJid,
-    password: &str,
-) -> Result<bool, AccountError> {
+pub async fn create_account(stores: &Stores, user: &BareJid, password: &str) -> Result<bool, AccountError> {
     // Cheap check first so a taken name costs no key derivation; `create` below still
     // decides atomically.
     if stores.accounts.get(user).await?.is_some() {
         return Ok(false);
     }
     let credentials = derive(password).await?;
-    let account = Account {
-        credentials,
-        created_at: rookery_storage::now_secs(),
-    };
+    let account = Account { credentials, created_at: rookery_storage::now_secs() };
     Ok(stores.accounts.create(user, account).await?)
 }
 
 /// Replaces `user`'s credentials with ones for `password`. Returns false when the account
 /// does not exist.
-pub async fn set_password(
-    stores: &Stores,
-    user: &BareJid,
-    password: &str,
-) -> Result<bool, AccountError> {
+pub async fn set_password(stores: &Stores, user: &BareJid, password: &str) -> Result<bool, AccountError> {
     if stores.accounts.get(user).await?.is_none() {
         return Ok(false);
     }
@@ -62,11 +51,9 @@ pub async fn set_password(
 /// Derives credentials for every hash on the blocking pool.
 async fn derive(password: &str) -> Result<Vec<StoredCredentials>, AccountError> {
     let password = password.to_owned();
-    let result = tokio::task::spawn_blocking(move || {
-        rookery_sasl::new_credentials(&password, DEFAULT_ITERATIONS)
-    })
-    .await
-    .map_err(|e| AccountError::Internal(e.to_string()))?;
+    let result = tokio::task::spawn_blocking(move || rookery_sasl::new_credentials(&password, DEFAULT_ITERATIONS))
+        .await
+        .map_err(|e| AccountError::Internal(e.to_string()))?;
     result.map_err(|e| match e {
         SaslError::MalformedRequest(_) => AccountError::InvalidPassword,
         other => AccountError::Internal(other.to_string()),
@@ -82,10 +69,7 @@ mod tests {
 
     fn verify(account: &Account, password: &str) -> bool {
         !account.credentials.is_empty()
-            && account
-                .credentials
-                .iter()
-                .all(|c| rookery_sasl::verify_password(c, password))
+            && account.credentials.iter().all(|c| rookery_sasl::verify_password(c, password))
     }
 
     #[tokio::test]
@@ -103,27 +87,14 @@ mod tests {
         assert!(verify(&acct, "secret2"));
         assert!(!verify(&acct, "secret1"));
 
-        assert!(
-            !set_password(&stores, &bare("ghost@example.com"), "x")
-                .await
-                .unwrap()
-        );
+        assert!(!set_password(&stores, &bare("ghost@example.com"), "x").await.unwrap());
     }
 
     #[tokio::test]
     async fn unusable_password_is_refused() {
         let stores = memory_stores();
-        let e = create_account(&stores, &bare("alice@example.com"), "")
-            .await
-            .unwrap_err();
+        let e = create_account(&stores, &bare("alice@example.com"), "").await.unwrap_err();
         assert!(matches!(e, AccountError::InvalidPassword));
-        assert!(
-            stores
-                .accounts
-                .get(&bare("alice@example.com"))
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(stores.accounts.get(&bare("alice@example.com")).await.unwrap().is_none());
     }
 }

@@ -14,9 +14,7 @@
 
 use crate::util::{TargetedHandler, register_at, sender, store_failed};
 use async_trait::async_trait;
-use rookery_core::{
-    Ctx, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport,
-};
+use rookery_core::{Ctx, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport};
 use rookery_jid::{BareJid, Jid};
 use rookery_stanza::{Condition, StanzaError, ns};
 use rookery_xml::Element;
@@ -77,16 +75,8 @@ impl TargetedHandler for Blocking {
                     return Err(StanzaError::new(Condition::BadRequest));
                 }
                 let before = ctx.stores.blocking.list(&user).await.map_err(store)?;
-                ctx.stores
-                    .blocking
-                    .block(&user, &jids)
-                    .await
-                    .map_err(store)?;
-                let added: Vec<String> = jids
-                    .iter()
-                    .filter(|j| !before.contains(j))
-                    .cloned()
-                    .collect();
+                ctx.stores.blocking.block(&user, &jids).await.map_err(store)?;
+                let added: Vec<String> = jids.iter().filter(|j| !before.contains(j)).cloned().collect();
                 ctx.server.blocklist_changed(&user, &added, &[]).await;
                 self.push(ctx, &user, &with_items("block", &jids));
                 Ok(None)
@@ -95,22 +85,11 @@ impl TargetedHandler for Blocking {
                 let jids = items(&req.payload)?;
                 let before = ctx.stores.blocking.list(&user).await.map_err(store)?;
                 let removed = if jids.is_empty() {
-                    ctx.stores
-                        .blocking
-                        .unblock_all(&user)
-                        .await
-                        .map_err(store)?;
+                    ctx.stores.blocking.unblock_all(&user).await.map_err(store)?;
                     before
                 } else {
-                    ctx.stores
-                        .blocking
-                        .unblock(&user, &jids)
-                        .await
-                        .map_err(store)?;
-                    jids.iter()
-                        .filter(|j| before.contains(j))
-                        .cloned()
-                        .collect()
+                    ctx.stores.blocking.unblock(&user, &jids).await.map_err(store)?;
+                    jids.iter().filter(|j| before.contains(j)).cloned().collect()
                 };
                 ctx.server.blocklist_changed(&user, &[], &removed).await;
                 self.push(ctx, &user, &with_items("unblock", &jids));
@@ -166,9 +145,7 @@ mod tests {
     const LIST: &str = "<blocklist xmlns='urn:xmpp:blocking'/>";
 
     fn jids(el: &Element) -> Vec<String> {
-        el.elements()
-            .map(|e| e.get_attr("jid").unwrap().to_owned())
-            .collect()
+        el.elements().map(|e| e.get_attr("jid").unwrap().to_owned()).collect()
     }
 
     fn harness() -> Harness {
@@ -183,26 +160,14 @@ mod tests {
     #[tokio::test]
     async fn empty_list_then_block_and_push() {
         let h = harness();
-        let l = h
-            .get_own("juliet@example.com/chamber", LIST)
-            .await
-            .unwrap()
-            .unwrap();
+        let l = h.get_own("juliet@example.com/chamber", LIST).await.unwrap().unwrap();
         assert!(l.is("blocklist", ns::BLOCKING));
         assert_eq!(l.elements().count(), 0);
 
-        let block = "<block xmlns='urn:xmpp:blocking'><item jid='Romeo@Montague.net'/><item jid='iago@example.com'/></block>";
-        assert_eq!(
-            h.set_own("juliet@example.com/chamber", block)
-                .await
-                .unwrap(),
-            None
-        );
-        let l = h
-            .get_own("juliet@example.com/chamber", LIST)
-            .await
-            .unwrap()
-            .unwrap();
+        let block =
+            "<block xmlns='urn:xmpp:blocking'><item jid='Romeo@Montague.net'/><item jid='iago@example.com'/></block>";
+        assert_eq!(h.set_own("juliet@example.com/chamber", block).await.unwrap(), None);
+        let l = h.get_own("juliet@example.com/chamber", LIST).await.unwrap().unwrap();
         assert_eq!(jids(&l), ["iago@example.com", "romeo@montague.net"]);
 
         let changes = h.server.blocklist_changes.lock().unwrap().clone();
@@ -212,10 +177,7 @@ mod tests {
 
         let sent = h.server.sent();
         let to: Vec<&str> = sent.iter().map(|(t, _)| t.as_str()).collect();
-        assert_eq!(
-            to,
-            ["juliet@example.com/chamber", "juliet@example.com/balcony"]
-        );
+        assert_eq!(to, ["juliet@example.com/chamber", "juliet@example.com/balcony"]);
         for (to, xml) in &sent {
             let iq = rookery_xml::parse_element(xml.as_bytes(), "jabber:client").unwrap();
             assert_eq!(iq.get_attr("type"), Some("set"));
@@ -241,13 +203,7 @@ mod tests {
     #[tokio::test]
     async fn block_errors() {
         let h = harness();
-        let e = h
-            .set_own(
-                "juliet@example.com/chamber",
-                "<block xmlns='urn:xmpp:blocking'/>",
-            )
-            .await
-            .unwrap_err();
+        let e = h.set_own("juliet@example.com/chamber", "<block xmlns='urn:xmpp:blocking'/>").await.unwrap_err();
         assert_eq!(e.condition, Condition::BadRequest);
         let e = h
             .set_own(
@@ -258,23 +214,12 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.condition, Condition::JidMalformed);
         let e = h
-            .set_own(
-                "juliet@example.com/chamber",
-                "<block xmlns='urn:xmpp:blocking'><item/></block>",
-            )
+            .set_own("juliet@example.com/chamber", "<block xmlns='urn:xmpp:blocking'><item/></block>")
             .await
             .unwrap_err();
         assert_eq!(e.condition, Condition::JidMalformed);
         // Nothing was stored, nobody was told.
-        assert!(
-            h.ctx
-                .stores
-                .blocking
-                .list(&bare("juliet@example.com"))
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(h.ctx.stores.blocking.list(&bare("juliet@example.com")).await.unwrap().is_empty());
         assert!(h.server.sent().is_empty());
         assert!(h.server.blocklist_changes.lock().unwrap().is_empty());
     }
@@ -283,67 +228,31 @@ mod tests {
     async fn unblock_some_and_all() {
         let h = harness();
         let juliet = bare("juliet@example.com");
-        let all = [
-            "a@example.com".to_owned(),
-            "b@example.com".to_owned(),
-            "c@example.com".to_owned(),
-        ];
+        let all = ["a@example.com".to_owned(), "b@example.com".to_owned(), "c@example.com".to_owned()];
         h.ctx.stores.blocking.block(&juliet, &all).await.unwrap();
 
-        let unblock = "<unblock xmlns='urn:xmpp:blocking'><item jid='b@example.com'/><item jid='z@example.com'/></unblock>";
-        assert_eq!(
-            h.set_own("juliet@example.com/balcony", unblock)
-                .await
-                .unwrap(),
-            None
-        );
-        assert_eq!(
-            h.ctx.stores.blocking.list(&juliet).await.unwrap(),
-            ["a@example.com", "c@example.com"]
-        );
-        assert_eq!(
-            h.server.blocklist_changes.lock().unwrap()[0].2,
-            ["b@example.com"]
-        );
+        let unblock =
+            "<unblock xmlns='urn:xmpp:blocking'><item jid='b@example.com'/><item jid='z@example.com'/></unblock>";
+        assert_eq!(h.set_own("juliet@example.com/balcony", unblock).await.unwrap(), None);
+        assert_eq!(h.ctx.stores.blocking.list(&juliet).await.unwrap(), ["a@example.com", "c@example.com"]);
+        assert_eq!(h.server.blocklist_changes.lock().unwrap()[0].2, ["b@example.com"]);
         let sent = h.server.sent();
         assert_eq!(sent.len(), 2);
         let iq = rookery_xml::parse_element(sent[0].1.as_bytes(), "jabber:client").unwrap();
-        assert_eq!(
-            jids(iq.get_child("unblock", ns::BLOCKING).unwrap()),
-            ["b@example.com", "z@example.com"]
-        );
+        assert_eq!(jids(iq.get_child("unblock", ns::BLOCKING).unwrap()), ["b@example.com", "z@example.com"]);
 
         let e = h
-            .set_own(
-                "juliet@example.com/balcony",
-                "<unblock xmlns='urn:xmpp:blocking'><item jid='a@'/></unblock>",
-            )
+            .set_own("juliet@example.com/balcony", "<unblock xmlns='urn:xmpp:blocking'><item jid='a@'/></unblock>")
             .await
             .unwrap_err();
         assert_eq!(e.condition, Condition::JidMalformed);
 
         assert_eq!(
-            h.set_own(
-                "juliet@example.com/balcony",
-                "<unblock xmlns='urn:xmpp:blocking'/>"
-            )
-            .await
-            .unwrap(),
+            h.set_own("juliet@example.com/balcony", "<unblock xmlns='urn:xmpp:blocking'/>").await.unwrap(),
             None
         );
-        assert!(
-            h.ctx
-                .stores
-                .blocking
-                .list(&juliet)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(
-            h.server.blocklist_changes.lock().unwrap()[1].2,
-            ["a@example.com", "c@example.com"]
-        );
+        assert!(h.ctx.stores.blocking.list(&juliet).await.unwrap().is_empty());
+        assert_eq!(h.server.blocklist_changes.lock().unwrap()[1].2, ["a@example.com", "c@example.com"]);
         let sent = h.server.sent();
         assert_eq!(sent.len(), 4);
         for (_, xml) in &sent[2..] {
@@ -356,10 +265,7 @@ mod tests {
     #[tokio::test]
     async fn only_own_list() {
         let h = harness();
-        let e = h
-            .get("romeo@example.com/r", "juliet@example.com", LIST)
-            .await
-            .unwrap_err();
+        let e = h.get("romeo@example.com/r", "juliet@example.com", LIST).await.unwrap_err();
         assert_eq!(e.condition, Condition::FeatureNotImplemented);
     }
 }

@@ -15,9 +15,7 @@
 
 use crate::util::{TargetedHandler, account_exists, may_see_presence, register_at, sender};
 use async_trait::async_trait;
-use rookery_core::{
-    Ctx, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport,
-};
+use rookery_core::{Ctx, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport};
 use rookery_stanza::{Condition, StanzaError, ns};
 use rookery_xml::Element;
 use std::sync::Arc;
@@ -101,9 +99,7 @@ async fn info(ctx: &Ctx, req: &IqRequest, target: Target, node: Option<&str>) ->
 
 fn items(target: Target, node: Option<&str>) -> IqResult {
     match target {
-        Target::Host | Target::Own if node.is_some() => {
-            Err(StanzaError::new(Condition::ItemNotFound))
-        }
+        Target::Host | Target::Own if node.is_some() => Err(StanzaError::new(Condition::ItemNotFound)),
         // §8 rule 2: another account's items are an empty result whatever the node and
         // whether or not the account exists.
         _ => Ok(Some(Element::new("query", ns::DISCO_ITEMS))),
@@ -125,11 +121,8 @@ fn host_info(ctx: &Ctx) -> Element {
 }
 
 fn account_info(ctx: &Ctx) -> Element {
-    let mut q = Element::new("query", ns::DISCO_INFO).child(
-        Element::new("identity", ns::DISCO_INFO)
-            .attr("category", "account")
-            .attr("type", "registered"),
-    );
+    let mut q = Element::new("query", ns::DISCO_INFO)
+        .child(Element::new("identity", ns::DISCO_INFO).attr("category", "account").attr("type", "registered"));
     push_features(&mut q, &ctx.features.account);
     q
 }
@@ -153,10 +146,7 @@ mod tests {
     use crate::testutil::*;
 
     fn vars(q: &Element) -> Vec<String> {
-        q.elements()
-            .filter(|e| e.name == "feature")
-            .map(|e| e.get_attr("var").unwrap().to_owned())
-            .collect()
+        q.elements().filter(|e| e.name == "feature").map(|e| e.get_attr("var").unwrap().to_owned()).collect()
     }
 
     #[tokio::test]
@@ -166,11 +156,7 @@ mod tests {
             r.add(Arc::new(crate::Ping));
         });
         let q = h
-            .get(
-                "alice@example.com/a",
-                "example.com",
-                r"<query xmlns='http://jabber.org/protocol/disco#info'/>",
-            )
+            .get("alice@example.com/a", "example.com", r"<query xmlns='http://jabber.org/protocol/disco#info'/>")
             .await
             .unwrap()
             .unwrap();
@@ -195,17 +181,11 @@ mod tests {
             r"<query xmlns='http://jabber.org/protocol/disco#info' node='x'/>",
             r"<query xmlns='http://jabber.org/protocol/disco#items' node='x'/>",
         ] {
-            let e = h
-                .get("alice@example.com/a", "example.com", payload)
-                .await
-                .unwrap_err();
+            let e = h.get("alice@example.com/a", "example.com", payload).await.unwrap_err();
             assert_eq!(e.condition, Condition::ItemNotFound);
         }
         let e = h
-            .get_own(
-                "alice@example.com/a",
-                r"<query xmlns='http://jabber.org/protocol/disco#info' node='x'/>",
-            )
+            .get_own("alice@example.com/a", r"<query xmlns='http://jabber.org/protocol/disco#info' node='x'/>")
             .await
             .unwrap_err();
         assert_eq!(e.condition, Condition::ItemNotFound);
@@ -216,10 +196,7 @@ mod tests {
         let h = Harness::new(|r| r.add(Arc::new(Disco)));
         h.account("alice@example.com").await;
         let q = h
-            .get_own(
-                "alice@example.com/a",
-                r"<query xmlns='http://jabber.org/protocol/disco#info'/>",
-            )
+            .get_own("alice@example.com/a", r"<query xmlns='http://jabber.org/protocol/disco#info'/>")
             .await
             .unwrap()
             .unwrap();
@@ -234,17 +211,11 @@ mod tests {
         let h = Harness::new(|r| r.add(Arc::new(Disco)));
         let info = r"<query xmlns='http://jabber.org/protocol/disco#info'/>";
         // No such account.
-        let e = h
-            .get("bob@example.com/b", "ghost@example.com", info)
-            .await
-            .unwrap_err();
+        let e = h.get("bob@example.com/b", "ghost@example.com", info).await.unwrap_err();
         assert_eq!(e.condition, Condition::ServiceUnavailable);
         // Exists, but bob has no presence subscription: same error, nothing leaks.
         h.account("alice@example.com").await;
-        let e = h
-            .get("bob@example.com/b", "alice@example.com", info)
-            .await
-            .unwrap_err();
+        let e = h.get("bob@example.com/b", "alice@example.com", info).await.unwrap_err();
         assert_eq!(e.condition, Condition::ServiceUnavailable);
         // A node on a missing account is still service-unavailable.
         let e = h
@@ -257,21 +228,12 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.condition, Condition::ServiceUnavailable);
         // `to` only: not enough.
-        h.subscription("alice@example.com", "bob@example.com", Subscription::To)
-            .await;
-        let e = h
-            .get("bob@example.com/b", "alice@example.com", info)
-            .await
-            .unwrap_err();
+        h.subscription("alice@example.com", "bob@example.com", Subscription::To).await;
+        let e = h.get("bob@example.com/b", "alice@example.com", info).await.unwrap_err();
         assert_eq!(e.condition, Condition::ServiceUnavailable);
         // `from`: alice shares presence with bob.
-        h.subscription("alice@example.com", "bob@example.com", Subscription::From)
-            .await;
-        let q = h
-            .get("bob@example.com/b", "alice@example.com", info)
-            .await
-            .unwrap()
-            .unwrap();
+        h.subscription("alice@example.com", "bob@example.com", Subscription::From).await;
+        let q = h.get("bob@example.com/b", "alice@example.com", info).await.unwrap().unwrap();
         let id = q.get_child("identity", ns::DISCO_INFO).unwrap();
         assert_eq!(id.get_attr("category"), Some("account"));
     }
@@ -280,25 +242,13 @@ mod tests {
     async fn items_are_empty() {
         let h = Harness::new(|r| r.add(Arc::new(Disco)));
         let items = r"<query xmlns='http://jabber.org/protocol/disco#items'/>";
-        let q = h
-            .get("alice@example.com/a", "example.com", items)
-            .await
-            .unwrap()
-            .unwrap();
+        let q = h.get("alice@example.com/a", "example.com", items).await.unwrap().unwrap();
         assert!(q.is("query", ns::DISCO_ITEMS));
         assert_eq!(q.elements().count(), 0);
-        let q = h
-            .get_own("alice@example.com/a", items)
-            .await
-            .unwrap()
-            .unwrap();
+        let q = h.get_own("alice@example.com/a", items).await.unwrap().unwrap();
         assert_eq!(q.elements().count(), 0);
         // Missing account: empty, not an error (§8 rule 2).
-        let q = h
-            .get("alice@example.com/a", "ghost@example.com", items)
-            .await
-            .unwrap()
-            .unwrap();
+        let q = h.get("alice@example.com/a", "ghost@example.com", items).await.unwrap().unwrap();
         assert_eq!(q.elements().count(), 0);
     }
 }

@@ -14,9 +14,7 @@
 
 use crate::util::{TargetedHandler, account_exists, may_see_presence, register_at, sender};
 use async_trait::async_trait;
-use rookery_core::{
-    Ctx, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport,
-};
+use rookery_core::{Ctx, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport};
 use rookery_jid::BareJid;
 use rookery_stanza::{Condition, StanzaError, ns};
 use rookery_xml::Element;
@@ -109,11 +107,7 @@ mod tests {
     #[tokio::test]
     async fn server_uptime() {
         let h = Harness::new(|r| r.add(Arc::new(LastActivity)));
-        let q = h
-            .get("bob@example.com/b", "example.com", Q)
-            .await
-            .unwrap()
-            .unwrap();
+        let q = h.get("bob@example.com/b", "example.com", Q).await.unwrap().unwrap();
         assert_eq!(seconds(&q), 1234);
         assert_eq!(q.text_content(), "");
         assert!(h.features.host.contains(&ns::LAST));
@@ -123,10 +117,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_user_is_service_unavailable() {
         let h = Harness::new(|r| r.add(Arc::new(LastActivity)));
-        let e = h
-            .get("bob@example.com/b", "ghost@example.com", Q)
-            .await
-            .unwrap_err();
+        let e = h.get("bob@example.com/b", "ghost@example.com", Q).await.unwrap_err();
         assert_eq!(e.condition, Condition::ServiceUnavailable);
     }
 
@@ -135,40 +126,17 @@ mod tests {
         let h = Harness::new(|r| r.add(Arc::new(LastActivity)));
         h.account("alice@example.com").await;
         let at = rookery_storage::now_secs() - 100;
-        h.ctx
-            .stores
-            .last
-            .set(
-                &bare("alice@example.com"),
-                Stored {
-                    at,
-                    status: "Heading Home".into(),
-                },
-            )
-            .await
-            .unwrap();
+        h.ctx.stores.last.set(&bare("alice@example.com"), Stored { at, status: "Heading Home".into() }).await.unwrap();
 
-        let e = h
-            .get("bob@example.com/b", "alice@example.com", Q)
-            .await
-            .unwrap_err();
+        let e = h.get("bob@example.com/b", "alice@example.com", Q).await.unwrap_err();
         assert_eq!(e.condition, Condition::Forbidden);
         // alice is subscribed to bob's presence, not the other way round: still forbidden.
-        h.subscription("alice@example.com", "bob@example.com", Subscription::To)
-            .await;
-        let e = h
-            .get("bob@example.com/b", "alice@example.com", Q)
-            .await
-            .unwrap_err();
+        h.subscription("alice@example.com", "bob@example.com", Subscription::To).await;
+        let e = h.get("bob@example.com/b", "alice@example.com", Q).await.unwrap_err();
         assert_eq!(e.condition, Condition::Forbidden);
 
-        h.subscription("alice@example.com", "bob@example.com", Subscription::Both)
-            .await;
-        let q = h
-            .get("bob@example.com/b", "alice@example.com", Q)
-            .await
-            .unwrap()
-            .unwrap();
+        h.subscription("alice@example.com", "bob@example.com", Subscription::Both).await;
+        let q = h.get("bob@example.com/b", "alice@example.com", Q).await.unwrap().unwrap();
         assert!((100..110).contains(&seconds(&q)));
         assert_eq!(q.text_content(), "Heading Home");
     }
@@ -177,28 +145,17 @@ mod tests {
     async fn online_user_is_zero_and_never_seen_is_item_not_found() {
         let h = Harness::new(|r| r.add(Arc::new(LastActivity)));
         h.account("alice@example.com").await;
-        h.subscription("alice@example.com", "bob@example.com", Subscription::From)
-            .await;
-        let e = h
-            .get("bob@example.com/b", "alice@example.com", Q)
-            .await
-            .unwrap_err();
+        h.subscription("alice@example.com", "bob@example.com", Subscription::From).await;
+        let e = h.get("bob@example.com/b", "alice@example.com", Q).await.unwrap_err();
         assert_eq!(e.condition, Condition::ItemNotFound);
 
         // A connected but unavailable resource does not count (§3: available resource).
         h.server.connect("alice@example.com/x", false, false);
-        let e = h
-            .get("bob@example.com/b", "alice@example.com", Q)
-            .await
-            .unwrap_err();
+        let e = h.get("bob@example.com/b", "alice@example.com", Q).await.unwrap_err();
         assert_eq!(e.condition, Condition::ItemNotFound);
 
         h.server.connect("alice@example.com/phone", true, true);
-        let q = h
-            .get("bob@example.com/b", "alice@example.com", Q)
-            .await
-            .unwrap()
-            .unwrap();
+        let q = h.get("bob@example.com/b", "alice@example.com", Q).await.unwrap().unwrap();
         assert_eq!(seconds(&q), 0);
         assert_eq!(q.text_content(), "");
     }
@@ -208,18 +165,7 @@ mod tests {
         let h = Harness::new(|r| r.add(Arc::new(LastActivity)));
         h.account("alice@example.com").await;
         let at = rookery_storage::now_secs() - 5;
-        h.ctx
-            .stores
-            .last
-            .set(
-                &bare("alice@example.com"),
-                Stored {
-                    at,
-                    status: String::new(),
-                },
-            )
-            .await
-            .unwrap();
+        h.ctx.stores.last.set(&bare("alice@example.com"), Stored { at, status: String::new() }).await.unwrap();
         let q = h.get_own("alice@example.com/a", Q).await.unwrap().unwrap();
         assert!((5..15).contains(&seconds(&q)));
         assert_eq!(q.text_content(), "");

@@ -88,9 +88,7 @@ pub fn compliance_markdown(infos: &[ModuleInfo]) -> String {
 /// Sort key: the family ("RFC", "XEP", ...) then the number numerically, so "RFC 6120"
 /// precedes "RFC 6121" and "XEP-0030" precedes "XEP-0199".
 fn spec_key(spec: &str) -> (String, u64, String) {
-    let split = spec
-        .find(|c: char| c.is_ascii_digit())
-        .unwrap_or(spec.len());
+    let split = spec.find(|c: char| c.is_ascii_digit()).unwrap_or(spec.len());
     let (family, rest) = spec.split_at(split);
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     let family = family.trim_end_matches([' ', '-']).to_owned();
@@ -140,36 +138,18 @@ mod tests {
         let infos = [
             ModuleInfo {
                 name: "b",
-                specs: &[XepSupport {
-                    spec: "XEP-0199",
-                    version: "2.0.1",
-                    support: Support::Full,
-                    note: "",
-                }],
+                specs: &[XepSupport { spec: "XEP-0199", version: "2.0.1", support: Support::Full, note: "" }],
             },
             ModuleInfo {
                 name: "a",
                 specs: &[
-                    XepSupport {
-                        spec: "XEP-0030",
-                        version: "2.5.0",
-                        support: Support::Partial,
-                        note: "a|b",
-                    },
-                    XepSupport {
-                        spec: "RFC 6121",
-                        version: "-",
-                        support: Support::Full,
-                        note: "x\ny",
-                    },
+                    XepSupport { spec: "XEP-0030", version: "2.5.0", support: Support::Partial, note: "a|b" },
+                    XepSupport { spec: "RFC 6121", version: "-", support: Support::Full, note: "x\ny" },
                 ],
             },
         ];
         let md = compliance_markdown(&infos);
-        let rows: Vec<&str> = md
-            .lines()
-            .filter(|l| l.starts_with("| ") && !l.starts_with("| Spec"))
-            .collect();
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| Spec")).collect();
         assert_eq!(
             rows,
             [
@@ -194,10 +174,7 @@ mod tests {
             .collect();
         assert_eq!(
             specs,
-            [
-                "XEP-0012", "XEP-0030", "XEP-0054", "XEP-0077", "XEP-0092", "XEP-0191", "XEP-0199",
-                "XEP-0202"
-            ]
+            ["XEP-0012", "XEP-0030", "XEP-0054", "XEP-0077", "XEP-0092", "XEP-0191", "XEP-0199", "XEP-0202"]
         );
     }
 }

@@ -5,8 +5,7 @@
 
 use async_trait::async_trait;
 use rookery_core::{
-    Ctx, IqHandler, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target,
-    XepSupport,
+    Ctx, IqHandler, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport,
 };
 use rookery_stanza::ns;
 use std::sync::Arc;
@@ -29,13 +28,7 @@ impl Module for Ping {
 
     fn register(self: Arc<Self>, r: &mut Registrar) {
         r.host_feature(ns::PING);
-        r.iq(
-            "ping",
-            ns::PING,
-            IqType::Get,
-            &[Target::Host, Target::Own],
-            self,
-        );
+        r.iq("ping", ns::PING, IqType::Get, &[Target::Host, Target::Own], self);
     }
 }
 
@@ -58,12 +51,7 @@ mod tests {
     #[tokio::test]
     async fn pong_from_server_and_own_account() {
         let h = Harness::new(|r| r.add(Arc::new(Ping)));
-        assert_eq!(
-            h.get("alice@example.com/a", "example.com", PING)
-                .await
-                .unwrap(),
-            None
-        );
+        assert_eq!(h.get("alice@example.com/a", "example.com", PING).await.unwrap(), None);
         assert_eq!(h.get_own("alice@example.com/a", PING).await.unwrap(), None);
         assert!(h.features.host.contains(&ns::PING));
     }
@@ -71,15 +59,9 @@ mod tests {
     #[tokio::test]
     async fn not_answered_for_other_users_or_sets() {
         let h = Harness::new(|r| r.add(Arc::new(Ping)));
-        let e = h
-            .get("alice@example.com/a", "bob@example.com", PING)
-            .await
-            .unwrap_err();
+        let e = h.get("alice@example.com/a", "bob@example.com", PING).await.unwrap_err();
         assert_eq!(e.condition, Condition::FeatureNotImplemented);
-        let e = h
-            .set("alice@example.com/a", "example.com", PING)
-            .await
-            .unwrap_err();
+        let e = h.set("alice@example.com/a", "example.com", PING).await.unwrap_err();
         assert_eq!(e.condition, Condition::FeatureNotImplemented);
     }
 }

@@ -17,9 +17,7 @@
 use crate::accounts::{AccountError, create_account, set_password};
 use crate::util::{TargetedHandler, register_at, store_failed};
 use async_trait::async_trait;
-use rookery_core::{
-    Ctx, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport,
-};
+use rookery_core::{Ctx, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport};
 use rookery_jid::{BareJid, FullJid};
 use rookery_stanza::{Condition, ErrorType, StanzaError, ns};
 use rookery_xml::Element;
@@ -97,9 +95,7 @@ fn field(q: &Element, name: &str) -> Option<String> {
 }
 
 fn not_acceptable(text: &'static str) -> StanzaError {
-    StanzaError::new(Condition::NotAcceptable)
-        .with_type(ErrorType::Modify)
-        .with_text(text)
+    StanzaError::new(Condition::NotAcceptable).with_type(ErrorType::Modify).with_text(text)
 }
 
 fn too_short(ctx: &Ctx, password: &str) -> bool {
@@ -126,10 +122,7 @@ async fn register_new(ctx: &Ctx, req: &IqRequest) -> IqResult {
         // §3.2 table: nothing to cancel on an unauthenticated stream.
         return Err(StanzaError::new(Condition::UnexpectedRequest));
     }
-    let (Some(username), Some(password)) = (
-        field(&req.payload, "username"),
-        field(&req.payload, "password"),
-    ) else {
+    let (Some(username), Some(password)) = (field(&req.payload, "username"), field(&req.payload, "password")) else {
         return Err(not_acceptable("username and password are required"));
     };
     if username.is_empty() || password.is_empty() {
@@ -185,11 +178,7 @@ async fn remove(ctx: &Ctx, q: &Element, from: &FullJid) -> IqResult {
         return Err(StanzaError::new(Condition::BadRequest));
     }
     let user = from.to_bare();
-    let existed = ctx
-        .stores
-        .delete_user(&user)
-        .await
-        .map_err(|e| store_failed(MODULE, &e))?;
+    let existed = ctx.stores.delete_user(&user).await.map_err(|e| store_failed(MODULE, &e))?;
     if !existed {
         return Err(StanzaError::new(Condition::RegistrationRequired));
     }
@@ -209,25 +198,15 @@ mod tests {
     const GET: &str = "<query xmlns='jabber:iq:register'/>";
 
     fn creds(user: &str, pass: &str) -> String {
-        format!(
-            "<query xmlns='jabber:iq:register'><username>{user}</username><password>{pass}</password></query>"
-        )
+        format!("<query xmlns='jabber:iq:register'><username>{user}</username><password>{pass}</password></query>")
     }
 
     async fn pre_auth(h: &Harness, kind: IqType, payload: &str) -> IqResult {
-        h.call(None, "example.com", kind, Target::Host, payload)
-            .await
+        h.call(None, "example.com", kind, Target::Host, payload).await
     }
 
     async fn verifies(h: &Harness, user: &str, pass: &str) -> bool {
-        let acct = h
-            .ctx
-            .stores
-            .accounts
-            .get(&bare(user))
-            .await
-            .unwrap()
-            .unwrap();
+        let acct = h.ctx.stores.accounts.get(&bare(user)).await.unwrap().unwrap();
         rookery_sasl::verify_password(&acct.credentials[0], pass)
     }
 
@@ -240,12 +219,7 @@ mod tests {
         assert!(q.get_child("password", ns::REGISTER).is_some());
         assert!(q.get_child("registered", ns::REGISTER).is_none());
 
-        assert_eq!(
-            pre_auth(&h, IqType::Set, &creds("Bill", "Calliope"))
-                .await
-                .unwrap(),
-            None
-        );
+        assert_eq!(pre_auth(&h, IqType::Set, &creds("Bill", "Calliope")).await.unwrap(), None);
         // The localpart is stored enforced (case-folded).
         assert!(verifies(&h, "bill@example.com", "Calliope").await);
         assert!(h.features.host.contains(&ns::REGISTER));
@@ -255,9 +229,7 @@ mod tests {
     async fn taken_name_is_conflict() {
         let h = Harness::new(|r| r.add(Arc::new(Register)));
         h.account("bill@example.com").await;
-        let e = pre_auth(&h, IqType::Set, &creds("bill", "m1cro$oft"))
-            .await
-            .unwrap_err();
+        let e = pre_auth(&h, IqType::Set, &creds("bill", "m1cro$oft")).await.unwrap_err();
         assert_eq!(e.condition, Condition::Conflict);
         assert_eq!(e.kind, ErrorType::Cancel);
     }
@@ -276,15 +248,7 @@ mod tests {
             assert_eq!(e.condition, Condition::NotAcceptable, "{payload}");
             assert_eq!(e.kind, ErrorType::Modify);
         }
-        assert!(
-            h.ctx
-                .stores
-                .accounts
-                .list("example.com")
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(h.ctx.stores.accounts.list("example.com").await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -293,89 +257,38 @@ mod tests {
         h.server.registration.store(false, Ordering::SeqCst);
         let e = pre_auth(&h, IqType::Get, GET).await.unwrap_err();
         assert_eq!(e.condition, Condition::ServiceUnavailable);
-        let e = pre_auth(&h, IqType::Set, &creds("bill", "Calliope"))
-            .await
-            .unwrap_err();
+        let e = pre_auth(&h, IqType::Set, &creds("bill", "Calliope")).await.unwrap_err();
         assert_eq!(e.condition, Condition::NotAllowed);
         assert_eq!(e.kind, ErrorType::Cancel);
-        assert!(
-            h.ctx
-                .stores
-                .accounts
-                .get(&bare("bill@example.com"))
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(h.ctx.stores.accounts.get(&bare("bill@example.com")).await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn registered_user_sees_registered() {
         let h = Harness::new(|r| r.add(Arc::new(Register)));
         h.account("bill@example.com").await;
-        let q = h
-            .get("bill@example.com/globe", "example.com", GET)
-            .await
-            .unwrap()
-            .unwrap();
+        let q = h.get("bill@example.com/globe", "example.com", GET).await.unwrap().unwrap();
         assert!(q.get_child("registered", ns::REGISTER).is_some());
-        assert_eq!(
-            q.get_child("username", ns::REGISTER)
-                .unwrap()
-                .text_content(),
-            "bill"
-        );
-        let q = h
-            .get_own("bill@example.com/globe", GET)
-            .await
-            .unwrap()
-            .unwrap();
+        assert_eq!(q.get_child("username", ns::REGISTER).unwrap().text_content(), "bill");
+        let q = h.get_own("bill@example.com/globe", GET).await.unwrap().unwrap();
         assert!(q.get_child("registered", ns::REGISTER).is_some());
     }
 
     #[tokio::test]
     async fn password_change() {
         let h = Harness::new(|r| r.add(Arc::new(Register)));
-        pre_auth(&h, IqType::Set, &creds("bill", "Calliope"))
-            .await
-            .unwrap();
+        pre_auth(&h, IqType::Set, &creds("bill", "Calliope")).await.unwrap();
         // Someone else's account.
-        let e = h
-            .set(
-                "bill@example.com/globe",
-                "example.com",
-                &creds("romeo", "newpass"),
-            )
-            .await
-            .unwrap_err();
+        let e = h.set("bill@example.com/globe", "example.com", &creds("romeo", "newpass")).await.unwrap_err();
         assert_eq!(e.condition, Condition::NotAllowed);
         // Empty password keeps the current one.
-        let e = h
-            .set("bill@example.com/globe", "example.com", &creds("bill", ""))
-            .await
-            .unwrap_err();
+        let e = h.set("bill@example.com/globe", "example.com", &creds("bill", "")).await.unwrap_err();
         assert_eq!(e.condition, Condition::BadRequest);
-        let e = h
-            .set(
-                "bill@example.com/globe",
-                "example.com",
-                &creds("bill", "ab"),
-            )
-            .await
-            .unwrap_err();
+        let e = h.set("bill@example.com/globe", "example.com", &creds("bill", "ab")).await.unwrap_err();
         assert_eq!(e.condition, Condition::NotAcceptable);
         assert!(verifies(&h, "bill@example.com", "Calliope").await);
 
-        assert_eq!(
-            h.set(
-                "bill@example.com/globe",
-                "example.com",
-                &creds("Bill", "newpass")
-            )
-            .await
-            .unwrap(),
-            None
-        );
+        assert_eq!(h.set("bill@example.com/globe", "example.com", &creds("Bill", "newpass")).await.unwrap(), None);
         assert!(verifies(&h, "bill@example.com", "newpass").await);
         assert!(!verifies(&h, "bill@example.com", "Calliope").await);
     }
@@ -386,34 +299,12 @@ mod tests {
         let bill = bare("bill@example.com");
         h.account("bill@example.com").await;
         h.account("romeo@example.com").await;
-        h.subscription("bill@example.com", "romeo@example.com", Subscription::Both)
-            .await;
+        h.subscription("bill@example.com", "romeo@example.com", Subscription::Both).await;
         let s = &h.ctx.stores;
-        s.vcard
-            .set(
-                &bill,
-                bytes::Bytes::from_static(b"<vCard xmlns='vcard-temp'/>"),
-            )
-            .await
-            .unwrap();
-        s.offline
-            .push(&bill, bytes::Bytes::from_static(b"<message/>"))
-            .await
-            .unwrap();
-        s.blocking
-            .block(&bill, &["iago@example.com".to_owned()])
-            .await
-            .unwrap();
-        s.last
-            .set(
-                &bill,
-                LastActivity {
-                    at: 1,
-                    status: String::new(),
-                },
-            )
-            .await
-            .unwrap();
+        s.vcard.set(&bill, bytes::Bytes::from_static(b"<vCard xmlns='vcard-temp'/>")).await.unwrap();
+        s.offline.push(&bill, bytes::Bytes::from_static(b"<message/>")).await.unwrap();
+        s.blocking.block(&bill, &["iago@example.com".to_owned()]).await.unwrap();
+        s.last.set(&bill, LastActivity { at: 1, status: String::new() }).await.unwrap();
         h.server.connect("bill@example.com/globe", true, true);
 
         // <remove/> must be the only child.
@@ -427,39 +318,19 @@ mod tests {
         assert_eq!(e.condition, Condition::BadRequest);
         assert!(s.accounts.get(&bill).await.unwrap().is_some());
 
-        let ok = h
-            .set_own(
-                "bill@example.com/globe",
-                "<query xmlns='jabber:iq:register'><remove/></query>",
-            )
-            .await;
+        let ok = h.set_own("bill@example.com/globe", "<query xmlns='jabber:iq:register'><remove/></query>").await;
         assert_eq!(ok.unwrap(), None);
         assert!(s.accounts.get(&bill).await.unwrap().is_none());
-        assert_eq!(
-            s.roster.get(&bill).await.unwrap().items,
-            Vec::<RosterItem>::new()
-        );
+        assert_eq!(s.roster.get(&bill).await.unwrap().items, Vec::<RosterItem>::new());
         assert!(s.vcard.get(&bill).await.unwrap().is_none());
         assert_eq!(s.offline.count(&bill).await.unwrap(), 0);
         assert!(s.blocking.list(&bill).await.unwrap().is_empty());
         assert!(s.last.get(&bill).await.unwrap().is_none());
-        assert!(
-            s.accounts
-                .get(&bare("romeo@example.com"))
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(s.accounts.get(&bare("romeo@example.com")).await.unwrap().is_some());
         assert_eq!(*h.server.deleted.lock().unwrap(), vec![bill.clone()]);
 
         // Unauthenticated removal makes no sense.
-        let e = pre_auth(
-            &h,
-            IqType::Set,
-            "<query xmlns='jabber:iq:register'><remove/></query>",
-        )
-        .await
-        .unwrap_err();
+        let e = pre_auth(&h, IqType::Set, "<query xmlns='jabber:iq:register'><remove/></query>").await.unwrap_err();
         assert_eq!(e.condition, Condition::UnexpectedRequest);
     }
 }

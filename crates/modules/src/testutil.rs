@@ -4,9 +4,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rookery_core::{
-    Ctx, Dispatch, Features, IqRequest, IqResult, IqType, Registrar, ServerApi, Target,
-};
+use rookery_core::{Ctx, Dispatch, Features, IqRequest, IqResult, IqType, Registrar, ServerApi, Target};
 use rookery_jid::{BareJid, FullJid, Jid};
 use rookery_stanza::{Condition, StanzaError};
 pub(crate) use rookery_storage::Subscription;
@@ -55,11 +53,7 @@ impl Default for FakeServer {
 
 impl FakeServer {
     pub fn connect(&self, jid: &str, interested: bool, available: bool) {
-        self.sessions.lock().unwrap().push(Session {
-            jid: FullJid::parse(jid).unwrap(),
-            interested,
-            available,
-        });
+        self.sessions.lock().unwrap().push(Session { jid: FullJid::parse(jid).unwrap(), interested, available });
     }
     /// What was sent, as (recipient, UTF-8 stanza).
     pub fn sent(&self) -> Vec<(String, String)> {
@@ -97,11 +91,7 @@ impl ServerApi for FakeServer {
             .collect()
     }
     fn is_online(&self, user: &BareJid) -> bool {
-        self.sessions
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|s| &s.jid.to_bare() == user && s.available)
+        self.sessions.lock().unwrap().iter().any(|s| &s.jid.to_bare() == user && s.available)
     }
     fn uptime_secs(&self) -> u64 {
         self.uptime
@@ -113,18 +103,11 @@ impl ServerApi for FakeServer {
         self.min_password
     }
     async fn blocklist_changed(&self, user: &BareJid, blocked: &[String], unblocked: &[String]) {
-        self.blocklist_changes.lock().unwrap().push((
-            user.clone(),
-            blocked.to_vec(),
-            unblocked.to_vec(),
-        ));
+        self.blocklist_changes.lock().unwrap().push((user.clone(), blocked.to_vec(), unblocked.to_vec()));
     }
     async fn account_deleted(&self, user: &BareJid) {
         self.deleted.lock().unwrap().push(user.clone());
-        self.sessions
-            .lock()
-            .unwrap()
-            .retain(|s| &s.jid.to_bare() != user);
+        self.sessions.lock().unwrap().retain(|s| &s.jid.to_bare() != user);
     }
 }
 
@@ -150,29 +133,14 @@ impl Harness {
             server: server.clone(),
             features: features.clone(),
         };
-        Harness {
-            dispatch,
-            ctx,
-            server,
-            features,
-        }
+        Harness { dispatch, ctx, server, features }
     }
 
     /// Dispatches like the router would; an unregistered (payload, type, target) is
     /// answered `feature-not-implemented` so tests can assert on it.
-    pub async fn call(
-        &self,
-        from: Option<&str>,
-        to: &str,
-        kind: IqType,
-        target: Target,
-        payload: &str,
-    ) -> IqResult {
+    pub async fn call(&self, from: Option<&str>, to: &str, kind: IqType, target: Target, payload: &str) -> IqResult {
         let payload = rookery_xml::parse_element(payload.as_bytes(), "jabber:client").unwrap();
-        let Some(h) = self
-            .dispatch
-            .handler(&payload.name, &payload.ns, kind, target)
-        else {
+        let Some(h) = self.dispatch.handler(&payload.name, &payload.ns, kind, target) else {
             return Err(StanzaError::new(Condition::FeatureNotImplemented));
         };
         let req = IqRequest {
@@ -197,26 +165,22 @@ impl Harness {
     }
 
     pub async fn get(&self, from: &str, to: &str, payload: &str) -> IqResult {
-        self.call(Some(from), to, IqType::Get, Self::target(from, to), payload)
-            .await
+        self.call(Some(from), to, IqType::Get, Self::target(from, to), payload).await
     }
 
     pub async fn set(&self, from: &str, to: &str, payload: &str) -> IqResult {
-        self.call(Some(from), to, IqType::Set, Self::target(from, to), payload)
-            .await
+        self.call(Some(from), to, IqType::Set, Self::target(from, to), payload).await
     }
 
     /// An IQ without `to` from a bound resource: addressed to its own account.
     pub async fn get_own(&self, from: &str, payload: &str) -> IqResult {
         let to = FullJid::parse(from).unwrap().to_bare();
-        self.call(Some(from), to.as_str(), IqType::Get, Target::Own, payload)
-            .await
+        self.call(Some(from), to.as_str(), IqType::Get, Target::Own, payload).await
     }
 
     pub async fn set_own(&self, from: &str, payload: &str) -> IqResult {
         let to = FullJid::parse(from).unwrap().to_bare();
-        self.call(Some(from), to.as_str(), IqType::Set, Target::Own, payload)
-            .await
+        self.call(Some(from), to.as_str(), IqType::Set, Target::Own, payload).await
     }
 
     /// Creates an account without paying for key derivation.
@@ -225,13 +189,7 @@ impl Harness {
             .ctx
             .stores
             .accounts
-            .create(
-                &BareJid::parse(jid).unwrap(),
-                Account {
-                    credentials: Vec::new(),
-                    created_at: 0,
-                },
-            )
+            .create(&BareJid::parse(jid).unwrap(), Account { credentials: Vec::new(), created_at: 0 })
             .await
             .unwrap();
         assert!(created);
@@ -249,12 +207,7 @@ impl Harness {
             groups: Vec::new(),
             hidden: false,
         };
-        self.ctx
-            .stores
-            .roster
-            .put_item(&BareJid::parse(user).unwrap(), item)
-            .await
-            .unwrap();
+        self.ctx.stores.roster.put_item(&BareJid::parse(user).unwrap(), item).await.unwrap();
     }
 }
 

@@ -4,8 +4,7 @@
 
 use async_trait::async_trait;
 use rookery_core::{
-    Ctx, IqHandler, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target,
-    XepSupport,
+    Ctx, IqHandler, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport,
 };
 use rookery_stanza::ns;
 use rookery_xml::Element;
@@ -37,10 +36,7 @@ impl Module for Time {
 #[async_trait]
 impl IqHandler for Time {
     async fn handle(&self, _ctx: &Ctx, _req: IqRequest) -> IqResult {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         Ok(Some(
             Element::new("time", ns::TIME)
                 .child(Element::new("tzo", ns::TIME).text("+00:00"))
@@ -55,12 +51,7 @@ pub fn rfc3339_utc(secs: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's
@@ -98,19 +89,8 @@ mod tests {
     #[tokio::test]
     async fn answers_with_utc_and_zero_offset() {
         let h = Harness::new(|r| r.add(Arc::new(Time)));
-        let t = h
-            .get(
-                "alice@example.com/a",
-                "example.com",
-                "<time xmlns='urn:xmpp:time'/>",
-            )
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            t.get_child("tzo", ns::TIME).unwrap().text_content(),
-            "+00:00"
-        );
+        let t = h.get("alice@example.com/a", "example.com", "<time xmlns='urn:xmpp:time'/>").await.unwrap().unwrap();
+        assert_eq!(t.get_child("tzo", ns::TIME).unwrap().text_content(), "+00:00");
         let utc = t.get_child("utc", ns::TIME).unwrap().text_content();
         assert_eq!(utc.len(), 20);
         assert!(utc.ends_with('Z') && utc.as_bytes()[10] == b'T');

@@ -40,10 +40,7 @@ pub(crate) fn register_at<H: TargetedHandler>(
     targets: &[Target],
 ) {
     for &target in targets {
-        let adapter = At {
-            inner: h.clone(),
-            target,
-        };
+        let adapter = At { inner: h.clone(), target };
         r.iq(name, ns, kind, &[target], Arc::new(adapter));
     }
 }
@@ -51,10 +48,7 @@ pub(crate) fn register_at<H: TargetedHandler>(
 /// The authenticated sender's account. Handlers that serve only bound sessions call this;
 /// an unauthenticated request reaching them is refused rather than trusted.
 pub(crate) fn sender(req: &IqRequest) -> Result<BareJid, StanzaError> {
-    req.from
-        .as_ref()
-        .map(|f| f.to_bare())
-        .ok_or_else(|| StanzaError::new(Condition::NotAuthorized))
+    req.from.as_ref().map(|f| f.to_bare()).ok_or_else(|| StanzaError::new(Condition::NotAuthorized))
 }
 
 /// Logs a store failure and returns the condition the client sees.
@@ -64,17 +58,8 @@ pub(crate) fn store_failed(module: &'static str, e: &StoreError) -> StanzaError 
 }
 
 /// Whether `user` exists. Store failures become `internal-server-error`.
-pub(crate) async fn account_exists(
-    ctx: &Ctx,
-    module: &'static str,
-    user: &BareJid,
-) -> Result<bool, StanzaError> {
-    ctx.stores
-        .accounts
-        .get(user)
-        .await
-        .map(|a| a.is_some())
-        .map_err(|e| store_failed(module, &e))
+pub(crate) async fn account_exists(ctx: &Ctx, module: &'static str, user: &BareJid) -> Result<bool, StanzaError> {
+    ctx.stores.accounts.get(user).await.map(|a| a.is_some()).map_err(|e| store_failed(module, &e))
 }
 
 /// Whether `requester` may see `user`'s presence: it is the user, or the user's roster
@@ -88,14 +73,6 @@ pub(crate) async fn may_see_presence(
     if requester == user {
         return Ok(true);
     }
-    let item = ctx
-        .stores
-        .roster
-        .get_item(user, requester.as_str())
-        .await
-        .map_err(|e| store_failed(module, &e))?;
-    Ok(matches!(
-        item.map(|i| i.subscription),
-        Some(Subscription::From | Subscription::Both)
-    ))
+    let item = ctx.stores.roster.get_item(user, requester.as_str()).await.map_err(|e| store_failed(module, &e))?;
+    Ok(matches!(item.map(|i| i.subscription), Some(Subscription::From | Subscription::Both)))
 }

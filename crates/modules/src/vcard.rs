@@ -14,9 +14,7 @@
 use crate::util::{TargetedHandler, account_exists, register_at, sender, store_failed};
 use async_trait::async_trait;
 use bytes::Bytes;
-use rookery_core::{
-    Ctx, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport,
-};
+use rookery_core::{Ctx, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport};
 use rookery_jid::BareJid;
 use rookery_stanza::{Condition, StanzaError, ns};
 use rookery_xml::Element;
@@ -65,26 +63,16 @@ impl TargetedHandler for Vcard {
             }
             (IqType::Get, _) => {
                 let user = sender(&req)?;
-                Ok(Some(
-                    load(ctx, &user)
-                        .await?
-                        .unwrap_or_else(|| Element::new("vCard", ns::VCARD)),
-                ))
+                Ok(Some(load(ctx, &user).await?.unwrap_or_else(|| Element::new("vCard", ns::VCARD))))
             }
             (IqType::Set, Target::Own) => {
                 let user = sender(&req)?;
                 // Written standalone (with its xmlns) so the bytes parse on their own.
                 let bytes = req.payload.to_bytes("");
                 if bytes.len() > MAX_VCARD_BYTES {
-                    return Err(
-                        StanzaError::new(Condition::NotAcceptable).with_text("vCard too large")
-                    );
+                    return Err(StanzaError::new(Condition::NotAcceptable).with_text("vCard too large"));
                 }
-                ctx.stores
-                    .vcard
-                    .set(&user, bytes)
-                    .await
-                    .map_err(|e| store_failed(MODULE, &e))?;
+                ctx.stores.vcard.set(&user, bytes).await.map_err(|e| store_failed(MODULE, &e))?;
                 Ok(None)
             }
             // §3.2: setting someone else's vCard (the server's own has no handler here).
@@ -94,13 +82,7 @@ impl TargetedHandler for Vcard {
 }
 
 async fn load(ctx: &Ctx, user: &BareJid) -> Result<Option<Element>, StanzaError> {
-    let Some(raw) = ctx
-        .stores
-        .vcard
-        .get(user)
-        .await
-        .map_err(|e| store_failed(MODULE, &e))?
-    else {
+    let Some(raw) = ctx.stores.vcard.get(user).await.map_err(|e| store_failed(MODULE, &e))? else {
         return Ok(None);
     };
     parse_stored(user, &raw).map(Some)
@@ -120,35 +102,20 @@ mod tests {
     use crate::testutil::*;
 
     const GET: &str = "<vCard xmlns='vcard-temp'/>";
-    const CARD: &str =
-        "<vCard xmlns='vcard-temp'><FN>Alice &amp; Co</FN><N><GIVEN>Alice</GIVEN></N></vCard>";
+    const CARD: &str = "<vCard xmlns='vcard-temp'><FN>Alice &amp; Co</FN><N><GIVEN>Alice</GIVEN></N></vCard>";
 
     #[tokio::test]
     async fn own_vcard_round_trip() {
         let h = Harness::new(|r| r.add(Arc::new(Vcard)));
         h.account("alice@example.com").await;
-        let empty = h
-            .get_own("alice@example.com/a", GET)
-            .await
-            .unwrap()
-            .unwrap();
+        let empty = h.get_own("alice@example.com/a", GET).await.unwrap().unwrap();
         assert!(empty.is("vCard", ns::VCARD));
         assert!(empty.children.is_empty());
 
         assert_eq!(h.set_own("alice@example.com/a", CARD).await.unwrap(), None);
-        let got = h
-            .get_own("alice@example.com/a", GET)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            got.get_child("FN", ns::VCARD).unwrap().text_content(),
-            "Alice & Co"
-        );
-        assert_eq!(
-            got,
-            rookery_xml::parse_element(CARD.as_bytes(), "jabber:client").unwrap()
-        );
+        let got = h.get_own("alice@example.com/a", GET).await.unwrap().unwrap();
+        assert_eq!(got.get_child("FN", ns::VCARD).unwrap().text_content(), "Alice & Co");
+        assert_eq!(got, rookery_xml::parse_element(CARD.as_bytes(), "jabber:client").unwrap());
         assert!(h.features.host.contains(&ns::VCARD));
     }
 
@@ -156,30 +123,16 @@ mod tests {
     async fn other_users_vcard() {
         let h = Harness::new(|r| r.add(Arc::new(Vcard)));
         // No such account and no vCard give the same error (§3.3).
-        let e = h
-            .get("bob@example.com/b", "ghost@example.com", GET)
-            .await
-            .unwrap_err();
+        let e = h.get("bob@example.com/b", "ghost@example.com", GET).await.unwrap_err();
         assert_eq!(e.condition, Condition::ServiceUnavailable);
         h.account("alice@example.com").await;
-        let e = h
-            .get("bob@example.com/b", "alice@example.com", GET)
-            .await
-            .unwrap_err();
+        let e = h.get("bob@example.com/b", "alice@example.com", GET).await.unwrap_err();
         assert_eq!(e.condition, Condition::ServiceUnavailable);
 
         h.set_own("alice@example.com/a", CARD).await.unwrap();
-        let got = h
-            .get("bob@example.com/b", "alice@example.com", GET)
-            .await
-            .unwrap()
-            .unwrap();
+        let got = h.get("bob@example.com/b", "alice@example.com", GET).await.unwrap().unwrap();
         assert_eq!(
-            got.get_child("N", ns::VCARD)
-                .unwrap()
-                .get_child("GIVEN", ns::VCARD)
-                .unwrap()
-                .text_content(),
+            got.get_child("N", ns::VCARD).unwrap().get_child("GIVEN", ns::VCARD).unwrap().text_content(),
             "Alice"
         );
     }
@@ -188,40 +141,18 @@ mod tests {
     async fn cannot_set_another_users_vcard() {
         let h = Harness::new(|r| r.add(Arc::new(Vcard)));
         h.account("alice@example.com").await;
-        let e = h
-            .set("bob@example.com/b", "alice@example.com", CARD)
-            .await
-            .unwrap_err();
+        let e = h.set("bob@example.com/b", "alice@example.com", CARD).await.unwrap_err();
         assert_eq!(e.condition, Condition::Forbidden);
-        assert!(
-            h.ctx
-                .stores
-                .vcard
-                .get(&bare("alice@example.com"))
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(h.ctx.stores.vcard.get(&bare("alice@example.com")).await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn oversized_vcard_is_refused() {
         let h = Harness::new(|r| r.add(Arc::new(Vcard)));
-        let big = format!(
-            "<vCard xmlns='vcard-temp'><DESC>{}</DESC></vCard>",
-            "x".repeat(MAX_VCARD_BYTES)
-        );
+        let big = format!("<vCard xmlns='vcard-temp'><DESC>{}</DESC></vCard>", "x".repeat(MAX_VCARD_BYTES));
         let e = h.set_own("alice@example.com/a", &big).await.unwrap_err();
         assert_eq!(e.condition, Condition::NotAcceptable);
         assert_eq!(e.kind, rookery_stanza::ErrorType::Modify);
-        assert!(
-            h.ctx
-                .stores
-                .vcard
-                .get(&bare("alice@example.com"))
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(h.ctx.stores.vcard.get(&bare("alice@example.com")).await.unwrap().is_none());
     }
 }

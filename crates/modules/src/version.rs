@@ -4,8 +4,7 @@
 
 use async_trait::async_trait;
 use rookery_core::{
-    Ctx, IqHandler, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target,
-    XepSupport,
+    Ctx, IqHandler, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport,
 };
 use rookery_stanza::ns;
 use rookery_xml::Element;
@@ -56,23 +55,10 @@ mod tests {
     #[tokio::test]
     async fn reports_name_and_version_without_os() {
         let h = Harness::new(|r| r.add(Arc::new(Version)));
-        let q = h
-            .get(
-                "alice@example.com/a",
-                "example.com",
-                "<query xmlns='jabber:iq:version'/>",
-            )
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            q.get_child("name", ns::VERSION).unwrap().text_content(),
-            "Rookery"
-        );
-        assert_eq!(
-            q.get_child("version", ns::VERSION).unwrap().text_content(),
-            env!("CARGO_PKG_VERSION")
-        );
+        let q =
+            h.get("alice@example.com/a", "example.com", "<query xmlns='jabber:iq:version'/>").await.unwrap().unwrap();
+        assert_eq!(q.get_child("name", ns::VERSION).unwrap().text_content(), "Rookery");
+        assert_eq!(q.get_child("version", ns::VERSION).unwrap().text_content(), env!("CARGO_PKG_VERSION"));
         assert!(q.get_child("os", ns::VERSION).is_none());
         assert!(h.features.host.contains(&ns::VERSION));
     }

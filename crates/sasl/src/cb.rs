@@ -213,12 +213,12 @@ mod tests {
     /// Self-signed P-256 certificate, CN=rookery.test, signed with ecdsa-with-SHA256.
     const EC_P256_SHA256_CERT: &str = "MIIBgzCCASmgAwIBAgIUNzz619xnf9EZ5VlnbvT8EmxzxWowCgYIKoZIzj0EAwIwFzEVMBMGA1UEAwwMcm9va2VyeS50ZXN0MB4XDTI2MTEyNDA2MzYzOFoXDTM2MTEyMTA2MzYzOFowFzEVMBMGA1UEAwwMcm9va2VyeS50ZXN0MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE/xkcqmEpJKelg6r/iDKoJXvMmzkxdH482qavpX1MVk/4dJjikzuXxDuKbud0Edbf3diyG404+q2OqVK/13EQ/aNTMFEwHQYDVR0OBBYEFHMXQOPXjcJSLz/P6hnd6y6jDCaMMB8GA1UdIwQYMBaAFHMXQOPXjcJSLz/P6hnd6y6jDCaMMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIhANtsBqRfBBfAwJZw3+TD/nMEwVmHzdBeCCrLm6Kp8r5oAiBtK9uzYe4OP+8fJ8CH9p8c2YaJuDMUJb2IYgWXde2Etw==";
     /// `sha256sum` of the DER above.
-    const EC_P256_SHA256_CERT_DIGEST: &str =
-        "7943f515f3a86cde1e95bf0a5dd7f5ac0d5473c6efa1f65f70ec24c0c9b6e3ea";
+    const EC_P256_SHA256_CERT_DIGEST: &str = "7943f515f3a86cde1e95bf0a5dd7f5ac0d5473c6efa1f65f70ec24c0c9b6e3ea";
     /// Same shape, signed with ecdsa-with-SHA384.
     const EC_P256_SHA384_CERT: &str = "MIIBgzCCASmgAwIBAgIUDzl8uKd6+0hkbJIjqXHDT521nO8wCgYIKoZIzj0EAwMwFzEVMBMGA1UEAwwMcm9va2VyeS50ZXN0MB4XDTI2MTEyNDA2MzYzOFoXDTM2MTEyMTA2MzYzOFowFzEVMBMGA1UEAwwMcm9va2VyeS50ZXN0MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE/7JubWJDMsneJZeQSHx49aFc5QbxSi2hBXRYOTlC0uwD9O4dDmulxjW7/kFJ2gsPoYm8YaQ4Jx7jgHCjW+VE9aNTMFEwHQYDVR0OBBYEFMgAdAkZ8pcSZsxxEgydiefcnEtjMB8GA1UdIwQYMBaAFMgAdAkZ8pcSZsxxEgydiefcnEtjMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwMDSAAwRQIhAP6KC32Os0Of4POgkY6RPqfUNUhiWUpmuasFC9mkoIBlAiBLFrnDHbTAF3ADcxpaZ43KaqlNLocuA/nnbUfXLwc2qQ==";
     /// `sha384sum` of the DER above.
-    const EC_P256_SHA384_CERT_DIGEST: &str = "6230ce5ed00200182ca03cb52169397703adad503b121396dd4adf39fbe37449b2c236461eacee4a5dc8846310009582";
+    const EC_P256_SHA384_CERT_DIGEST: &str =
+        "6230ce5ed00200182ca03cb52169397703adad503b121396dd4adf39fbe37449b2c236461eacee4a5dc8846310009582";
     /// Self-signed Ed25519 certificate.
     const ED25519_CERT: &str = "MIIBQjCB9aADAgECAhQbTwkTKVE98ExZA36WWg3DEk8BjTAFBgMrZXAwFzEVMBMGA1UEAwwMcm9va2VyeS50ZXN0MB4XDTI2MTEyNDA2MzYzOFoXDTM2MTEyMTA2MzYzOFowFzEVMBMGA1UEAwwMcm9va2VyeS50ZXN0MCowBQYDK2VwAyEAE/uy8+R/45uMgD4pd/W1YuU2U2oF7p4PUvfl1meoNgKjUzBRMB0GA1UdDgQWBBRrt+CM41D6ZYMbKiW44xOV7r64zzAfBgNVHSMEGDAWgBRrt+CM41D6ZYMbKiW44xOV7r64zzAPBgNVHRMBAf8EBTADAQH/MAUGAytlcANBAPGFh+zSDAXrIutIlblwt65ojSqz6X0RTlVYaH5N2zfIiXn+C6g6cla8Pef0OekX+L4TLcMEBs9l7PeX40cBWg0=";
 
@@ -317,16 +317,10 @@ mod tests {
     #[test]
     fn unknown_or_garbage() {
         // Ed448
-        assert_eq!(
-            tls_server_end_point(&fake_cert(&with_oid(&[0x2B, 0x65, 0x71], &[]))),
-            None
-        );
+        assert_eq!(tls_server_end_point(&fake_cert(&with_oid(&[0x2B, 0x65, 0x71], &[]))), None);
         assert_eq!(tls_server_end_point(&[]), None);
         assert_eq!(tls_server_end_point(&[0x30]), None);
-        assert_eq!(
-            tls_server_end_point(&[0x30, 0x84, 0xFF, 0xFF, 0xFF, 0xFF]),
-            None
-        );
+        assert_eq!(tls_server_end_point(&[0x30, 0x84, 0xFF, 0xFF, 0xFF, 0xFF]), None);
         assert_eq!(tls_server_end_point(&[0x30, 0x85, 1, 1, 1, 1, 1]), None);
         assert_eq!(tls_server_end_point(b"not a certificate"), None);
         // Truncated real certificate.
@@ -336,10 +330,7 @@ mod tests {
         let big_tbs = tlv(TAG_SEQUENCE, &[0u8; 300]);
         let alg = tlv(TAG_SEQUENCE, &with_oid(OID_SHA256_RSA, &[0x05, 0x00]));
         let der = tlv(TAG_SEQUENCE, &[big_tbs, alg].concat());
-        assert_eq!(
-            tls_server_end_point(&der).unwrap(),
-            Sha256::digest(&der).to_vec()
-        );
+        assert_eq!(tls_server_end_point(&der).unwrap(), Sha256::digest(&der).to_vec());
     }
 
     #[test]

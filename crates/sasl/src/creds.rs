@@ -83,8 +83,7 @@ impl HashAlg {
 fn hmac_with<D: EagerHash>(key: &[u8], data: &[&[u8]]) -> Vec<u8> {
     // HMAC hashes long keys and pads short ones, so construction cannot fail.
     #[allow(clippy::expect_used)]
-    let mut mac =
-        <Hmac<D> as KeyInit>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    let mut mac = <Hmac<D> as KeyInit>::new_from_slice(key).expect("HMAC accepts keys of any length");
     for part in data {
         mac.update(part);
     }
@@ -110,10 +109,7 @@ impl StoredCredentials {
     /// Whether the record is internally consistent for its algorithm.
     pub(crate) fn is_usable(&self) -> bool {
         let len = self.alg.output_len();
-        self.iterations > 0
-            && !self.salt.is_empty()
-            && self.stored_key.len() == len
-            && self.server_key.len() == len
+        self.iterations > 0 && !self.salt.is_empty() && self.stored_key.len() == len && self.server_key.len() == len
     }
 }
 
@@ -126,12 +122,7 @@ fn prepare_password(password: &str) -> Result<String, SaslError> {
 }
 
 /// The SaltedPassword → (StoredKey, ServerKey) step of RFC 5802 §3.
-fn keys_from_prepared(
-    alg: HashAlg,
-    prepared: &[u8],
-    salt: &[u8],
-    iterations: u32,
-) -> (Vec<u8>, Vec<u8>) {
+fn keys_from_prepared(alg: HashAlg, prepared: &[u8], salt: &[u8], iterations: u32) -> (Vec<u8>, Vec<u8>) {
     let salted = alg.hi(prepared, salt, iterations);
     let client_key = alg.hmac(&salted, &[b"Client Key"]);
     let stored_key = alg.hash(&client_key);
@@ -157,20 +148,11 @@ pub fn derive_credentials(
     }
     let prepared = prepare_password(password)?;
     let (stored_key, server_key) = keys_from_prepared(alg, prepared.as_bytes(), salt, iterations);
-    Ok(StoredCredentials {
-        alg,
-        salt: salt.to_vec(),
-        iterations,
-        stored_key,
-        server_key,
-    })
+    Ok(StoredCredentials { alg, salt: salt.to_vec(), iterations, stored_key, server_key })
 }
 
 /// Creates credentials for every [`HashAlg`], each with its own fresh 16-byte salt.
-pub fn new_credentials(
-    password: &str,
-    iterations: u32,
-) -> Result<Vec<StoredCredentials>, SaslError> {
+pub fn new_credentials(password: &str, iterations: u32) -> Result<Vec<StoredCredentials>, SaslError> {
     HashAlg::ALL
         .iter()
         .map(|&alg| {
@@ -192,12 +174,7 @@ pub fn verify_password(creds: &StoredCredentials, password: &str) -> bool {
     let Ok(prepared) = prepare_password(password) else {
         return false;
     };
-    let (stored_key, _) = keys_from_prepared(
-        creds.alg,
-        prepared.as_bytes(),
-        &creds.salt,
-        creds.iterations,
-    );
+    let (stored_key, _) = keys_from_prepared(creds.alg, prepared.as_bytes(), &creds.salt, creds.iterations);
     stored_key.ct_eq(&creds.stored_key).into()
 }
 
@@ -224,10 +201,7 @@ mod tests {
     #[test]
     fn new_credentials_cover_all_algs_with_distinct_salts() {
         let all = new_credentials("correct horse", 16).unwrap();
-        assert_eq!(
-            all.iter().map(|c| c.alg).collect::<Vec<_>>(),
-            HashAlg::ALL.to_vec()
-        );
+        assert_eq!(all.iter().map(|c| c.alg).collect::<Vec<_>>(), HashAlg::ALL.to_vec());
         for c in &all {
             assert_eq!(c.salt.len(), SALT_LEN);
             assert_eq!(c.iterations, 16);

@@ -23,10 +23,7 @@ mod plain;
 mod scram;
 
 pub use cb::{ChannelBindings, TLS_EXPORTER, TLS_SERVER_END_POINT, tls_server_end_point};
-pub use creds::{
-    DEFAULT_ITERATIONS, HashAlg, StoredCredentials, derive_credentials, new_credentials,
-    verify_password,
-};
+pub use creds::{DEFAULT_ITERATIONS, HashAlg, StoredCredentials, derive_credentials, new_credentials, verify_password};
 pub use plain::{PlainRequest, parse_plain};
 pub use scram::{ClientFirst, ScramServer};
 
@@ -91,10 +88,7 @@ impl Mechanism {
 
     /// Whether this is a channel-binding (-PLUS) mechanism.
     pub fn is_plus(self) -> bool {
-        matches!(
-            self,
-            Mechanism::ScramSha1Plus | Mechanism::ScramSha256Plus | Mechanism::ScramSha512Plus
-        )
+        matches!(self, Mechanism::ScramSha1Plus | Mechanism::ScramSha256Plus | Mechanism::ScramSha512Plus)
     }
 }
 
@@ -156,9 +150,9 @@ impl SaslError {
             SaslError::MalformedRequest(_) => "malformed-request",
             // RFC 6120 has no channel binding condition; RFC 5802 §7 server-error values
             // are not sent, so these collapse into not-authorized.
-            SaslError::NotAuthorized
-            | SaslError::ChannelBindingUnsupported
-            | SaslError::ChannelBindingMismatch => "not-authorized",
+            SaslError::NotAuthorized | SaslError::ChannelBindingUnsupported | SaslError::ChannelBindingMismatch => {
+                "not-authorized"
+            }
             SaslError::InvalidAuthzid => "invalid-authzid",
             SaslError::InvalidMechanism => "invalid-mechanism",
             SaslError::Aborted => "aborted",
@@ -211,28 +205,13 @@ mod tests {
 
     #[test]
     fn conditions() {
-        assert_eq!(
-            SaslError::MalformedRequest("x").condition(),
-            "malformed-request"
-        );
+        assert_eq!(SaslError::MalformedRequest("x").condition(), "malformed-request");
         assert_eq!(SaslError::NotAuthorized.condition(), "not-authorized");
-        assert_eq!(
-            SaslError::ChannelBindingMismatch.condition(),
-            "not-authorized"
-        );
-        assert_eq!(
-            SaslError::ChannelBindingUnsupported.condition(),
-            "not-authorized"
-        );
+        assert_eq!(SaslError::ChannelBindingMismatch.condition(), "not-authorized");
+        assert_eq!(SaslError::ChannelBindingUnsupported.condition(), "not-authorized");
         assert_eq!(SaslError::InvalidAuthzid.condition(), "invalid-authzid");
         assert_eq!(SaslError::InvalidMechanism.condition(), "invalid-mechanism");
-        assert_eq!(
-            SaslError::EncryptionRequired.condition(),
-            "encryption-required"
-        );
-        assert_eq!(
-            SaslError::Internal("x").condition(),
-            "temporary-auth-failure"
-        );
+        assert_eq!(SaslError::EncryptionRequired.condition(), "encryption-required");
+        assert_eq!(SaslError::Internal("x").condition(), "temporary-auth-failure");
     }
 }

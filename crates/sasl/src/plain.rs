@@ -35,15 +35,11 @@ impl fmt::Debug for PlainRequest {
 /// Parses a PLAIN message: `[authzid] NUL authcid NUL passwd`, all UTF-8, no NUL inside a
 /// field, authcid and passwd non-empty.
 pub fn parse_plain(msg: &[u8]) -> Result<PlainRequest, SaslError> {
-    let text = std::str::from_utf8(msg)
-        .map_err(|_| SaslError::MalformedRequest("PLAIN message is not UTF-8"))?;
+    let text = std::str::from_utf8(msg).map_err(|_| SaslError::MalformedRequest("PLAIN message is not UTF-8"))?;
     let mut parts = text.split('\0');
-    let (Some(authzid), Some(authcid), Some(password), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(authzid), Some(authcid), Some(password), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(SaslError::MalformedRequest(
-            "PLAIN message must have exactly three NUL-separated fields",
-        ));
+        return Err(SaslError::MalformedRequest("PLAIN message must have exactly three NUL-separated fields"));
     };
     if authcid.is_empty() {
         return Err(SaslError::MalformedRequest("PLAIN authcid is empty"));
@@ -91,44 +87,21 @@ mod tests {
 
     #[test]
     fn empty_fields() {
-        for msg in [
-            &b"\0\0pw"[..],
-            b"az\0\0pw",
-            b"\0user\0",
-            b"az\0user\0",
-            b"\0\0",
-            b"",
-        ] {
-            assert!(
-                matches!(parse_plain(msg), Err(SaslError::MalformedRequest(_))),
-                "{msg:?}"
-            );
+        for msg in [&b"\0\0pw"[..], b"az\0\0pw", b"\0user\0", b"az\0user\0", b"\0\0", b""] {
+            assert!(matches!(parse_plain(msg), Err(SaslError::MalformedRequest(_))), "{msg:?}");
         }
     }
 
     #[test]
     fn wrong_number_of_nuls() {
-        for msg in [
-            &b"user"[..],
-            b"\0user",
-            b"user\0pw",
-            b"\0user\0pw\0",
-            b"\0us\0er\0pw",
-            b"a\0b\0c\0d",
-        ] {
-            assert!(
-                matches!(parse_plain(msg), Err(SaslError::MalformedRequest(_))),
-                "{msg:?}"
-            );
+        for msg in [&b"user"[..], b"\0user", b"user\0pw", b"\0user\0pw\0", b"\0us\0er\0pw", b"a\0b\0c\0d"] {
+            assert!(matches!(parse_plain(msg), Err(SaslError::MalformedRequest(_))), "{msg:?}");
         }
     }
 
     #[test]
     fn invalid_utf8() {
-        assert!(matches!(
-            parse_plain(b"\0user\0\xff\xfe"),
-            Err(SaslError::MalformedRequest(_))
-        ));
+        assert!(matches!(parse_plain(b"\0user\0\xff\xfe"), Err(SaslError::MalformedRequest(_))));
     }
 
     #[test]

@@ -130,9 +130,7 @@ fn valid_nonce(s: &str) -> bool {
 
 /// `cb-name = 1*(ALPHA / DIGIT / "." / "-")`.
 fn valid_cb_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
 }
 
 /// `attr-val = ALPHA "=" value`, for extensions this server ignores.
@@ -157,17 +155,7 @@ fn fake_credentials(alg: HashAlg, username: &str, fake_secret: &[u8]) -> StoredC
             HashAlg::Sha512 => b"SHA-512",
         };
         // SHA-256 for the salt keeps its derivation independent of the mechanism's hash.
-        HashAlg::Sha256.hmac(
-            fake_secret,
-            &[
-                b"rookery-sasl fake ",
-                what,
-                b"\0",
-                name,
-                b"\0",
-                username.as_bytes(),
-            ],
-        )
+        HashAlg::Sha256.hmac(fake_secret, &[b"rookery-sasl fake ", what, b"\0", name, b"\0", username.as_bytes()])
     };
     let mut salt = label(b"salt");
     salt.truncate(SALT_LEN);
@@ -187,25 +175,14 @@ impl ScramServer {
     /// `plus_advertised`: whether the server offered any -PLUS mechanism on this connection
     /// (needed for the GS2 `y` downgrade check, RFC 5802 §6). Fails with `InvalidMechanism`
     /// for PLAIN, and for a -PLUS mechanism when `bindings` holds no data at all.
-    pub fn new(
-        mech: Mechanism,
-        bindings: ChannelBindings,
-        plus_advertised: bool,
-    ) -> Result<Self, SaslError> {
+    pub fn new(mech: Mechanism, bindings: ChannelBindings, plus_advertised: bool) -> Result<Self, SaslError> {
         let alg = mech.hash().ok_or(SaslError::InvalidMechanism)?;
         if mech.is_plus() && !bindings.any() {
             return Err(SaslError::InvalidMechanism);
         }
         let mut raw = [0u8; SERVER_NONCE_BYTES];
         getrandom::fill(&mut raw).map_err(|_| SaslError::Internal("random source failed"))?;
-        Ok(Self {
-            mech,
-            alg,
-            bindings,
-            plus_advertised,
-            server_nonce: B64.encode(raw),
-            state: State::Start,
-        })
+        Ok(Self { mech, alg, bindings, plus_advertised, server_nonce: B64.encode(raw), state: State::Start })
     }
 
     /// The mechanism this exchange runs.
@@ -244,13 +221,10 @@ impl ScramServer {
     }
 
     fn parse_client_first(&self, msg: &[u8]) -> Result<(ClientFirst, State), SaslError> {
-        let text =
-            std::str::from_utf8(msg).map_err(|_| malformed("client-first-message is not UTF-8"))?;
+        let text = std::str::from_utf8(msg).map_err(|_| malformed("client-first-message is not UTF-8"))?;
 
         // gs2-header = gs2-cbind-flag "," [ authzid ] ","
-        let (flag, rest) = text
-            .split_once(',')
-            .ok_or(malformed("missing GS2 header"))?;
+        let (flag, rest) = text.split_once(',').ok_or(malformed("missing GS2 header"))?;
         let flag = match flag {
             "n" => CbFlag::No,
             "y" => CbFlag::ClientOnly,
@@ -259,15 +233,11 @@ impl ScramServer {
                 _ => return Err(malformed("bad GS2 channel binding flag")),
             },
         };
-        let (authz, bare) = rest
-            .split_once(',')
-            .ok_or(malformed("incomplete GS2 header"))?;
+        let (authz, bare) = rest.split_once(',').ok_or(malformed("incomplete GS2 header"))?;
         let authzid = if authz.is_empty() {
             None
         } else {
-            let a = authz
-                .strip_prefix("a=")
-                .ok_or(malformed("bad GS2 authzid"))?;
+            let a = authz.strip_prefix("a=").ok_or(malformed("bad GS2 authzid"))?;
             Some(unescape_saslname(a)?)
         };
         let gs2_header = &text[..text.len() - bare.len()];
@@ -278,15 +248,8 @@ impl ScramServer {
         if user_attr.starts_with("m=") {
             return Err(malformed("mandatory extension not supported"));
         }
-        let username = unescape_saslname(
-            user_attr
-                .strip_prefix("n=")
-                .ok_or(malformed("missing username"))?,
-        )?;
-        let client_nonce = attrs
-            .next()
-            .and_then(|a| a.strip_prefix("r="))
-            .ok_or(malformed("missing client nonce"))?;
+        let username = unescape_saslname(user_attr.strip_prefix("n=").ok_or(malformed("missing username"))?)?;
+        let client_nonce = attrs.next().and_then(|a| a.strip_prefix("r=")).ok_or(malformed("missing client nonce"))?;
         if !valid_nonce(client_nonce) {
             return Err(malformed("bad client nonce"));
         }
@@ -297,9 +260,7 @@ impl ScramServer {
         // Channel binding policy, RFC 5802 §6.
         let cbind_data: &[u8] = match flag {
             CbFlag::Type(_) if !self.mech.is_plus() => {
-                return Err(malformed(
-                    "channel binding requested with a non-PLUS mechanism",
-                ));
+                return Err(malformed("channel binding requested with a non-PLUS mechanism"));
             }
             CbFlag::No | CbFlag::ClientOnly if self.mech.is_plus() => {
                 return Err(malformed("-PLUS mechanism used without channel binding"));
@@ -318,10 +279,7 @@ impl ScramServer {
         expected_cbind.extend_from_slice(gs2_header.as_bytes());
         expected_cbind.extend_from_slice(cbind_data);
 
-        let first = ClientFirst {
-            username: username.clone(),
-            authzid,
-        };
+        let first = ClientFirst { username: username.clone(), authzid };
         let state = State::GotClientFirst {
             expected_cbind,
             client_first_bare: bare.to_owned(),
@@ -339,17 +297,9 @@ impl ScramServer {
     /// `NotAuthorized`, so a client cannot tell whether the account exists.
     ///
     /// Called out of order, it returns an empty message and the exchange fails.
-    pub fn server_first(
-        &mut self,
-        creds: Option<StoredCredentials>,
-        fake_secret: &[u8],
-    ) -> Vec<u8> {
-        let State::GotClientFirst {
-            expected_cbind,
-            client_first_bare,
-            client_nonce,
-            username,
-        } = std::mem::replace(&mut self.state, State::Failed)
+    pub fn server_first(&mut self, creds: Option<StoredCredentials>, fake_secret: &[u8]) -> Vec<u8> {
+        let State::GotClientFirst { expected_cbind, client_first_bare, client_nonce, username } =
+            std::mem::replace(&mut self.state, State::Failed)
         else {
             return Vec::new();
         };
@@ -358,11 +308,7 @@ impl ScramServer {
             _ => (fake_credentials(self.alg, &username, fake_secret), true),
         };
         let nonce = format!("{client_nonce}{}", self.server_nonce);
-        let server_first = format!(
-            "r={nonce},s={},i={}",
-            B64.encode(&creds.salt),
-            creds.iterations
-        );
+        let server_first = format!("r={nonce},s={},i={}", B64.encode(&creds.salt), creds.iterations);
         self.state = State::SentServerFirst {
             expected_cbind,
             auth_prefix: format!("{client_first_bare},{server_first},"),
@@ -376,31 +322,19 @@ impl ScramServer {
     /// Verifies client-final-message: channel binding data, nonce and proof. Returns
     /// server-final-message (`v=...`) on success.
     pub fn client_final(&mut self, msg: &[u8]) -> Result<Vec<u8>, SaslError> {
-        let State::SentServerFirst {
-            expected_cbind,
-            auth_prefix,
-            nonce,
-            creds,
-            fake,
-        } = std::mem::replace(&mut self.state, State::Failed)
+        let State::SentServerFirst { expected_cbind, auth_prefix, nonce, creds, fake } =
+            std::mem::replace(&mut self.state, State::Failed)
         else {
             return Err(SaslError::Internal("client-final-message out of order"));
         };
-        let text =
-            std::str::from_utf8(msg).map_err(|_| malformed("client-final-message is not UTF-8"))?;
+        let text = std::str::from_utf8(msg).map_err(|_| malformed("client-final-message is not UTF-8"))?;
 
         // client-final-message = client-final-message-without-proof "," proof
-        let (without_proof, proof_b64) =
-            text.rsplit_once(",p=").ok_or(malformed("missing proof"))?;
+        let (without_proof, proof_b64) = text.rsplit_once(",p=").ok_or(malformed("missing proof"))?;
         let mut attrs = without_proof.split(',');
-        let cbind_b64 = attrs
-            .next()
-            .and_then(|a| a.strip_prefix("c="))
-            .ok_or(malformed("missing channel binding attribute"))?;
-        let final_nonce = attrs
-            .next()
-            .and_then(|a| a.strip_prefix("r="))
-            .ok_or(malformed("missing nonce"))?;
+        let cbind_b64 =
+            attrs.next().and_then(|a| a.strip_prefix("c=")).ok_or(malformed("missing channel binding attribute"))?;
+        let final_nonce = attrs.next().and_then(|a| a.strip_prefix("r=")).ok_or(malformed("missing nonce"))?;
         if !attrs.all(valid_extension) {
             return Err(malformed("bad extension in client-final-message"));
         }
@@ -419,11 +353,7 @@ impl ScramServer {
 
         let auth_message = [auth_prefix.as_bytes(), without_proof.as_bytes()].concat();
         let client_signature = self.alg.hmac(&creds.stored_key, &[&auth_message]);
-        let client_key: Vec<u8> = proof
-            .iter()
-            .zip(&client_signature)
-            .map(|(p, s)| p ^ s)
-            .collect();
+        let client_key: Vec<u8> = proof.iter().zip(&client_signature).map(|(p, s)| p ^ s).collect();
         let computed = self.alg.hash(&client_key);
         let ok = computed.ct_eq(&creds.stored_key) & !Choice::from(u8::from(fake));
         if !bool::from(ok) {

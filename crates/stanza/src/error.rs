@@ -89,8 +89,15 @@ impl Condition {
             BadRequest | JidMalformed | NotAcceptable | PolicyViolation | Redirect => ErrorType::Modify,
             Forbidden | NotAuthorized | RegistrationRequired | SubscriptionRequired => ErrorType::Auth,
             RecipientUnavailable | RemoteServerTimeout | ResourceConstraint | UnexpectedRequest => ErrorType::Wait,
-            Conflict | FeatureNotImplemented | Gone | InternalServerError | ItemNotFound | NotAllowed
-            | RemoteServerNotFound | ServiceUnavailable | UndefinedCondition => ErrorType::Cancel,
+            Conflict
+            | FeatureNotImplemented
+            | Gone
+            | InternalServerError
+            | ItemNotFound
+            | NotAllowed
+            | RemoteServerNotFound
+            | ServiceUnavailable
+            | UndefinedCondition => ErrorType::Cancel,
         }
     }
 }

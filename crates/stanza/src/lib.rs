@@ -71,15 +71,13 @@ impl Envelope {
         if from_ok && to_ok {
             return self.el.raw.clone();
         }
-        self.el
-            .rewrite_attrs(&[("from", Some(self.from.as_str())), ("to", Some(self.to.as_str()))])
+        self.el.rewrite_attrs(&[("from", Some(self.from.as_str())), ("to", Some(self.to.as_str()))])
     }
     /// Like [`Envelope::wire`] but addressed to a specific recipient (message to a bare
     /// JID delivered to a full JID keeps the bare `to`, RFC 6121 §8.5.2, so this is only
     /// used where the spec asks to readdress).
     pub fn wire_to(&self, to: &Jid) -> Bytes {
-        self.el
-            .rewrite_attrs(&[("from", Some(self.from.as_str())), ("to", Some(to.as_str()))])
+        self.el.rewrite_attrs(&[("from", Some(self.from.as_str())), ("to", Some(to.as_str()))])
     }
     /// An error reply to this stanza (RFC 6120 §8.3): addressed back to the sender,
     /// from the original recipient, with the same id. Returns None for stanzas that must

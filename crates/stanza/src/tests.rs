@@ -42,7 +42,10 @@ fn error_reply_swaps_addresses_and_skips_errors() {
     };
     let reply = env.error_reply(&StanzaError::new(Condition::ServiceUnavailable)).unwrap();
     let s = std::str::from_utf8(&reply).unwrap();
-    assert!(s.starts_with("<message from=\"bob@example.com\" to=\"alice@example.com/phone\" id=\"m1\" type=\"error\">"), "{s}");
+    assert!(
+        s.starts_with("<message from=\"bob@example.com\" to=\"alice@example.com/phone\" id=\"m1\" type=\"error\">"),
+        "{s}"
+    );
     let wire = env.wire();
     let w = std::str::from_utf8(&wire).unwrap();
     assert!(w.contains("from=\"alice@example.com/phone\""), "{w}");

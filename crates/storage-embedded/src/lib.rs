@@ -64,8 +64,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistM
 use rookery_jid::BareJid;
 use rookery_sasl::StoredCredentials;
 use rookery_storage::{
-    Account, AccountStore, BlockStore, LastActivity, LastActivityStore, OfflineMessage,
-    OfflineStore, Result, Roster, RosterItem, RosterStore, StoreError, Stores, VcardStore,
+    Account, AccountStore, BlockStore, LastActivity, LastActivityStore, OfflineMessage, OfflineStore, Result, Roster,
+    RosterItem, RosterStore, StoreError, Stores, VcardStore,
 };
 use std::hash::{Hash, Hasher};
 use std::path::Path;
@@ -181,18 +181,11 @@ fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
 fn decode_version(bytes: &[u8]) -> Result<u64> {
     <[u8; 8]>::try_from(bytes)
         .map(u64::from_be_bytes)
-        .map_err(|_| {
-            corrupt(
-                "roster version",
-                format!("{} bytes, expected 8", bytes.len()),
-            )
-        })
+        .map_err(|_| corrupt("roster version", format!("{} bytes, expected 8", bytes.len())))
 }
 
 fn suffix_string(what: &str, key: &[u8], prefix_len: usize) -> Result<String> {
-    let suffix = key
-        .get(prefix_len..)
-        .ok_or_else(|| corrupt(what, "key shorter than its prefix"))?;
+    let suffix = key.get(prefix_len..).ok_or_else(|| corrupt(what, "key shorter than its prefix"))?;
     String::from_utf8(suffix.to_vec()).map_err(|e| corrupt(what, e))
 }
 
@@ -205,9 +198,7 @@ impl EmbeddedStore {
             // Persistence is requested per write batch (see `commit`), never implicitly.
             .manual_journal_persist(true)
             .open()
-            .map_err(|e| {
-                StoreError::Backend(format!("opening embedded store at {}: {e}", dir.display()))
-            })?;
+            .map_err(|e| StoreError::Backend(format!("opening embedded store at {}: {e}", dir.display())))?;
         let ks = |name: &str| {
             db.keyspace(name, KeyspaceCreateOptions::default)
                 .map_err(|e| StoreError::Backend(format!("opening keyspace {name}: {e}")))
@@ -279,10 +270,7 @@ fn max_offline_seq(offline: &Keyspace) -> Result<u64> {
         let key = guard.key().map_err(backend)?;
         let seq_at = key.len().saturating_sub(8);
         if key.len() < 10 || key.get(seq_at - 1) != Some(&SEP) {
-            return Err(corrupt(
-                "offline key",
-                format!("no seq suffix in {:?}", &key[..]),
-            ));
+            return Err(corrupt("offline key", format!("no seq suffix in {:?}", &key[..])));
         }
         max = max.max(seq_of(&key, seq_at)?);
     }
@@ -308,15 +296,11 @@ impl Inner {
         // Truncation is the point: any bits pick a shard.
         #[allow(clippy::cast_possible_truncation)]
         let shard = (h.finish() as usize) % self.user_locks.len();
-        self.user_locks[shard]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.user_locks[shard].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn batch(&self) -> OwnedWriteBatch {
-        self.db
-            .batch()
-            .durability(Some(self.durability.persist_mode()))
+        self.db.batch().durability(Some(self.durability.persist_mode()))
     }
 
     fn commit(batch: OwnedWriteBatch) -> Result<()> {
@@ -328,9 +312,7 @@ impl Inner {
     }
 
     fn keys_with_prefix(ks: &Keyspace, prefix: &[u8]) -> Result<Vec<fjall::UserKey>> {
-        ks.prefix(prefix)
-            .map(|g| g.key().map_err(backend))
-            .collect()
+        ks.prefix(prefix).map(|g| g.key().map_err(backend)).collect()
     }
 
     /// Deletes every row under `prefix` in one batch.
@@ -370,9 +352,7 @@ impl AccountStore for EmbeddedStore {
     }
 
     async fn get(&self, user: &BareJid) -> Result<Option<Account>> {
-        Inner::get(&self.inner.accounts, &account_key(user))?
-            .map(|v| decode("account", &v))
-            .transpose()
+        Inner::get(&self.inner.accounts, &account_key(user))?.map(|v| decode("account", &v)).transpose()
     }
 
     async fn set_credentials(&self, user: &BareJid, creds: Vec<StoredCredentials>) -> Result<bool> {
@@ -427,10 +407,8 @@ impl RosterStore for EmbeddedStore {
         let prefix = user_prefix(user);
         // One snapshot so the version and the items belong together.
         let snap = self.inner.db.snapshot();
-        let version = snap
-            .get(&self.inner.roster_meta, &prefix)
-            .map_err(backend)?
-            .map_or(Ok(0), |v| decode_version(&v))?;
+        let version =
+            snap.get(&self.inner.roster_meta, &prefix).map_err(backend)?.map_or(Ok(0), |v| decode_version(&v))?;
         let items = snap
             .prefix(&self.inner.roster, &prefix)
             .map(|g| {
@@ -521,10 +499,7 @@ impl OfflineStore for EmbeddedStore {
             .prefix(&prefix)
             .map(|g| {
                 let (k, v) = g.into_inner().map_err(backend)?;
-                Ok(OfflineMessage {
-                    seq: seq_of(&k, prefix.len())?,
-                    stanza: Bytes::copy_from_slice(&v),
-                })
+                Ok(OfflineMessage { seq: seq_of(&k, prefix.len())?, stanza: Bytes::copy_from_slice(&v) })
             })
             .collect()
     }
@@ -537,11 +512,7 @@ impl OfflineStore for EmbeddedStore {
         let start = offline_key(user, 0);
         let end = offline_key(user, up_to);
         self.write(move |db| {
-            let keys = db
-                .offline
-                .range(start..=end)
-                .map(|g| g.key().map_err(backend))
-                .collect::<Result<Vec<_>>>()?;
+            let keys = db.offline.range(start..=end).map(|g| g.key().map_err(backend)).collect::<Result<Vec<_>>>()?;
             if keys.is_empty() {
                 return Ok(());
             }
@@ -556,8 +527,7 @@ impl OfflineStore for EmbeddedStore {
 
     async fn delete_all(&self, user: &BareJid) -> Result<()> {
         let prefix = user_prefix(user);
-        self.write(move |db| db.delete_prefix(&db.offline, &prefix))
-            .await
+        self.write(move |db| db.delete_prefix(&db.offline, &prefix)).await
     }
 }
 
@@ -630,17 +600,14 @@ impl BlockStore for EmbeddedStore {
 
     async fn unblock_all(&self, user: &BareJid) -> Result<()> {
         let prefix = user_prefix(user);
-        self.write(move |db| db.delete_prefix(&db.blocking, &prefix))
-            .await
+        self.write(move |db| db.delete_prefix(&db.blocking, &prefix)).await
     }
 }
 
 #[async_trait]
 impl LastActivityStore for EmbeddedStore {
     async fn get(&self, user: &BareJid) -> Result<Option<LastActivity>> {
-        Inner::get(&self.inner.last, &user_prefix(user))?
-            .map(|v| decode("last activity", &v))
-            .transpose()
+        Inner::get(&self.inner.last, &user_prefix(user))?.map(|v| decode("last activity", &v)).transpose()
     }
 
     async fn set(&self, user: &BareJid, last: LastActivity) -> Result<()> {

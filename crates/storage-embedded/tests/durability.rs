@@ -63,122 +63,53 @@ async fn reopen_keeps_everything(durability: Durability) {
         let s = open(dir.path(), durability);
         assert!(s.accounts.create(&alice, account()).await.unwrap());
         assert!(s.accounts.create(&bob, account()).await.unwrap());
-        s.roster
-            .put_item(&alice, item("x@c.example"))
-            .await
-            .unwrap();
-        s.roster
-            .put_item(&alice, item("y@c.example"))
-            .await
-            .unwrap();
-        let roster_version = s
-            .roster
-            .remove_item(&alice, "x@c.example")
-            .await
-            .unwrap()
-            .unwrap();
+        s.roster.put_item(&alice, item("x@c.example")).await.unwrap();
+        s.roster.put_item(&alice, item("y@c.example")).await.unwrap();
+        let roster_version = s.roster.remove_item(&alice, "x@c.example").await.unwrap().unwrap();
         let mut pushed = Vec::new();
         for i in 0..50 {
             let stanza = Bytes::from(format!("<message n='{i}'/>"));
-            pushed.push((
-                s.offline.push(&alice, stanza.clone()).await.unwrap(),
-                stanza,
-            ));
+            pushed.push((s.offline.push(&alice, stanza.clone()).await.unwrap(), stanza));
         }
         // Bob's queue is emptied before the restart: his next seq must still be higher.
-        let gone_seq = s
-            .offline
-            .push(&bob, Bytes::from_static(b"<gone/>"))
-            .await
-            .unwrap();
+        let gone_seq = s.offline.push(&bob, Bytes::from_static(b"<gone/>")).await.unwrap();
         s.offline.delete_all(&bob).await.unwrap();
-        s.vcard
-            .set(&alice, Bytes::from_static(b"<vCard/>"))
-            .await
-            .unwrap();
-        s.blocking
-            .block(&alice, &["eve@evil.example".to_owned()])
-            .await
-            .unwrap();
-        s.last
-            .set(
-                &alice,
-                LastActivity {
-                    at: 42,
-                    status: "zzz".into(),
-                },
-            )
-            .await
-            .unwrap();
-        s.offline
-            .push(&alice_b, Bytes::from_static(b"<b/>"))
-            .await
-            .unwrap();
+        s.vcard.set(&alice, Bytes::from_static(b"<vCard/>")).await.unwrap();
+        s.blocking.block(&alice, &["eve@evil.example".to_owned()]).await.unwrap();
+        s.last.set(&alice, LastActivity { at: 42, status: "zzz".into() }).await.unwrap();
+        s.offline.push(&alice_b, Bytes::from_static(b"<b/>")).await.unwrap();
         (pushed, roster_version, gone_seq)
         // Every handle is dropped here, closing the database.
     };
 
     let s = open(dir.path(), durability);
     assert_eq!(s.accounts.get(&alice).await.unwrap(), Some(account()));
-    assert_eq!(
-        s.accounts.list("a.example").await.unwrap(),
-        vec!["alice", "bob"]
-    );
+    assert_eq!(s.accounts.list("a.example").await.unwrap(), vec!["alice", "bob"]);
     let roster = s.roster.get(&alice).await.unwrap();
-    assert_eq!(
-        roster.version, roster_version,
-        "roster version survives a restart"
-    );
+    assert_eq!(roster.version, roster_version, "roster version survives a restart");
     assert_eq!(roster.items, vec![item("y@c.example")]);
     let listed = s.offline.list(&alice).await.unwrap();
     assert_eq!(
-        listed
-            .iter()
-            .map(|m| (m.seq, m.stanza.clone()))
-            .collect::<Vec<_>>(),
+        listed.iter().map(|m| (m.seq, m.stanza.clone())).collect::<Vec<_>>(),
         pushed,
         "offline messages survive a restart in order"
     );
     assert_eq!(s.offline.count(&bob).await.unwrap(), 0);
     assert_eq!(s.offline.count(&alice_b).await.unwrap(), 1);
-    assert_eq!(
-        s.vcard.get(&alice).await.unwrap(),
-        Some(Bytes::from_static(b"<vCard/>"))
-    );
-    assert_eq!(
-        s.blocking.list(&alice).await.unwrap(),
-        vec!["eve@evil.example"]
-    );
+    assert_eq!(s.vcard.get(&alice).await.unwrap(), Some(Bytes::from_static(b"<vCard/>")));
+    assert_eq!(s.blocking.list(&alice).await.unwrap(), vec!["eve@evil.example"]);
     assert_eq!(s.last.get(&alice).await.unwrap().map(|l| l.at), Some(42));
 
     let last_before = pushed.last().unwrap().0;
-    let next = s
-        .offline
-        .push(&alice, Bytes::from_static(b"<after/>"))
-        .await
-        .unwrap();
-    assert!(
-        next > last_before,
-        "seqs keep increasing after a restart ({last_before} -> {next})"
-    );
-    let bob_next = s
-        .offline
-        .push(&bob, Bytes::from_static(b"<after/>"))
-        .await
-        .unwrap();
+    let next = s.offline.push(&alice, Bytes::from_static(b"<after/>")).await.unwrap();
+    assert!(next > last_before, "seqs keep increasing after a restart ({last_before} -> {next})");
+    let bob_next = s.offline.push(&bob, Bytes::from_static(b"<after/>")).await.unwrap();
     assert!(
         bob_next > gone_seq,
         "seqs keep increasing after a restart even when the queue was emptied ({gone_seq} -> {bob_next})"
     );
-    let v = s
-        .roster
-        .put_item(&alice, item("z@c.example"))
-        .await
-        .unwrap();
-    assert!(
-        v > roster_version,
-        "roster versions keep increasing after a restart"
-    );
+    let v = s.roster.put_item(&alice, item("z@c.example")).await.unwrap();
+    assert!(v > roster_version, "roster versions keep increasing after a restart");
 }
 
 #[tokio::test]
@@ -197,10 +128,9 @@ async fn second_open_of_same_dir_fails_cleanly() {
     let _first = EmbeddedStore::open(dir.path(), Durability::Os).unwrap();
     match EmbeddedStore::open(dir.path(), Durability::Os) {
         Ok(_) => panic!("a second open of a directory in use must fail"),
-        Err(e) => assert!(
-            e.to_string().contains(&dir.path().display().to_string()),
-            "the error names the directory: {e}"
-        ),
+        Err(e) => {
+            assert!(e.to_string().contains(&dir.path().display().to_string()), "the error names the directory: {e}")
+        }
     }
 }
 
@@ -209,19 +139,10 @@ async fn open_creates_missing_directories() {
     let dir = tempfile::tempdir().unwrap();
     let nested = dir.path().join("var/lib/rookery");
     let s = open(&nested, Durability::Os);
-    s.vcard
-        .set(&jid("alice@a.example"), Bytes::from_static(b"<vCard/>"))
-        .await
-        .unwrap();
+    s.vcard.set(&jid("alice@a.example"), Bytes::from_static(b"<vCard/>")).await.unwrap();
     drop(s);
     let s = open(&nested, Durability::Os);
-    assert!(
-        s.vcard
-            .get(&jid("alice@a.example"))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(s.vcard.get(&jid("alice@a.example")).await.unwrap().is_some());
 }
 
 /// The child side of [`kill_9_loses_no_acknowledged_write`]; a no-op unless started by it.
@@ -240,11 +161,7 @@ async fn writer_child() {
         let seq = s.offline.push(&alice, stanza(i)).await.unwrap();
         writeln!(out, "ACK {seq} {i}").unwrap();
         if i.is_multiple_of(10) {
-            let v = s
-                .roster
-                .put_item(&alice, item(&format!("c{i}@c.example")))
-                .await
-                .unwrap();
+            let v = s.roster.put_item(&alice, item(&format!("c{i}@c.example"))).await.unwrap();
             writeln!(out, "ROSTER {v} {i}").unwrap();
         }
         out.flush().unwrap();
@@ -253,10 +170,7 @@ async fn writer_child() {
 }
 
 fn stanza(i: u64) -> Bytes {
-    Bytes::from(format!(
-        "<message n='{i}'><body>{}</body></message>",
-        "x".repeat(512)
-    ))
+    Bytes::from(format!("<message n='{i}'><body>{}</body></message>", "x".repeat(512)))
 }
 
 #[tokio::test]
@@ -298,10 +212,7 @@ async fn kill_9_loses_no_acknowledged_write() {
             break;
         }
     }
-    assert!(
-        seen >= KILL_AFTER,
-        "the writer child stopped early after {seen} writes"
-    );
+    assert!(seen >= KILL_AFTER, "the writer child stopped early after {seen} writes");
     child.kill().unwrap(); // SIGKILL on Unix
     // Lines already in the pipe were acknowledged before the kill.
     for line in lines {
@@ -311,43 +222,23 @@ async fn kill_9_loses_no_acknowledged_write() {
         }
     }
     let status = child.wait().unwrap();
-    assert!(
-        !status.success(),
-        "the child must have been killed, not finished: {status}"
-    );
+    assert!(!status.success(), "the child must have been killed, not finished: {status}");
 
     let s = open(dir.path(), Durability::Os);
     let alice = jid("alice@a.example");
-    let stored: BTreeMap<u64, Bytes> = s
-        .offline
-        .list(&alice)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| (m.seq, m.stanza))
-        .collect();
+    let stored: BTreeMap<u64, Bytes> =
+        s.offline.list(&alice).await.unwrap().into_iter().map(|m| (m.seq, m.stanza)).collect();
     for (seq, i) in &acked {
-        assert_eq!(
-            stored.get(seq),
-            Some(&stanza(*i)),
-            "acknowledged offline message {i} (seq {seq}) lost by kill -9"
-        );
+        assert_eq!(stored.get(seq), Some(&stanza(*i)), "acknowledged offline message {i} (seq {seq}) lost by kill -9");
     }
     assert!(stored.len() >= acked.len());
     let r = s.roster.get(&alice).await.unwrap();
     if let Some((&max_v, _)) = roster.last_key_value() {
-        assert!(
-            r.version >= max_v,
-            "roster version went back: {} < {max_v}",
-            r.version
-        );
+        assert!(r.version >= max_v, "roster version went back: {} < {max_v}", r.version);
     }
     for i in roster.values() {
         let contact = format!("c{i}@c.example");
-        assert!(
-            r.items.iter().any(|it| it.jid == contact),
-            "acknowledged roster item {contact} lost by kill -9"
-        );
+        assert!(r.items.iter().any(|it| it.jid == contact), "acknowledged roster item {contact} lost by kill -9");
     }
     assert_eq!(
         r.version as usize,
@@ -356,13 +247,6 @@ async fn kill_9_loses_no_acknowledged_write() {
     );
 
     let last = *acked.keys().last().unwrap();
-    let next = s
-        .offline
-        .push(&alice, Bytes::from_static(b"<after/>"))
-        .await
-        .unwrap();
-    assert!(
-        next > *stored.keys().last().unwrap_or(&last),
-        "seqs keep increasing after a crash"
-    );
+    let next = s.offline.push(&alice, Bytes::from_static(b"<after/>")).await.unwrap();
+    assert!(next > *stored.keys().last().unwrap_or(&last), "seqs keep increasing after a crash");
 }

@@ -68,10 +68,7 @@ fn sample_credentials(tag: u8) -> Vec<StoredCredentials> {
 }
 
 fn account(tag: u8) -> Account {
-    Account {
-        credentials: sample_credentials(tag),
-        created_at: 1_700_000_000 + u64::from(tag),
-    }
+    Account { credentials: sample_credentials(tag), created_at: 1_700_000_000 + u64::from(tag) }
 }
 
 fn item(contact: &str) -> RosterItem {
@@ -99,12 +96,7 @@ fn seqs(messages: &[OfflineMessage]) -> Vec<u64> {
 
 fn assert_strictly_increasing(seqs: &[u64], what: &str) {
     for w in seqs.windows(2) {
-        assert!(
-            w[0] < w[1],
-            "{what}: seqs must be strictly increasing, got {} then {}",
-            w[0],
-            w[1]
-        );
+        assert!(w[0] < w[1], "{what}: seqs must be strictly increasing, got {} then {}", w[0], w[1]);
     }
 }
 
@@ -115,54 +107,24 @@ pub async fn check_accounts(stores: &Stores) {
     let bob = jid("bob@a-accounts.example");
     let carol = jid("carol@a-accounts.example");
 
-    assert_eq!(
-        a.get(&alice).await.unwrap(),
-        None,
-        "no account before create"
-    );
-    assert!(
-        a.create(&alice, account(1)).await.unwrap(),
-        "first create must return true"
-    );
+    assert_eq!(a.get(&alice).await.unwrap(), None, "no account before create");
+    assert!(a.create(&alice, account(1)).await.unwrap(), "first create must return true");
     assert_eq!(a.get(&alice).await.unwrap(), Some(account(1)));
-    assert!(
-        !a.create(&alice, account(2)).await.unwrap(),
-        "duplicate create must return false"
-    );
-    assert_eq!(
-        a.get(&alice).await.unwrap(),
-        Some(account(1)),
-        "duplicate create must not change the stored account"
-    );
+    assert!(!a.create(&alice, account(2)).await.unwrap(), "duplicate create must return false");
+    assert_eq!(a.get(&alice).await.unwrap(), Some(account(1)), "duplicate create must not change the stored account");
 
     assert!(
-        a.set_credentials(&alice, sample_credentials(7))
-            .await
-            .unwrap(),
+        a.set_credentials(&alice, sample_credentials(7)).await.unwrap(),
         "set_credentials on an existing account must return true"
     );
     let got = a.get(&alice).await.unwrap().unwrap();
-    assert_eq!(
-        got.credentials,
-        sample_credentials(7),
-        "credentials replaced"
-    );
-    assert_eq!(
-        got.created_at,
-        account(1).created_at,
-        "set_credentials keeps created_at"
-    );
+    assert_eq!(got.credentials, sample_credentials(7), "credentials replaced");
+    assert_eq!(got.created_at, account(1).created_at, "set_credentials keeps created_at");
     assert!(
-        !a.set_credentials(&bob, sample_credentials(7))
-            .await
-            .unwrap(),
+        !a.set_credentials(&bob, sample_credentials(7)).await.unwrap(),
         "set_credentials on a missing account must return false"
     );
-    assert_eq!(
-        a.get(&bob).await.unwrap(),
-        None,
-        "set_credentials must not create an account"
-    );
+    assert_eq!(a.get(&bob).await.unwrap(), None, "set_credentials must not create an account");
 
     // Created out of order: list must sort.
     assert!(a.create(&carol, account(3)).await.unwrap());
@@ -173,23 +135,11 @@ pub async fn check_accounts(stores: &Stores) {
         "list returns sorted local parts"
     );
 
-    assert!(
-        a.delete(&bob).await.unwrap(),
-        "delete of an existing account returns true"
-    );
-    assert!(
-        !a.delete(&bob).await.unwrap(),
-        "delete of a missing account returns false"
-    );
+    assert!(a.delete(&bob).await.unwrap(), "delete of an existing account returns true");
+    assert!(!a.delete(&bob).await.unwrap(), "delete of a missing account returns false");
     assert_eq!(a.get(&bob).await.unwrap(), None, "deleted account is gone");
-    assert_eq!(
-        a.list("a-accounts.example").await.unwrap(),
-        vec!["alice", "carol"]
-    );
-    assert_eq!(
-        a.get(&alice).await.unwrap().unwrap().credentials,
-        sample_credentials(7)
-    );
+    assert_eq!(a.list("a-accounts.example").await.unwrap(), vec!["alice", "carol"]);
+    assert_eq!(a.get(&alice).await.unwrap().unwrap().credentials, sample_credentials(7));
 }
 
 /// Accounts of different domains and users never see each other.
@@ -202,37 +152,21 @@ pub async fn check_account_isolation(stores: &Stores) {
     let alice_ab = jid("alice@a-acciso.example.org");
 
     assert!(a.create(&alice_a, account(1)).await.unwrap());
-    assert!(
-        a.create(&alice_b, account(2)).await.unwrap(),
-        "same local part on another domain is another account"
-    );
+    assert!(a.create(&alice_b, account(2)).await.unwrap(), "same local part on another domain is another account");
     assert!(a.create(&alice_ab, account(3)).await.unwrap());
     assert!(a.create(&bob_a, account(4)).await.unwrap());
 
     assert_eq!(a.get(&alice_a).await.unwrap(), Some(account(1)));
     assert_eq!(a.get(&alice_b).await.unwrap(), Some(account(2)));
     assert_eq!(a.get(&alice_ab).await.unwrap(), Some(account(3)));
-    assert_eq!(
-        a.list("a-acciso.example").await.unwrap(),
-        vec!["alice", "bob"]
-    );
+    assert_eq!(a.list("a-acciso.example").await.unwrap(), vec!["alice", "bob"]);
     assert_eq!(a.list("b-acciso.example").await.unwrap(), vec!["alice"]);
     assert_eq!(a.list("a-acciso.example.org").await.unwrap(), vec!["alice"]);
-    assert!(
-        a.list("nobody-acciso.example").await.unwrap().is_empty(),
-        "unknown domain lists nothing"
-    );
-    assert!(
-        a.list("acciso.example").await.unwrap().is_empty(),
-        "a domain suffix must not match"
-    );
+    assert!(a.list("nobody-acciso.example").await.unwrap().is_empty(), "unknown domain lists nothing");
+    assert!(a.list("acciso.example").await.unwrap().is_empty(), "a domain suffix must not match");
 
     assert!(a.delete(&alice_a).await.unwrap());
-    assert_eq!(
-        a.get(&alice_b).await.unwrap(),
-        Some(account(2)),
-        "deleting alice@a must not touch alice@b"
-    );
+    assert_eq!(a.get(&alice_b).await.unwrap(), Some(account(2)), "deleting alice@a must not touch alice@b");
     assert_eq!(a.get(&bob_a).await.unwrap(), Some(account(4)));
 }
 
@@ -243,10 +177,7 @@ pub async fn check_roster_basic(stores: &Stores) {
 
     let empty = r.get(&alice).await.unwrap();
     assert!(empty.items.is_empty(), "new user has an empty roster");
-    assert_eq!(
-        r.get_item(&alice, "bob@a-roster.example").await.unwrap(),
-        None
-    );
+    assert_eq!(r.get_item(&alice, "bob@a-roster.example").await.unwrap(), None);
 
     let mut bob = item("bob@a-roster.example");
     bob.name = Some("Bob".into());
@@ -262,21 +193,14 @@ pub async fn check_roster_basic(stores: &Stores) {
 
     r.put_item(&alice, carol.clone()).await.unwrap();
     r.put_item(&alice, bob.clone()).await.unwrap();
-    assert_eq!(
-        r.get_item(&alice, "bob@a-roster.example").await.unwrap(),
-        Some(bob.clone())
-    );
+    assert_eq!(r.get_item(&alice, "bob@a-roster.example").await.unwrap(), Some(bob.clone()));
     assert_eq!(
         r.get_item(&alice, "carol@b-roster.example").await.unwrap(),
         Some(carol.clone()),
         "every field round-trips"
     );
     let roster = r.get(&alice).await.unwrap();
-    assert_eq!(
-        roster.items,
-        vec![bob.clone(), carol.clone()],
-        "items come back sorted by contact JID"
-    );
+    assert_eq!(roster.items, vec![bob.clone(), carol.clone()], "items come back sorted by contact JID");
 
     // Replace.
     let mut bob2 = bob.clone();
@@ -289,33 +213,15 @@ pub async fn check_roster_basic(stores: &Stores) {
         Some(bob2.clone()),
         "put_item replaces the whole item"
     );
-    assert_eq!(
-        r.get(&alice).await.unwrap().items.len(),
-        2,
-        "replace adds no item"
-    );
+    assert_eq!(r.get(&alice).await.unwrap().items.len(), 2, "replace adds no item");
 
-    assert!(
-        r.remove_item(&alice, "bob@a-roster.example")
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert_eq!(
-        r.get_item(&alice, "bob@a-roster.example").await.unwrap(),
-        None
-    );
+    assert!(r.remove_item(&alice, "bob@a-roster.example").await.unwrap().is_some());
+    assert_eq!(r.get_item(&alice, "bob@a-roster.example").await.unwrap(), None);
     assert_eq!(r.get(&alice).await.unwrap().items, vec![carol]);
 
     r.delete_all(&alice).await.unwrap();
-    assert!(
-        r.get(&alice).await.unwrap().items.is_empty(),
-        "delete_all empties the roster"
-    );
-    assert_eq!(
-        r.get_item(&alice, "carol@b-roster.example").await.unwrap(),
-        None
-    );
+    assert!(r.get(&alice).await.unwrap().items.is_empty(), "delete_all empties the roster");
+    assert_eq!(r.get_item(&alice, "carol@b-roster.example").await.unwrap(), None);
 }
 
 /// Version strictly increases on every change, never on reads or no-op removes.
@@ -324,33 +230,17 @@ pub async fn check_roster_versions(stores: &Stores) {
     let alice = jid("alice@a-rosterver.example");
 
     let v0 = r.get(&alice).await.unwrap().version;
-    let v1 = r
-        .put_item(&alice, item("bob@a-rosterver.example"))
-        .await
-        .unwrap();
+    let v1 = r.put_item(&alice, item("bob@a-rosterver.example")).await.unwrap();
     assert!(v1 > v0, "put_item must bump the version ({v0} -> {v1})");
-    assert_eq!(
-        r.get(&alice).await.unwrap().version,
-        v1,
-        "get reports the returned version"
-    );
+    assert_eq!(r.get(&alice).await.unwrap().version, v1, "get reports the returned version");
 
     // Reads do not bump.
     r.get(&alice).await.unwrap();
     r.get_item(&alice, "bob@a-rosterver.example").await.unwrap();
-    r.get_item(&alice, "nobody@a-rosterver.example")
-        .await
-        .unwrap();
-    assert_eq!(
-        r.get(&alice).await.unwrap().version,
-        v1,
-        "reads must not bump the version"
-    );
+    r.get_item(&alice, "nobody@a-rosterver.example").await.unwrap();
+    assert_eq!(r.get(&alice).await.unwrap().version, v1, "reads must not bump the version");
 
-    let v2 = r
-        .put_item(&alice, item("carol@a-rosterver.example"))
-        .await
-        .unwrap();
+    let v2 = r.put_item(&alice, item("carol@a-rosterver.example")).await.unwrap();
     assert!(v2 > v1, "second put must bump ({v1} -> {v2})");
     let mut bob = item("bob@a-rosterver.example");
     bob.subscription = Subscription::Both;
@@ -358,17 +248,11 @@ pub async fn check_roster_versions(stores: &Stores) {
     assert!(v3 > v2, "replacing an item must bump ({v2} -> {v3})");
 
     assert_eq!(
-        r.remove_item(&alice, "nobody@a-rosterver.example")
-            .await
-            .unwrap(),
+        r.remove_item(&alice, "nobody@a-rosterver.example").await.unwrap(),
         None,
         "removing a missing item returns None"
     );
-    assert_eq!(
-        r.get(&alice).await.unwrap().version,
-        v3,
-        "removing a missing item must not bump"
-    );
+    assert_eq!(r.get(&alice).await.unwrap().version, v3, "removing a missing item must not bump");
 
     let v4 = r
         .remove_item(&alice, "carol@a-rosterver.example")
@@ -378,9 +262,7 @@ pub async fn check_roster_versions(stores: &Stores) {
     assert!(v4 > v3, "remove must bump ({v3} -> {v4})");
     assert_eq!(r.get(&alice).await.unwrap().version, v4);
     assert_eq!(
-        r.remove_item(&alice, "carol@a-rosterver.example")
-            .await
-            .unwrap(),
+        r.remove_item(&alice, "carol@a-rosterver.example").await.unwrap(),
         None,
         "second remove of the same item returns None"
     );
@@ -388,9 +270,7 @@ pub async fn check_roster_versions(stores: &Stores) {
 
     let bob_user = jid("bob@a-rosterver.example");
     assert_eq!(
-        r.remove_item(&bob_user, "alice@a-rosterver.example")
-            .await
-            .unwrap(),
+        r.remove_item(&bob_user, "alice@a-rosterver.example").await.unwrap(),
         None,
         "remove on a user without a roster returns None"
     );
@@ -410,22 +290,11 @@ pub async fn check_roster_isolation(stores: &Stores) {
     r.put_item(&alice_b, item("z@c.example")).await.unwrap();
     r.put_item(&alice_ab, item("w@c.example")).await.unwrap();
 
-    let contacts = |roster: Roster| -> Vec<String> {
-        sorted_items(&roster).into_iter().map(|i| i.jid).collect()
-    };
-    assert_eq!(
-        contacts(r.get(&alice_a).await.unwrap()),
-        vec!["x@c.example", "y@c.example"]
-    );
+    let contacts = |roster: Roster| -> Vec<String> { sorted_items(&roster).into_iter().map(|i| i.jid).collect() };
+    assert_eq!(contacts(r.get(&alice_a).await.unwrap()), vec!["x@c.example", "y@c.example"]);
     assert_eq!(contacts(r.get(&bob_a).await.unwrap()), vec!["x@c.example"]);
-    assert_eq!(
-        contacts(r.get(&alice_b).await.unwrap()),
-        vec!["z@c.example"]
-    );
-    assert_eq!(
-        contacts(r.get(&alice_ab).await.unwrap()),
-        vec!["w@c.example"]
-    );
+    assert_eq!(contacts(r.get(&alice_b).await.unwrap()), vec!["z@c.example"]);
+    assert_eq!(contacts(r.get(&alice_ab).await.unwrap()), vec!["w@c.example"]);
     assert_eq!(r.get_item(&alice_b, "x@c.example").await.unwrap(), None);
 
     r.remove_item(&alice_a, "x@c.example").await.unwrap();
@@ -434,23 +303,13 @@ pub async fn check_roster_isolation(stores: &Stores) {
         Some(item("x@c.example")),
         "removing from alice's roster must not touch bob's"
     );
-    assert_eq!(
-        r.get(&bob_a).await.unwrap().version,
-        bob_v,
-        "alice's changes must not bump bob's version"
-    );
+    assert_eq!(r.get(&bob_a).await.unwrap().version, bob_v, "alice's changes must not bump bob's version");
 
     r.delete_all(&alice_a).await.unwrap();
     assert!(r.get(&alice_a).await.unwrap().items.is_empty());
     assert_eq!(contacts(r.get(&bob_a).await.unwrap()), vec!["x@c.example"]);
-    assert_eq!(
-        contacts(r.get(&alice_b).await.unwrap()),
-        vec!["z@c.example"]
-    );
-    assert_eq!(
-        contacts(r.get(&alice_ab).await.unwrap()),
-        vec!["w@c.example"]
-    );
+    assert_eq!(contacts(r.get(&alice_b).await.unwrap()), vec!["z@c.example"]);
+    assert_eq!(contacts(r.get(&alice_ab).await.unwrap()), vec!["w@c.example"]);
 }
 
 /// Non-ASCII JIDs and names round-trip; groups keep their order.
@@ -466,21 +325,10 @@ pub async fn check_roster_unicode_and_groups(stores: &Stores) {
         r.put_item(&owner, it).await.unwrap();
     }
     for (i, c) in contacts.iter().enumerate() {
-        let got = r
-            .get_item(&owner, c)
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("unicode contact {c} must be found"));
+        let got = r.get_item(&owner, c).await.unwrap().unwrap_or_else(|| panic!("unicode contact {c} must be found"));
         assert_eq!(got.jid, *c);
-        assert_eq!(
-            got.name.as_deref(),
-            Some(format!("Ñame {i} 🦀 — «quoted» <&>").as_str())
-        );
-        assert_eq!(
-            got.groups,
-            vec!["Zeta", "Ålpha", "друзья", "a"],
-            "groups keep their given order"
-        );
+        assert_eq!(got.name.as_deref(), Some(format!("Ñame {i} 🦀 — «quoted» <&>").as_str()));
+        assert_eq!(got.groups, vec!["Zeta", "Ålpha", "друзья", "a"], "groups keep their given order");
     }
     let roster = r.get(&owner).await.unwrap();
     let mut expected: Vec<&str> = contacts.to_vec();
@@ -488,12 +336,7 @@ pub async fn check_roster_unicode_and_groups(stores: &Stores) {
     let got: Vec<String> = roster.items.iter().map(|i| i.jid.clone()).collect();
     assert_eq!(got, expected, "items sorted by contact JID");
 
-    assert!(
-        r.remove_item(&owner, "用户@c.example")
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(r.remove_item(&owner, "用户@c.example").await.unwrap().is_some());
     assert_eq!(r.get(&owner).await.unwrap().items.len(), 2);
 }
 
@@ -506,50 +349,26 @@ pub async fn check_offline_basic(stores: &Stores) {
     assert!(o.list(&alice).await.unwrap().is_empty());
     assert_eq!(o.count(&alice).await.unwrap(), 0);
 
-    let s1 = o
-        .push(&alice, Bytes::from_static(b"<message id='1'/>"))
-        .await
-        .unwrap();
-    let b1 = o
-        .push(&bob, Bytes::from_static(b"<message id='b1'/>"))
-        .await
-        .unwrap();
-    let s2 = o
-        .push(&alice, Bytes::from_static(b"<message id='2'/>"))
-        .await
-        .unwrap();
+    let s1 = o.push(&alice, Bytes::from_static(b"<message id='1'/>")).await.unwrap();
+    let b1 = o.push(&bob, Bytes::from_static(b"<message id='b1'/>")).await.unwrap();
+    let s2 = o.push(&alice, Bytes::from_static(b"<message id='2'/>")).await.unwrap();
     let s3 = o.push(&alice, Bytes::new()).await.unwrap();
-    assert!(
-        s1 < s2 && s2 < s3,
-        "push seqs strictly increase per user: {s1}, {s2}, {s3}"
-    );
+    assert!(s1 < s2 && s2 < s3, "push seqs strictly increase per user: {s1}, {s2}, {s3}");
 
     let list = o.list(&alice).await.unwrap();
     assert_eq!(
         list,
         vec![
-            OfflineMessage {
-                seq: s1,
-                stanza: Bytes::from_static(b"<message id='1'/>")
-            },
-            OfflineMessage {
-                seq: s2,
-                stanza: Bytes::from_static(b"<message id='2'/>")
-            },
-            OfflineMessage {
-                seq: s3,
-                stanza: Bytes::new()
-            },
+            OfflineMessage { seq: s1, stanza: Bytes::from_static(b"<message id='1'/>") },
+            OfflineMessage { seq: s2, stanza: Bytes::from_static(b"<message id='2'/>") },
+            OfflineMessage { seq: s3, stanza: Bytes::new() },
         ],
         "list returns all messages oldest first, empty stanza included"
     );
     assert_eq!(o.count(&alice).await.unwrap(), 3);
     assert_eq!(
         o.list(&bob).await.unwrap(),
-        vec![OfflineMessage {
-            seq: b1,
-            stanza: Bytes::from_static(b"<message id='b1'/>")
-        }]
+        vec![OfflineMessage { seq: b1, stanza: Bytes::from_static(b"<message id='b1'/>") }]
     );
     assert_eq!(o.count(&bob).await.unwrap(), 1);
 }
@@ -562,23 +381,12 @@ pub async fn check_offline_remove_up_to(stores: &Stores) {
 
     let mut pushed = Vec::new();
     for i in 0..6 {
-        pushed.push(
-            o.push(&alice, Bytes::from(format!("<m n='{i}'/>")))
-                .await
-                .unwrap(),
-        );
+        pushed.push(o.push(&alice, Bytes::from(format!("<m n='{i}'/>"))).await.unwrap());
     }
-    let other = o
-        .push(&alice_b, Bytes::from_static(b"<other/>"))
-        .await
-        .unwrap();
+    let other = o.push(&alice_b, Bytes::from_static(b"<other/>")).await.unwrap();
 
     o.remove_up_to(&alice, 0).await.unwrap();
-    assert_eq!(
-        o.count(&alice).await.unwrap(),
-        6,
-        "remove_up_to(0) removes nothing"
-    );
+    assert_eq!(o.count(&alice).await.unwrap(), 6, "remove_up_to(0) removes nothing");
 
     o.remove_up_to(&alice, pushed[2]).await.unwrap();
     assert_eq!(
@@ -587,11 +395,7 @@ pub async fn check_offline_remove_up_to(stores: &Stores) {
         "remove_up_to(seq) removes exactly the messages with seq <= bound"
     );
     assert_eq!(o.count(&alice).await.unwrap(), 3);
-    assert_eq!(
-        seqs(&o.list(&alice_b).await.unwrap()),
-        vec![other],
-        "remove_up_to must not touch another user"
-    );
+    assert_eq!(seqs(&o.list(&alice_b).await.unwrap()), vec![other], "remove_up_to must not touch another user");
 
     // A bound between two seqs.
     if pushed[4] > pushed[3] + 1 {
@@ -600,29 +404,17 @@ pub async fn check_offline_remove_up_to(stores: &Stores) {
     }
     // Removing again is a no-op.
     o.remove_up_to(&alice, pushed[2]).await.unwrap();
-    assert_eq!(
-        o.list(&alice).await.unwrap().last().map(|m| m.seq),
-        Some(pushed[5])
-    );
+    assert_eq!(o.list(&alice).await.unwrap().last().map(|m| m.seq), Some(pushed[5]));
 
-    let next = o
-        .push(&alice, Bytes::from_static(b"<later/>"))
-        .await
-        .unwrap();
+    let next = o.push(&alice, Bytes::from_static(b"<later/>")).await.unwrap();
     assert!(next > pushed[5], "seqs keep increasing after remove_up_to");
 
     o.remove_up_to(&alice, u64::MAX).await.unwrap();
-    assert!(
-        o.list(&alice).await.unwrap().is_empty(),
-        "remove_up_to(MAX) removes all"
-    );
+    assert!(o.list(&alice).await.unwrap().is_empty(), "remove_up_to(MAX) removes all");
     assert_eq!(o.count(&alice).await.unwrap(), 0);
     assert_eq!(o.count(&alice_b).await.unwrap(), 1);
 
-    let after = o
-        .push(&alice, Bytes::from_static(b"<again/>"))
-        .await
-        .unwrap();
+    let after = o.push(&alice, Bytes::from_static(b"<again/>")).await.unwrap();
     assert!(after > next, "seqs keep increasing after the queue emptied");
 }
 
@@ -634,28 +426,18 @@ pub async fn check_offline_delete_all(stores: &Stores) {
 
     let mut last = 0;
     for i in 0..5 {
-        last = o
-            .push(&alice, Bytes::from(format!("<m n='{i}'/>")))
-            .await
-            .unwrap();
+        last = o.push(&alice, Bytes::from(format!("<m n='{i}'/>"))).await.unwrap();
     }
     o.push(&bob, Bytes::from_static(b"<bob/>")).await.unwrap();
 
     o.delete_all(&alice).await.unwrap();
     assert!(o.list(&alice).await.unwrap().is_empty());
     assert_eq!(o.count(&alice).await.unwrap(), 0);
-    assert_eq!(
-        o.count(&bob).await.unwrap(),
-        1,
-        "delete_all must not touch another user"
-    );
+    assert_eq!(o.count(&bob).await.unwrap(), 1, "delete_all must not touch another user");
     o.delete_all(&alice).await.unwrap();
 
     let next = o.push(&alice, Bytes::from_static(b"<new/>")).await.unwrap();
-    assert!(
-        next > last,
-        "seqs keep increasing after delete_all ({last} -> {next})"
-    );
+    assert!(next > last, "seqs keep increasing after delete_all ({last} -> {next})");
     assert_eq!(seqs(&o.list(&alice).await.unwrap()), vec![next]);
 }
 
@@ -667,18 +449,11 @@ pub async fn check_offline_large_stanza(stores: &Stores) {
     let big = Bytes::from(big);
 
     let seq = o.push(&alice, big.clone()).await.unwrap();
-    let small = o
-        .push(&alice, Bytes::from_static(b"<small/>"))
-        .await
-        .unwrap();
+    let small = o.push(&alice, Bytes::from_static(b"<small/>")).await.unwrap();
     let list = o.list(&alice).await.unwrap();
     assert_eq!(list.len(), 2);
     assert_eq!(list[0].seq, seq);
-    assert_eq!(
-        list[0].stanza.len(),
-        big.len(),
-        "large stanza length preserved"
-    );
+    assert_eq!(list[0].stanza.len(), big.len(), "large stanza length preserved");
     assert!(list[0].stanza == big, "large stanza bytes preserved");
     assert_eq!(list[1].seq, small);
 }
@@ -689,11 +464,7 @@ pub async fn check_offline_many(stores: &Stores) {
     let alice = jid("alice@a-offmany.example");
     let mut pushed = Vec::with_capacity(1000);
     for i in 0..1000 {
-        pushed.push(
-            o.push(&alice, Bytes::from(format!("<message n='{i}'/>")))
-                .await
-                .unwrap(),
-        );
+        pushed.push(o.push(&alice, Bytes::from(format!("<message n='{i}'/>"))).await.unwrap());
     }
     assert_strictly_increasing(&pushed, "1,000 pushes");
     let list = o.list(&alice).await.unwrap();
@@ -701,11 +472,7 @@ pub async fn check_offline_many(stores: &Stores) {
     assert_eq!(o.count(&alice).await.unwrap(), 1000);
     for (i, m) in list.iter().enumerate() {
         assert_eq!(m.seq, pushed[i], "message {i} has the seq push returned");
-        assert_eq!(
-            m.stanza,
-            Bytes::from(format!("<message n='{i}'/>")),
-            "message {i} is in push order"
-        );
+        assert_eq!(m.stanza, Bytes::from(format!("<message n='{i}'/>")), "message {i} is in push order");
     }
     o.remove_up_to(&alice, pushed[499]).await.unwrap();
     let rest = o.list(&alice).await.unwrap();
@@ -728,19 +495,12 @@ pub async fn check_vcard(stores: &Stores) {
     assert_eq!(v.get(&bob).await.unwrap(), None, "vcards are per user");
 
     v.set(&alice, card2.clone()).await.unwrap();
-    assert_eq!(
-        v.get(&alice).await.unwrap(),
-        Some(card2.clone()),
-        "set replaces"
-    );
+    assert_eq!(v.get(&alice).await.unwrap(), Some(card2.clone()), "set replaces");
 
     v.set(&bob, Bytes::from_static(b"<vCard/>")).await.unwrap();
     v.delete(&alice).await.unwrap();
     assert_eq!(v.get(&alice).await.unwrap(), None, "delete removes");
-    assert_eq!(
-        v.get(&bob).await.unwrap(),
-        Some(Bytes::from_static(b"<vCard/>"))
-    );
+    assert_eq!(v.get(&bob).await.unwrap(), Some(Bytes::from_static(b"<vCard/>")));
 }
 
 /// block is idempotent and sorted; unblock and unblock_all.
@@ -752,67 +512,36 @@ pub async fn check_blocking(stores: &Stores) {
 
     assert!(b.list(&alice).await.unwrap().is_empty());
     b.block(&alice, &[]).await.unwrap();
-    assert!(
-        b.list(&alice).await.unwrap().is_empty(),
-        "blocking nothing stores nothing"
-    );
+    assert!(b.list(&alice).await.unwrap().is_empty(), "blocking nothing stores nothing");
 
-    b.block(
-        &alice,
-        &s(&[
-            "mallory@evil.example",
-            "eve@evil.example",
-            "evil.example",
-            "eve@evil.example",
-        ]),
-    )
-    .await
-    .unwrap();
+    b.block(&alice, &s(&["mallory@evil.example", "eve@evil.example", "evil.example", "eve@evil.example"]))
+        .await
+        .unwrap();
     assert_eq!(
         b.list(&alice).await.unwrap(),
         s(&["eve@evil.example", "evil.example", "mallory@evil.example"]),
         "list is sorted with no duplicates"
     );
-    b.block(&alice, &s(&["eve@evil.example", "trudy@x.example/phone"]))
-        .await
-        .unwrap();
+    b.block(&alice, &s(&["eve@evil.example", "trudy@x.example/phone"])).await.unwrap();
     assert_eq!(
         b.list(&alice).await.unwrap(),
-        s(&[
-            "eve@evil.example",
-            "evil.example",
-            "mallory@evil.example",
-            "trudy@x.example/phone"
-        ]),
+        s(&["eve@evil.example", "evil.example", "mallory@evil.example", "trudy@x.example/phone"]),
         "blocking again is idempotent; full JIDs are kept as given"
     );
 
     b.block(&bob, &s(&["eve@evil.example"])).await.unwrap();
 
-    b.unblock(&alice, &s(&["evil.example", "not-blocked@x.example"]))
-        .await
-        .unwrap();
+    b.unblock(&alice, &s(&["evil.example", "not-blocked@x.example"])).await.unwrap();
     assert_eq!(
         b.list(&alice).await.unwrap(),
-        s(&[
-            "eve@evil.example",
-            "mallory@evil.example",
-            "trudy@x.example/phone"
-        ]),
+        s(&["eve@evil.example", "mallory@evil.example", "trudy@x.example/phone"]),
         "unblock removes the given JIDs and ignores unknown ones"
     );
     b.unblock(&alice, &[]).await.unwrap();
-    assert_eq!(
-        b.list(&alice).await.unwrap().len(),
-        3,
-        "unblock of nothing changes nothing"
-    );
+    assert_eq!(b.list(&alice).await.unwrap().len(), 3, "unblock of nothing changes nothing");
 
     b.unblock_all(&alice).await.unwrap();
-    assert!(
-        b.list(&alice).await.unwrap().is_empty(),
-        "unblock_all clears the list"
-    );
+    assert!(b.list(&alice).await.unwrap().is_empty(), "unblock_all clears the list");
     assert_eq!(
         b.list(&bob).await.unwrap(),
         s(&["eve@evil.example"]),
@@ -828,23 +557,13 @@ pub async fn check_last_activity(stores: &Stores) {
     let bob = jid("bob@a-last.example");
 
     assert_eq!(l.get(&alice).await.unwrap(), None);
-    let first = LastActivity {
-        at: 1_700_000_000,
-        status: "Gone fishing 🎣".into(),
-    };
-    let second = LastActivity {
-        at: 1_700_000_100,
-        status: String::new(),
-    };
+    let first = LastActivity { at: 1_700_000_000, status: "Gone fishing 🎣".into() };
+    let second = LastActivity { at: 1_700_000_100, status: String::new() };
     l.set(&alice, first.clone()).await.unwrap();
     assert_eq!(l.get(&alice).await.unwrap(), Some(first));
     assert_eq!(l.get(&bob).await.unwrap(), None);
     l.set(&alice, second.clone()).await.unwrap();
-    assert_eq!(
-        l.get(&alice).await.unwrap(),
-        Some(second.clone()),
-        "set replaces"
-    );
+    assert_eq!(l.get(&alice).await.unwrap(), Some(second.clone()), "set replaces");
     l.set(&bob, second.clone()).await.unwrap();
     l.delete(&alice).await.unwrap();
     assert_eq!(l.get(&alice).await.unwrap(), None);
@@ -854,56 +573,22 @@ pub async fn check_last_activity(stores: &Stores) {
 
 async fn populate(stores: &Stores, user: &BareJid, tag: u8) {
     assert!(stores.accounts.create(user, account(tag)).await.unwrap());
-    stores
-        .roster
-        .put_item(user, item("friend@c-deluser.example"))
-        .await
-        .unwrap();
-    stores
-        .offline
-        .push(user, Bytes::from(format!("<m tag='{tag}'/>")))
-        .await
-        .unwrap();
-    stores
-        .vcard
-        .set(user, Bytes::from(format!("<vCard tag='{tag}'/>")))
-        .await
-        .unwrap();
-    stores
-        .blocking
-        .block(user, &["spam@c-deluser.example".to_owned()])
-        .await
-        .unwrap();
-    stores
-        .last
-        .set(
-            user,
-            LastActivity {
-                at: u64::from(tag),
-                status: "away".into(),
-            },
-        )
-        .await
-        .unwrap();
+    stores.roster.put_item(user, item("friend@c-deluser.example")).await.unwrap();
+    stores.offline.push(user, Bytes::from(format!("<m tag='{tag}'/>"))).await.unwrap();
+    stores.vcard.set(user, Bytes::from(format!("<vCard tag='{tag}'/>"))).await.unwrap();
+    stores.blocking.block(user, &["spam@c-deluser.example".to_owned()]).await.unwrap();
+    stores.last.set(user, LastActivity { at: u64::from(tag), status: "away".into() }).await.unwrap();
 }
 
 async fn assert_populated(stores: &Stores, user: &BareJid, tag: u8) {
     let who = user.as_str();
-    assert_eq!(
-        stores.accounts.get(user).await.unwrap(),
-        Some(account(tag)),
-        "{who}: account kept"
-    );
+    assert_eq!(stores.accounts.get(user).await.unwrap(), Some(account(tag)), "{who}: account kept");
     assert_eq!(
         stores.roster.get(user).await.unwrap().items,
         vec![item("friend@c-deluser.example")],
         "{who}: roster kept"
     );
-    assert_eq!(
-        stores.offline.count(user).await.unwrap(),
-        1,
-        "{who}: offline kept"
-    );
+    assert_eq!(stores.offline.count(user).await.unwrap(), 1, "{who}: offline kept");
     assert_eq!(
         stores.vcard.get(user).await.unwrap(),
         Some(Bytes::from(format!("<vCard tag='{tag}'/>"))),
@@ -914,11 +599,7 @@ async fn assert_populated(stores: &Stores, user: &BareJid, tag: u8) {
         vec!["spam@c-deluser.example".to_owned()],
         "{who}: block list kept"
     );
-    assert_eq!(
-        stores.last.get(user).await.unwrap().map(|l| l.at),
-        Some(u64::from(tag)),
-        "{who}: last activity kept"
-    );
+    assert_eq!(stores.last.get(user).await.unwrap().map(|l| l.at), Some(u64::from(tag)), "{who}: last activity kept");
 }
 
 /// Stores::delete_user removes everything of one user and nothing of any other.
@@ -930,66 +611,25 @@ pub async fn check_delete_user(stores: &Stores) {
     populate(stores, &bob, 2).await;
     populate(stores, &alice_b, 3).await;
 
-    assert!(
-        stores.delete_user(&alice).await.unwrap(),
-        "delete_user of an existing account returns true"
-    );
+    assert!(stores.delete_user(&alice).await.unwrap(), "delete_user of an existing account returns true");
 
-    assert_eq!(
-        stores.accounts.get(&alice).await.unwrap(),
-        None,
-        "account deleted"
-    );
-    assert!(
-        stores.roster.get(&alice).await.unwrap().items.is_empty(),
-        "roster deleted"
-    );
-    assert_eq!(
-        stores
-            .roster
-            .get_item(&alice, "friend@c-deluser.example")
-            .await
-            .unwrap(),
-        None
-    );
-    assert!(
-        stores.offline.list(&alice).await.unwrap().is_empty(),
-        "offline deleted"
-    );
+    assert_eq!(stores.accounts.get(&alice).await.unwrap(), None, "account deleted");
+    assert!(stores.roster.get(&alice).await.unwrap().items.is_empty(), "roster deleted");
+    assert_eq!(stores.roster.get_item(&alice, "friend@c-deluser.example").await.unwrap(), None);
+    assert!(stores.offline.list(&alice).await.unwrap().is_empty(), "offline deleted");
     assert_eq!(stores.offline.count(&alice).await.unwrap(), 0);
-    assert_eq!(
-        stores.vcard.get(&alice).await.unwrap(),
-        None,
-        "vcard deleted"
-    );
-    assert!(
-        stores.blocking.list(&alice).await.unwrap().is_empty(),
-        "block list deleted"
-    );
-    assert_eq!(
-        stores.last.get(&alice).await.unwrap(),
-        None,
-        "last activity deleted"
-    );
-    assert_eq!(
-        stores.accounts.list("a-deluser.example").await.unwrap(),
-        vec!["bob"]
-    );
+    assert_eq!(stores.vcard.get(&alice).await.unwrap(), None, "vcard deleted");
+    assert!(stores.blocking.list(&alice).await.unwrap().is_empty(), "block list deleted");
+    assert_eq!(stores.last.get(&alice).await.unwrap(), None, "last activity deleted");
+    assert_eq!(stores.accounts.list("a-deluser.example").await.unwrap(), vec!["bob"]);
 
     assert_populated(stores, &bob, 2).await;
     assert_populated(stores, &alice_b, 3).await;
 
-    assert!(
-        !stores.delete_user(&alice).await.unwrap(),
-        "second delete_user returns false"
-    );
+    assert!(!stores.delete_user(&alice).await.unwrap(), "second delete_user returns false");
     // Data without an account is purged too.
     let ghost = jid("ghost@a-deluser.example");
-    stores
-        .offline
-        .push(&ghost, Bytes::from_static(b"<m/>"))
-        .await
-        .unwrap();
+    stores.offline.push(&ghost, Bytes::from_static(b"<m/>")).await.unwrap();
     assert!(!stores.delete_user(&ghost).await.unwrap());
     assert_eq!(stores.offline.count(&ghost).await.unwrap(), 0);
 }
@@ -1006,10 +646,7 @@ pub async fn check_concurrent_offline(stores: &Stores) {
         tasks.spawn(async move {
             let mut got = Vec::with_capacity(PER_TASK);
             for i in 0..PER_TASK {
-                let seq = offline
-                    .push(&alice, Bytes::from(format!("<m t='{t}' i='{i}'/>")))
-                    .await
-                    .unwrap();
+                let seq = offline.push(&alice, Bytes::from(format!("<m t='{t}' i='{i}'/>"))).await.unwrap();
                 got.push((seq, t, i));
             }
             got
@@ -1023,38 +660,19 @@ pub async fn check_concurrent_offline(stores: &Stores) {
         all.extend(got);
     }
     let distinct: BTreeSet<u64> = all.iter().map(|g| g.0).collect();
-    assert_eq!(
-        distinct.len(),
-        TASKS * PER_TASK,
-        "every concurrent push gets a distinct seq"
-    );
+    assert_eq!(distinct.len(), TASKS * PER_TASK, "every concurrent push gets a distinct seq");
 
     let list = o_list(stores, &alice).await;
-    assert_eq!(
-        list.len(),
-        TASKS * PER_TASK,
-        "every acknowledged push is listed"
-    );
+    assert_eq!(list.len(), TASKS * PER_TASK, "every acknowledged push is listed");
     let listed = seqs(&list);
     assert_strictly_increasing(&listed, "list after concurrent pushes");
-    assert_eq!(
-        listed,
-        distinct.iter().copied().collect::<Vec<_>>(),
-        "listed seqs are exactly the acknowledged seqs"
-    );
+    assert_eq!(listed, distinct.iter().copied().collect::<Vec<_>>(), "listed seqs are exactly the acknowledged seqs");
     all.sort_unstable();
     for (m, (seq, t, i)) in list.iter().zip(&all) {
         assert_eq!(m.seq, *seq);
-        assert_eq!(
-            m.stanza,
-            Bytes::from(format!("<m t='{t}' i='{i}'/>")),
-            "seq {seq} holds its own stanza"
-        );
+        assert_eq!(m.stanza, Bytes::from(format!("<m t='{t}' i='{i}'/>")), "seq {seq} holds its own stanza");
     }
-    assert_eq!(
-        stores.offline.count(&alice).await.unwrap(),
-        TASKS * PER_TASK
-    );
+    assert_eq!(stores.offline.count(&alice).await.unwrap(), TASKS * PER_TASK);
 }
 
 async fn o_list(stores: &Stores, user: &BareJid) -> Vec<OfflineMessage> {
@@ -1073,12 +691,7 @@ pub async fn check_concurrent_roster(stores: &Stores) {
         tasks.spawn(async move {
             let mut versions = Vec::with_capacity(PER_TASK);
             for i in 0..PER_TASK {
-                versions.push(
-                    roster
-                        .put_item(&alice, item(&format!("c{t}-{i}@c-rosterconc.example")))
-                        .await
-                        .unwrap(),
-                );
+                versions.push(roster.put_item(&alice, item(&format!("c{t}-{i}@c-rosterconc.example"))).await.unwrap());
             }
             versions
         });
@@ -1090,20 +703,9 @@ pub async fn check_concurrent_roster(stores: &Stores) {
         all.extend(versions);
     }
     let distinct: BTreeSet<u64> = all.iter().copied().collect();
-    assert_eq!(
-        distinct.len(),
-        TASKS * PER_TASK,
-        "every concurrent put gets a distinct version"
-    );
+    assert_eq!(distinct.len(), TASKS * PER_TASK, "every concurrent put gets a distinct version");
     let roster = stores.roster.get(&alice).await.unwrap();
-    assert_eq!(
-        roster.items.len(),
-        TASKS * PER_TASK,
-        "no concurrent put is lost"
-    );
+    assert_eq!(roster.items.len(), TASKS * PER_TASK, "no concurrent put is lost");
     let max = distinct.last().copied().unwrap_or_default();
-    assert_eq!(
-        roster.version, max,
-        "the roster reports the last version handed out"
-    );
+    assert_eq!(roster.version, max, "the roster reports the last version handed out");
 }

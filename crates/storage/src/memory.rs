@@ -14,8 +14,8 @@
 //! increasing per user (and across users) for the lifetime of the store.
 
 use crate::{
-    Account, AccountStore, BlockStore, LastActivity, LastActivityStore, OfflineMessage,
-    OfflineStore, Result, Roster, RosterItem, RosterStore, Stores, VcardStore,
+    Account, AccountStore, BlockStore, LastActivity, LastActivityStore, OfflineMessage, OfflineStore, Result, Roster,
+    RosterItem, RosterStore, Stores, VcardStore,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -81,10 +81,7 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 fn account_key(user: &BareJid) -> (String, String) {
-    (
-        user.domain().to_owned(),
-        user.node().unwrap_or_default().to_owned(),
-    )
+    (user.domain().to_owned(), user.node().unwrap_or_default().to_owned())
 }
 
 #[async_trait]
@@ -134,18 +131,13 @@ impl AccountStore for MemoryStore {
 impl RosterStore for MemoryStore {
     async fn get(&self, user: &BareJid) -> Result<Roster> {
         Ok(match lock(&self.rosters).get(user.as_str()) {
-            Some(r) => Roster {
-                version: r.version,
-                items: r.items.values().cloned().collect(),
-            },
+            Some(r) => Roster { version: r.version, items: r.items.values().cloned().collect() },
             None => Roster::default(),
         })
     }
 
     async fn get_item(&self, user: &BareJid, contact: &str) -> Result<Option<RosterItem>> {
-        Ok(lock(&self.rosters)
-            .get(user.as_str())
-            .and_then(|r| r.items.get(contact).cloned()))
+        Ok(lock(&self.rosters).get(user.as_str()).and_then(|r| r.items.get(contact).cloned()))
     }
 
     async fn put_item(&self, user: &BareJid, item: RosterItem) -> Result<u64> {
@@ -180,11 +172,7 @@ impl OfflineStore for MemoryStore {
         let mut state = lock(&self.offline);
         state.last_seq += 1;
         let seq = state.last_seq;
-        state
-            .queues
-            .entry(user.as_str().to_owned())
-            .or_default()
-            .insert(seq, stanza);
+        state.queues.entry(user.as_str().to_owned()).or_default().insert(seq, stanza);
         Ok(seq)
     }
 
@@ -192,22 +180,12 @@ impl OfflineStore for MemoryStore {
         Ok(lock(&self.offline)
             .queues
             .get(user.as_str())
-            .map(|q| {
-                q.iter()
-                    .map(|(&seq, stanza)| OfflineMessage {
-                        seq,
-                        stanza: stanza.clone(),
-                    })
-                    .collect()
-            })
+            .map(|q| q.iter().map(|(&seq, stanza)| OfflineMessage { seq, stanza: stanza.clone() }).collect())
             .unwrap_or_default())
     }
 
     async fn count(&self, user: &BareJid) -> Result<usize> {
-        Ok(lock(&self.offline)
-            .queues
-            .get(user.as_str())
-            .map_or(0, BTreeMap::len))
+        Ok(lock(&self.offline).queues.get(user.as_str()).map_or(0, BTreeMap::len))
     }
 
     async fn remove_up_to(&self, user: &BareJid, up_to: u64) -> Result<()> {
@@ -250,20 +228,14 @@ impl VcardStore for MemoryStore {
 #[async_trait]
 impl BlockStore for MemoryStore {
     async fn list(&self, user: &BareJid) -> Result<Vec<String>> {
-        Ok(read(&self.blocking)
-            .get(user.as_str())
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default())
+        Ok(read(&self.blocking).get(user.as_str()).map(|s| s.iter().cloned().collect()).unwrap_or_default())
     }
 
     async fn block(&self, user: &BareJid, jids: &[String]) -> Result<()> {
         if jids.is_empty() {
             return Ok(());
         }
-        write(&self.blocking)
-            .entry(user.as_str().to_owned())
-            .or_default()
-            .extend(jids.iter().cloned());
+        write(&self.blocking).entry(user.as_str().to_owned()).or_default().extend(jids.iter().cloned());
         Ok(())
     }
 

@@ -26,12 +26,7 @@ pub enum Node {
 
 impl Element {
     pub fn new(name: &str, ns: &str) -> Self {
-        Element {
-            name: name.to_owned(),
-            ns: ns.to_owned(),
-            attrs: Vec::new(),
-            children: Vec::new(),
-        }
+        Element { name: name.to_owned(), ns: ns.to_owned(), attrs: Vec::new(), children: Vec::new() }
     }
 
     /// Builder form of [`Element::set_attr`].
@@ -83,10 +78,7 @@ impl Element {
     }
 
     pub fn get_attr(&self, k: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(name, _)| name == k)
-            .map(|(_, v)| v.as_str())
+        self.attrs.iter().find(|(name, _)| name == k).map(|(_, v)| v.as_str())
     }
 
     pub fn get_child(&self, name: &str, ns: &str) -> Option<&Element> {
@@ -189,9 +181,7 @@ mod tests {
         assert_eq!(e.get_attr("id"), None);
         assert!(e.get_child("ping", "urn:xmpp:ping").is_some());
         assert!(e.get_child("ping", "other").is_none());
-        e.get_child_mut("ping", "urn:xmpp:ping")
-            .unwrap()
-            .set_attr("x", "y");
+        e.get_child_mut("ping", "urn:xmpp:ping").unwrap().set_attr("x", "y");
         assert_eq!(e.elements().count(), 1);
         assert_eq!(e.text_content(), "ab");
         assert_eq!(e.children.len(), 2);

@@ -18,9 +18,7 @@ pub fn escape_text(s: &str) -> Cow<'_, str> {
 /// `'`, and the whitespace characters attribute-value normalisation would otherwise turn
 /// into spaces (`\t`, `\n`, `\r`).
 pub fn escape_attr(s: &str) -> Cow<'_, str> {
-    escape(s, |b| {
-        matches!(b, b'&' | b'<' | b'>' | b'"' | b'\'' | b'\t' | b'\n' | b'\r')
-    })
+    escape(s, |b| matches!(b, b'&' | b'<' | b'>' | b'"' | b'\'' | b'\t' | b'\n' | b'\r'))
 }
 
 fn escape(s: &str, special: impl Fn(u8) -> bool) -> Cow<'_, str> {
@@ -82,16 +80,12 @@ pub(crate) fn decode_ref(body: &[u8]) -> Result<char, XmlError> {
     }
     let mut value: u32 = 0;
     for &d in digits {
-        let v = (d as char)
-            .to_digit(radix)
-            .ok_or(XmlError::NotWellFormed("malformed character reference"))?;
+        let v = (d as char).to_digit(radix).ok_or(XmlError::NotWellFormed("malformed character reference"))?;
         value = value * radix + v;
     }
     match char::from_u32(value) {
         Some(c) if is_xml_char(c) => Ok(c),
-        _ => Err(XmlError::NotWellFormed(
-            "character reference to an illegal character",
-        )),
+        _ => Err(XmlError::NotWellFormed("character reference to an illegal character")),
     }
 }
 
@@ -198,26 +192,11 @@ mod tests {
         assert_eq!(unescape("a&amp;b&lt;&#65;&#x42;", false).unwrap(), "a&b<AB");
         assert_eq!(unescape("a\r\nb\rc", false).unwrap(), "a\nb\nc");
         assert_eq!(unescape("a\tb\r\nc&#xA;", true).unwrap(), "a b c\n");
-        assert_eq!(
-            unescape("&foo;", false),
-            Err(XmlError::Restricted("entity reference"))
-        );
-        assert!(matches!(
-            unescape("&#0;", false),
-            Err(XmlError::NotWellFormed(_))
-        ));
-        assert!(matches!(
-            unescape("&#xD800;", false),
-            Err(XmlError::NotWellFormed(_))
-        ));
-        assert!(matches!(
-            unescape("&amp", false),
-            Err(XmlError::NotWellFormed(_))
-        ));
-        assert!(matches!(
-            unescape("&amp x;", false),
-            Err(XmlError::NotWellFormed(_))
-        ));
+        assert_eq!(unescape("&foo;", false), Err(XmlError::Restricted("entity reference")));
+        assert!(matches!(unescape("&#0;", false), Err(XmlError::NotWellFormed(_))));
+        assert!(matches!(unescape("&#xD800;", false), Err(XmlError::NotWellFormed(_))));
+        assert!(matches!(unescape("&amp", false), Err(XmlError::NotWellFormed(_))));
+        assert!(matches!(unescape("&amp x;", false), Err(XmlError::NotWellFormed(_))));
     }
 
     #[test]

@@ -18,9 +18,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::XmlError;
 use crate::element::Element;
-use crate::escape::{
-    MAX_REF_LEN, check_qname, decode_ref, escape_attr, is_name_char, is_name_start, is_ws, unescape,
-};
+use crate::escape::{MAX_REF_LEN, check_qname, decode_ref, escape_attr, is_name_char, is_name_start, is_ws, unescape};
 use crate::parser::{XML_NS, parse_scoped};
 
 #[cfg(test)]
@@ -41,12 +39,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_stanza_bytes: 262_144,
-            max_depth: 48,
-            max_attrs: 64,
-            max_header_bytes: 8192,
-        }
+        Limits { max_stanza_bytes: 262_144, max_depth: 48, max_attrs: 64, max_header_bytes: 8192 }
     }
 }
 
@@ -114,10 +107,7 @@ impl RawElement {
     /// from the cluster), with `default_ns` as the namespace in scope. Surrounding
     /// whitespace is allowed; anything else besides exactly one element is an error.
     pub fn from_bytes(raw: Bytes, default_ns: &str) -> Result<RawElement, XmlError> {
-        let limits = Limits {
-            max_stanza_bytes: raw.len(),
-            ..Limits::default()
-        };
+        let limits = Limits { max_stanza_bytes: raw.len(), ..Limits::default() };
         let mut f = Framer::new(limits);
         f.enter_stream(Arc::from(vec![(String::new(), default_ns.to_owned())]));
         f.buf.extend_from_slice(&raw);
@@ -764,10 +754,7 @@ impl Framer {
                         }
                         self.attrs.push(AttrSpan {
                             name: self.attr_name,
-                            value: Span {
-                                start: self.attr_value_start,
-                                end: self.pos,
-                            },
+                            value: Span { start: self.attr_value_start, end: self.pos },
                             escaped: self.escaped,
                         });
                         self.pos += 1;
@@ -899,10 +886,7 @@ impl Framer {
     /// `<?...?>` complete (`pos` at the `>`): only an XML declaration is allowed.
     fn finish_decl(&mut self) -> Result<Option<Frame>, XmlError> {
         let body = &self.buf[2..self.pos - 1];
-        let target_len = body
-            .iter()
-            .position(|&c| !is_name_char(c))
-            .unwrap_or(body.len());
+        let target_len = body.iter().position(|&c| !is_name_char(c)).unwrap_or(body.len());
         if &body[..target_len] != b"xml" {
             return Err(XmlError::Restricted("processing instruction"));
         }
@@ -920,14 +904,8 @@ impl Framer {
 
     fn prefix_declared(&self, prefix: &[u8]) -> bool {
         prefix == b"xml"
-            || self
-                .ns_prefixes
-                .iter()
-                .any(|s| &self.buf[s.start..s.end] == prefix)
-            || self
-                .inherited
-                .iter()
-                .any(|(p, _)| !p.is_empty() && p.as_bytes() == prefix)
+            || self.ns_prefixes.iter().any(|s| &self.buf[s.start..s.end] == prefix)
+            || self.inherited.iter().any(|(p, _)| !p.is_empty() && p.as_bytes() == prefix)
     }
 
     /// Checks a complete start tag's attributes and prefixes and pushes its prefix
@@ -936,10 +914,7 @@ impl Framer {
         let buf = &self.buf;
         for (i, a) in self.attrs.iter().enumerate() {
             let name = &buf[a.name.start..a.name.end];
-            if self.attrs[..i]
-                .iter()
-                .any(|o| &buf[o.name.start..o.name.end] == name)
-            {
+            if self.attrs[..i].iter().any(|o| &buf[o.name.start..o.name.end] == name) {
                 return Err(XmlError::NotWellFormed("duplicate attribute"));
             }
         }
@@ -949,10 +924,7 @@ impl Framer {
                 if a.value.start == a.value.end {
                     return Err(XmlError::NotWellFormed("empty prefix declaration"));
                 }
-                self.ns_prefixes.push(Span {
-                    start: a.name.start + 6,
-                    end: a.name.end,
-                });
+                self.ns_prefixes.push(Span { start: a.name.start + 6, end: a.name.end });
             }
         }
         let name = &self.buf[self.name.start..self.name.end];
@@ -983,11 +955,7 @@ impl Framer {
 
     fn attr_value(&self, a: &AttrSpan) -> Result<String, XmlError> {
         let raw = self.span_str(a.value)?;
-        Ok(if a.escaped {
-            unescape(raw, true)?.into_owned()
-        } else {
-            raw.to_owned()
-        })
+        Ok(if a.escaped { unescape(raw, true)?.into_owned() } else { raw.to_owned() })
     }
 
     /// `(prefix, local)` of the current tag name.
@@ -1020,10 +988,7 @@ impl Framer {
                 return self.emit_element(true);
             }
         } else {
-            self.open.push(Open {
-                name: self.name,
-                ns_mark: mark,
-            });
+            self.open.push(Open { name: self.name, ns_mark: mark });
         }
         Ok(None)
     }
@@ -1076,10 +1041,7 @@ impl Framer {
         if self.pos > self.limits.max_stanza_bytes {
             return Err(XmlError::TooLarge);
         }
-        let top = self
-            .top
-            .take()
-            .ok_or(XmlError::NotWellFormed("element without a start tag"))?;
+        let top = self.top.take().ok_or(XmlError::NotWellFormed("element without a start tag"))?;
         let raw = self.buf.split_to(self.pos).freeze();
         self.pos = 0;
         self.token_limit = usize::MAX;
@@ -1130,11 +1092,8 @@ impl Framer {
         }
         self.check_start_tag()?;
         let (prefix, local) = self.split_name()?;
-        let mut h = StreamHeader {
-            local_name: local.to_owned(),
-            prefix: prefix.map(str::to_owned),
-            ..StreamHeader::default()
-        };
+        let mut h =
+            StreamHeader { local_name: local.to_owned(), prefix: prefix.map(str::to_owned), ..StreamHeader::default() };
         for a in &self.attrs {
             let name = &self.buf[a.name.start..a.name.end];
             let slot = match name {
@@ -1157,19 +1116,14 @@ impl Framer {
         h.ns = match &h.prefix {
             None => h.default_ns.clone(),
             Some(p) if p == "xml" => Some(XML_NS.to_owned()),
-            Some(p) => h
-                .ns_decls
-                .iter()
-                .find(|(d, _)| d == p)
-                .map(|(_, u)| u.clone()),
+            Some(p) => h.ns_decls.iter().find(|(d, _)| d == p).map(|(_, u)| u.clone()),
         };
         let mut inherited = h.ns_decls.clone();
         if let Some(d) = &h.default_ns {
             inherited.push((String::new(), d.clone()));
         }
         self.header_qname.clear();
-        self.header_qname
-            .extend_from_slice(&self.buf[self.name.start..self.name.end]);
+        self.header_qname.extend_from_slice(&self.buf[self.name.start..self.name.end]);
         self.ns_prefixes.clear();
         self.pos = end;
         self.drop_scanned();
@@ -1194,10 +1148,7 @@ fn ref_error(body: &[u8]) -> XmlError {
 fn pseudo_attr<'a>(body: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let at = body.windows(name.len()).position(|w| w == name)?;
     let mut rest = &body[at + name.len()..];
-    rest = rest
-        .trim_ascii_start()
-        .strip_prefix(b"=")?
-        .trim_ascii_start();
+    rest = rest.trim_ascii_start().strip_prefix(b"=")?.trim_ascii_start();
     let (&quote, rest) = rest.split_first()?;
     if quote != b'"' && quote != b'\'' {
         return None;

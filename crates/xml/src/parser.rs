@@ -24,19 +24,13 @@ pub fn parse_element(raw: &[u8], default_ns: &str) -> Result<Element, XmlError> 
 
 /// Parses with inherited declarations `(prefix, uri)`; the prefix `""` is the default
 /// namespace.
-pub(crate) fn parse_scoped(
-    raw: &[u8],
-    inherited: &[(String, String)],
-) -> Result<Element, XmlError> {
+pub(crate) fn parse_scoped(raw: &[u8], inherited: &[(String, String)]) -> Result<Element, XmlError> {
     let s = std::str::from_utf8(raw).map_err(|_| XmlError::BadEncoding)?;
     let mut p = Parser {
         s,
         b: raw,
         i: 0,
-        scope: inherited
-            .iter()
-            .map(|(p, u)| (p.as_str(), Cow::Borrowed(u.as_str())))
-            .collect(),
+        scope: inherited.iter().map(|(p, u)| (p.as_str(), Cow::Borrowed(u.as_str()))).collect(),
     };
     p.skip_ws();
     if !p.eat(b'<') {
@@ -101,9 +95,7 @@ pub(crate) fn parse_scoped(
                     let Some(body) = rest.strip_prefix("![CDATA[") else {
                         return Err(XmlError::Restricted("comment or declaration"));
                     };
-                    let end = body
-                        .find("]]>")
-                        .ok_or(XmlError::NotWellFormed("unterminated CDATA"))?;
+                    let end = body.find("]]>").ok_or(XmlError::NotWellFormed("unterminated CDATA"))?;
                     let text = &body[..end];
                     check_chars(text)?;
                     let text = if text.contains('\r') {
@@ -122,11 +114,7 @@ pub(crate) fn parse_scoped(
 }
 
 fn check_chars(s: &str) -> Result<(), XmlError> {
-    if s.chars().all(is_xml_char) {
-        Ok(())
-    } else {
-        Err(XmlError::NotWellFormed("illegal character"))
-    }
+    if s.chars().all(is_xml_char) { Ok(()) } else { Err(XmlError::NotWellFormed("illegal character")) }
 }
 
 struct Parser<'a> {
@@ -167,22 +155,14 @@ impl<'a> Parser<'a> {
 
     fn finish(&mut self, el: Element) -> Result<Element, XmlError> {
         self.skip_ws();
-        if self.i == self.b.len() {
-            Ok(el)
-        } else {
-            Err(XmlError::NotWellFormed("content after the element"))
-        }
+        if self.i == self.b.len() { Ok(el) } else { Err(XmlError::NotWellFormed("content after the element")) }
     }
 
     fn lookup(&self, prefix: &str) -> Option<&str> {
         if prefix == "xml" {
             return Some(XML_NS);
         }
-        self.scope
-            .iter()
-            .rev()
-            .find(|(p, _)| *p == prefix)
-            .map(|(_, u)| u.as_ref())
+        self.scope.iter().rev().find(|(p, _)| *p == prefix).map(|(_, u)| u.as_ref())
     }
 
     /// Parses a start tag after its `<`; returns the element (no children yet), its
@@ -249,10 +229,7 @@ impl<'a> Parser<'a> {
             }
         }
         let (local, ns) = match qname.split_once(':') {
-            Some((prefix, local)) => (
-                local,
-                self.lookup(prefix).ok_or(XmlError::UndeclaredPrefix)?,
-            ),
+            Some((prefix, local)) => (local, self.lookup(prefix).ok_or(XmlError::UndeclaredPrefix)?),
             None => (qname, self.lookup("").unwrap_or("")),
         };
         let mut el = Element::new(local, ns);
@@ -304,14 +281,8 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         let cases: &[(&[u8], XmlError)] = &[
-            (
-                b"<a><!-- c --></a>",
-                XmlError::Restricted("comment or declaration"),
-            ),
-            (
-                b"<a><?pi x?></a>",
-                XmlError::Restricted("processing instruction"),
-            ),
+            (b"<a><!-- c --></a>", XmlError::Restricted("comment or declaration")),
+            (b"<a><?pi x?></a>", XmlError::Restricted("processing instruction")),
             (b"<a>&ent;</a>", XmlError::Restricted("entity reference")),
             (b"<p:a/>", XmlError::UndeclaredPrefix),
             (b"<a q:b='1'/>", XmlError::UndeclaredPrefix),

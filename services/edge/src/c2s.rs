@@ -12,7 +12,7 @@ use rookery_core::hub::ConnQueues;
 use rookery_core::{IqRequest, IqType, Location, Outbound};
 use rookery_jid::{BareJid, FullJid, Jid};
 use rookery_sasl::{ChannelBindings, Mechanism, SaslError, ScramServer};
-use rookery_stanza::{ns, Condition, Envelope, Kind, StanzaError, StreamCondition, StreamError};
+use rookery_stanza::{Condition, Envelope, Kind, StanzaError, StreamCondition, StreamError, ns};
 use rookery_xml::{Frame, Framer, Limits, RawElement, XmlError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,12 +40,14 @@ enum End {
 impl From<XmlError> for End {
     fn from(e: XmlError) -> End {
         let err = match e {
-            XmlError::NotWellFormed(_) | XmlError::UndeclaredPrefix | XmlError::BadEncoding => {
-                StreamError::new(StreamCondition::NotWellFormed)
-            }
+            XmlError::NotWellFormed(_) | XmlError::UndeclaredPrefix => StreamError::new(StreamCondition::NotWellFormed),
+            // RFC 6120 §11.6: anything but UTF-8 (declared or found) is unsupported.
+            XmlError::BadEncoding => StreamError::new(StreamCondition::UnsupportedEncoding),
             XmlError::Restricted(_) => StreamError::new(StreamCondition::RestrictedXml),
             XmlError::TooLarge => StreamError::new(StreamCondition::PolicyViolation).with_text("stanza too large"),
-            XmlError::TooDeep => StreamError::new(StreamCondition::PolicyViolation).with_text("elements nested too deeply"),
+            XmlError::TooDeep => {
+                StreamError::new(StreamCondition::PolicyViolation).with_text("elements nested too deeply")
+            }
             XmlError::TooManyAttributes => {
                 StreamError::new(StreamCondition::PolicyViolation).with_text("too many attributes")
             }
@@ -60,10 +62,11 @@ fn stream_err(c: StreamCondition) -> End {
 
 /// Negotiation progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Negotiation progress: what the stream needs next.
 enum Phase {
-    NeedTls,
-    NeedAuth,
-    NeedBind,
+    Tls,
+    Auth,
+    Bind,
 }
 
 struct Conn {
@@ -79,7 +82,13 @@ struct Conn {
 }
 
 /// Entry point for an accepted socket.
-pub async fn handle(edge: Arc<Edge>, sock: TcpStream, peer: SocketAddr, kind: ListenKind, shutdown: watch::Receiver<bool>) {
+pub async fn handle(
+    edge: Arc<Edge>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    kind: ListenKind,
+    shutdown: watch::Receiver<bool>,
+) {
     let _ = sock.set_nodelay(true);
     let Some(_slot) = edge.conn_limiter.acquire(peer.ip()) else {
         tracing::info!(event = "conn_limit_per_ip", peer = %peer);
@@ -95,11 +104,8 @@ pub async fn handle(edge: Arc<Edge>, sock: TcpStream, peer: SocketAddr, kind: Li
         let _ = tokio::time::timeout(Duration::from_secs(2), sock.write_all(&out)).await;
         return;
     };
-    let limits = Limits {
-        max_stanza_bytes: edge.cfg.max_stanza_bytes,
-        max_depth: edge.cfg.max_depth,
-        ..Limits::default()
-    };
+    let limits =
+        Limits { max_stanza_bytes: edge.cfg.max_stanza_bytes, max_depth: edge.cfg.max_depth, ..Limits::default() };
     let mut conn = Conn {
         domain: edge.cfg.domains.first().cloned().unwrap_or_default(),
         edge: edge.clone(),
@@ -111,7 +117,11 @@ pub async fn handle(edge: Arc<Edge>, sock: TcpStream, peer: SocketAddr, kind: Li
         user: None,
         pending_bind_result: None,
     };
-    let negotiated = tokio::time::timeout(edge.cfg.negotiation_timeout, conn.negotiate(sock, kind)).await;
+    let mut shutdown = shutdown;
+    let negotiated = tokio::select! {
+        r = tokio::time::timeout(edge.cfg.negotiation_timeout, conn.negotiate(sock, kind)) => r,
+        _ = shutdown.changed() => Ok(Err(End::Stream(StreamError::new(StreamCondition::SystemShutdown)))),
+    };
     let bound = match negotiated {
         Ok(Ok(b)) => b,
         Ok(Err(end)) => {
@@ -136,7 +146,9 @@ fn header_bytes(domain: &str, to: Option<&str>) -> Vec<u8> {
     let _ = getrandom::fill(&mut id);
     let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'");
+    out.extend_from_slice(
+        b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'",
+    );
     rookery_stanza::push_attr(&mut out, "id", &id);
     rookery_stanza::push_attr(&mut out, "from", domain);
     if let Some(to) = to {
@@ -230,7 +242,11 @@ impl Conn {
         };
         if let Some(to) = &h.to {
             match Jid::parse(to) {
-                Ok(j) if j.node().is_none() && j.resource().is_none() && self.edge.cfg.domains.iter().any(|d| d == j.domain()) => {
+                Ok(j)
+                    if j.node().is_none()
+                        && j.resource().is_none()
+                        && self.edge.cfg.domains.iter().any(|d| d == j.domain()) =>
+                {
                     self.domain = j.domain().to_owned();
                 }
                 _ => return Err(stream_err(StreamCondition::HostUnknown)),
@@ -257,10 +273,10 @@ impl Conn {
     fn features(&self, phase: Phase) -> Vec<u8> {
         let mut f = String::from("<stream:features>");
         match phase {
-            Phase::NeedTls => {
+            Phase::Tls => {
                 f.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>");
             }
-            Phase::NeedAuth => {
+            Phase::Auth => {
                 let cb = self.bindings();
                 f.push_str("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
                 for m in Mechanism::ALL {
@@ -287,7 +303,7 @@ impl Conn {
                     f.push_str("<register xmlns='http://jabber.org/features/iq-register'/>");
                 }
             }
-            Phase::NeedBind => {
+            Phase::Bind => {
                 f.push_str("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>");
                 // RFC 3921 session establishment, kept optional for old clients.
                 f.push_str("<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>");
@@ -309,7 +325,7 @@ impl Conn {
         let mut phase = match kind {
             ListenKind::StartTls => {
                 self.transport = Some(Transport::Plain(sock));
-                Phase::NeedTls
+                Phase::Tls
             }
             ListenKind::DirectTls => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(self.edge.tls.direct.clone());
@@ -318,21 +334,21 @@ impl Conn {
                     End::Io
                 })?;
                 self.transport = Some(Transport::Tls(Box::new(tls)));
-                Phase::NeedAuth
+                Phase::Auth
             }
         };
         loop {
             self.open_stream(phase).await?;
             match phase {
-                Phase::NeedTls => {
+                Phase::Tls => {
                     self.starttls().await?;
-                    phase = Phase::NeedAuth;
+                    phase = Phase::Auth;
                 }
-                Phase::NeedAuth => {
+                Phase::Auth => {
                     self.authenticate().await?;
-                    phase = Phase::NeedBind;
+                    phase = Phase::Bind;
                 }
-                Phase::NeedBind => return self.bind().await,
+                Phase::Bind => return self.bind().await,
             }
             self.framer.restart();
             self.header_sent = false;
@@ -409,7 +425,8 @@ impl Conn {
                     self.write(&sasl_failure(cond)).await?;
                     if self.auth_failures >= MAX_AUTH_ATTEMPTS {
                         return Err(End::Stream(
-                            StreamError::new(StreamCondition::PolicyViolation).with_text("too many failed authentication attempts"),
+                            StreamError::new(StreamCondition::PolicyViolation)
+                                .with_text("too many failed authentication attempts"),
                         ));
                     }
                 }
@@ -486,10 +503,10 @@ impl Conn {
             Err(e) => return Ok(Err(e.condition())),
         };
         let Some(user) = user else { return Ok(Err("not-authorized")) };
-        if let Some(authz) = &cf.authzid {
-            if !authzid_ok(authz, &user) {
-                return Ok(Err(SaslError::InvalidAuthzid.condition()));
-            }
+        if let Some(authz) = &cf.authzid
+            && !authzid_ok(authz, &user)
+        {
+            return Ok(Err(SaslError::InvalidAuthzid.condition()));
         }
         self.write(format!("<success xmlns='{}'>{}</success>", ns::SASL, b64(&server_final)).as_bytes()).await?;
         Ok(Ok(user))
@@ -520,10 +537,10 @@ impl Conn {
         let Ok(user) = BareJid::from_parts(Some(&req.authcid), &self.domain) else {
             return Ok(Err("not-authorized"));
         };
-        if let Some(authz) = &req.authzid {
-            if !authzid_ok(authz, &user) {
-                return Ok(Err("invalid-authzid"));
-            }
+        if let Some(authz) = &req.authzid
+            && !authzid_ok(authz, &user)
+        {
+            return Ok(Err("invalid-authzid"));
         }
         let creds = match self.edge.accounts.get(&user).await {
             Ok(Some(acc)) => acc.credentials,
@@ -538,9 +555,8 @@ impl Conn {
         };
         let password = req.password;
         // PBKDF2 is deliberately slow: keep it off the I/O threads.
-        let ok = tokio::task::spawn_blocking(move || rookery_sasl::verify_password(&c, &password))
-            .await
-            .unwrap_or(false);
+        let ok =
+            tokio::task::spawn_blocking(move || rookery_sasl::verify_password(&c, &password)).await.unwrap_or(false);
         if !ok {
             return Ok(Err("not-authorized"));
         }
@@ -622,10 +638,8 @@ impl Conn {
                 self.write(&out).await?;
                 continue;
             };
-            let requested = b
-                .get_child("resource", ns::BIND)
-                .map(|r| r.text_content())
-                .filter(|r| !r.trim().is_empty());
+            let requested =
+                b.get_child("resource", ns::BIND).map(|r| r.text_content()).filter(|r| !r.trim().is_empty());
             let full = match requested {
                 Some(r) => match user.with_resource(&r) {
                     Ok(f) => f,
@@ -704,12 +718,12 @@ impl Conn {
             self.finish(stream_err(StreamCondition::InternalServerError)).await;
             return;
         }
-        if let Some(res) = self.pending_bind_result.take() {
-            if self.write(&res).await.is_err() {
-                edge.router.unbind(&jid, loc).await;
-                edge.hub.unregister(conn_id);
-                return;
-            }
+        if let Some(res) = self.pending_bind_result.take()
+            && self.write(&res).await.is_err()
+        {
+            edge.router.unbind(&jid, loc).await;
+            edge.hub.unregister(conn_id);
+            return;
         }
         tracing::debug!(event = "session_bound", jid = %jid, conn = conn_id);
         let Some(transport) = self.transport.take() else { return };
@@ -795,9 +809,9 @@ fn check_stanza(jid: &FullJid, el: RawElement) -> Result<Envelope, Checked> {
         return Err(Checked::End(stream_err(StreamCondition::UnsupportedStanzaType)));
     };
     if let Some(f) = el.from.as_deref() {
-        let ok = f == jid.as_str() || f == jid.bare_str() || Jid::parse(f).is_ok_and(|j| {
-            j.as_str() == jid.as_str() || (j.is_bare() && j.as_str() == jid.bare_str())
-        });
+        let ok = f == jid.as_str()
+            || f == jid.bare_str()
+            || Jid::parse(f).is_ok_and(|j| j.as_str() == jid.as_str() || (j.is_bare() && j.as_str() == jid.bare_str()));
         if !ok {
             return Err(Checked::End(stream_err(StreamCondition::InvalidFrom)));
         }

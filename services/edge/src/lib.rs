@@ -27,16 +27,66 @@ use tokio::task::JoinSet;
 pub const SPECS: rookery_core::ModuleInfo = rookery_core::ModuleInfo {
     name: "edge",
     specs: &[
-        rookery_core::XepSupport { spec: "RFC 6120", version: "2011", support: rookery_core::Support::Full, note: "c2s: STARTTLS (mandatory), SASL, resource binding with override on conflict, stream and stanza errors; s2s not yet" },
-        rookery_core::XepSupport { spec: "RFC 7590", version: "2015", support: rookery_core::Support::Full, note: "TLS 1.2/1.3 only (rustls)" },
-        rookery_core::XepSupport { spec: "RFC 7622", version: "2015", support: rookery_core::Support::Full, note: "PRECIS JIDs; `jid-malformed` for bad addresses" },
-        rookery_core::XepSupport { spec: "RFC 5802", version: "2010", support: rookery_core::Support::Full, note: "SCRAM-SHA-1(-PLUS); stored keys only" },
-        rookery_core::XepSupport { spec: "RFC 7677", version: "2015", support: rookery_core::Support::Full, note: "SCRAM-SHA-256(-PLUS); SCRAM-SHA-512(-PLUS) likewise" },
-        rookery_core::XepSupport { spec: "RFC 9266", version: "2022", support: rookery_core::Support::Full, note: "tls-exporter channel binding (TLS 1.3)" },
-        rookery_core::XepSupport { spec: "RFC 5929", version: "2010", support: rookery_core::Support::Partial, note: "tls-server-end-point only (tls-unique is not offered)" },
-        rookery_core::XepSupport { spec: "RFC 4616", version: "2006", support: rookery_core::Support::Full, note: "PLAIN, only after TLS" },
-        rookery_core::XepSupport { spec: "XEP-0368", version: "1.1.0", support: rookery_core::Support::Full, note: "direct TLS listener with ALPN xmpp-client" },
-        rookery_core::XepSupport { spec: "XEP-0440", version: "1.0.0", support: rookery_core::Support::Full, note: "channel-binding types advertised in stream features" },
+        rookery_core::XepSupport {
+            spec: "RFC 6120",
+            version: "2011",
+            support: rookery_core::Support::Full,
+            note: "c2s: STARTTLS (mandatory), SASL, resource binding with override on conflict, stream and stanza errors; s2s not yet",
+        },
+        rookery_core::XepSupport {
+            spec: "RFC 7590",
+            version: "2015",
+            support: rookery_core::Support::Full,
+            note: "TLS 1.2/1.3 only (rustls)",
+        },
+        rookery_core::XepSupport {
+            spec: "RFC 7622",
+            version: "2015",
+            support: rookery_core::Support::Full,
+            note: "PRECIS JIDs; `jid-malformed` for bad addresses",
+        },
+        rookery_core::XepSupport {
+            spec: "RFC 5802",
+            version: "2010",
+            support: rookery_core::Support::Full,
+            note: "SCRAM-SHA-1(-PLUS); stored keys only",
+        },
+        rookery_core::XepSupport {
+            spec: "RFC 7677",
+            version: "2015",
+            support: rookery_core::Support::Full,
+            note: "SCRAM-SHA-256(-PLUS); SCRAM-SHA-512(-PLUS) likewise",
+        },
+        rookery_core::XepSupport {
+            spec: "RFC 9266",
+            version: "2022",
+            support: rookery_core::Support::Full,
+            note: "tls-exporter channel binding (TLS 1.3)",
+        },
+        rookery_core::XepSupport {
+            spec: "RFC 5929",
+            version: "2010",
+            support: rookery_core::Support::Partial,
+            note: "tls-server-end-point only (tls-unique is not offered)",
+        },
+        rookery_core::XepSupport {
+            spec: "RFC 4616",
+            version: "2006",
+            support: rookery_core::Support::Full,
+            note: "PLAIN, only after TLS",
+        },
+        rookery_core::XepSupport {
+            spec: "XEP-0368",
+            version: "1.1.0",
+            support: rookery_core::Support::Full,
+            note: "direct TLS listener with ALPN xmpp-client",
+        },
+        rookery_core::XepSupport {
+            spec: "XEP-0440",
+            version: "1.0.0",
+            support: rookery_core::Support::Full,
+            note: "channel-binding types advertised in stream features",
+        },
     ],
 };
 
@@ -140,7 +190,5 @@ impl Edge {
 
 /// Binds a TCP listener with a clear error naming the address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }

@@ -35,12 +35,12 @@ impl ConnLimiter {
 
 impl Drop for ConnSlot<'_> {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.limiter.counts.lock() {
-            if let Some(c) = m.get_mut(&self.ip) {
-                *c = c.saturating_sub(1);
-                if *c == 0 {
-                    m.remove(&self.ip);
-                }
+        if let Ok(mut m) = self.limiter.counts.lock()
+            && let Some(c) = m.get_mut(&self.ip)
+        {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                m.remove(&self.ip);
             }
         }
     }

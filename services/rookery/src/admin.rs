@@ -48,8 +48,17 @@ pub struct ListQuery {
     pub domain: Option<String>,
 }
 
-fn err(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(ApiError { error: msg.into() })).into_response()
+/// An error answer: status and a message for the operator.
+pub struct Fail(StatusCode, String);
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+fn err(status: StatusCode, msg: impl Into<String>) -> Fail {
+    Fail(status, msg.into())
 }
 
 /// Compares in time independent of where the strings differ.
@@ -57,7 +66,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorized(st: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorized(st: &AdminState, headers: &HeaderMap) -> Result<(), Fail> {
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -70,7 +79,7 @@ fn authorized(st: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
     }
 }
 
-fn user_jid(st: &AdminState, jid: &str) -> Result<BareJid, Response> {
+fn user_jid(st: &AdminState, jid: &str) -> Result<BareJid, Fail> {
     let j = BareJid::parse(jid).map_err(|e| err(StatusCode::BAD_REQUEST, format!("invalid JID {jid}: {e}")))?;
     if j.node().is_none() {
         return Err(err(StatusCode::BAD_REQUEST, format!("{jid} has no user part")));
@@ -83,28 +92,23 @@ fn user_jid(st: &AdminState, jid: &str) -> Result<BareJid, Response> {
 
 /// The operator is trusted with password policy; only an empty password is refused
 /// (`registration.min_password_len` applies to in-band registration).
-fn check_password(_st: &AdminState, p: &str) -> Result<(), Response> {
+fn check_password(_st: &AdminState, p: &str) -> Result<(), Fail> {
     if p.is_empty() {
         return Err(err(StatusCode::BAD_REQUEST, "the password must not be empty"));
     }
     Ok(())
 }
 
-async fn add_user(State(st): State<AdminState>, headers: HeaderMap, Json(body): Json<NewUser>) -> Response {
-    if let Err(r) = authorized(&st, &headers) {
-        return r;
-    }
-    let jid = match user_jid(&st, &body.jid) {
-        Ok(j) => j,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_password(&st, &body.password) {
-        return r;
-    }
+type Answer = Result<Response, Fail>;
+
+async fn add_user(State(st): State<AdminState>, headers: HeaderMap, Json(body): Json<NewUser>) -> Answer {
+    authorized(&st, &headers)?;
+    let jid = user_jid(&st, &body.jid)?;
+    check_password(&st, &body.password)?;
     match rookery_modules::create_account(&st.stores, &jid, &body.password).await {
-        Ok(true) => (StatusCode::CREATED, Json(serde_json::json!({ "jid": jid.as_str() }))).into_response(),
-        Ok(false) => err(StatusCode::CONFLICT, format!("{jid} already exists")),
-        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(true) => Ok((StatusCode::CREATED, Json(serde_json::json!({ "jid": jid.as_str() }))).into_response()),
+        Ok(false) => Err(err(StatusCode::CONFLICT, format!("{jid} already exists"))),
+        Err(e) => Err(err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
 }
 
@@ -113,69 +117,52 @@ async fn set_password(
     headers: HeaderMap,
     Path(jid): Path<String>,
     Json(body): Json<NewPassword>,
-) -> Response {
-    if let Err(r) = authorized(&st, &headers) {
-        return r;
-    }
-    let jid = match user_jid(&st, &jid) {
-        Ok(j) => j,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_password(&st, &body.password) {
-        return r;
-    }
+) -> Answer {
+    authorized(&st, &headers)?;
+    let jid = user_jid(&st, &jid)?;
+    check_password(&st, &body.password)?;
     match rookery_modules::set_password(&st.stores, &jid, &body.password).await {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) => err(StatusCode::NOT_FOUND, format!("{jid} does not exist")),
-        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(false) => Err(err(StatusCode::NOT_FOUND, format!("{jid} does not exist"))),
+        Err(e) => Err(err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
 }
 
-async fn delete_user(State(st): State<AdminState>, headers: HeaderMap, Path(jid): Path<String>) -> Response {
-    if let Err(r) = authorized(&st, &headers) {
-        return r;
-    }
-    let jid = match user_jid(&st, &jid) {
-        Ok(j) => j,
-        Err(r) => return r,
-    };
+async fn delete_user(State(st): State<AdminState>, headers: HeaderMap, Path(jid): Path<String>) -> Answer {
+    authorized(&st, &headers)?;
+    let jid = user_jid(&st, &jid)?;
     match st.stores.delete_user(&jid).await {
         Ok(true) => {
             st.router.account_deleted(&jid).await;
-            StatusCode::NO_CONTENT.into_response()
+            Ok(StatusCode::NO_CONTENT.into_response())
         }
-        Ok(false) => err(StatusCode::NOT_FOUND, format!("{jid} does not exist")),
-        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(false) => Err(err(StatusCode::NOT_FOUND, format!("{jid} does not exist"))),
+        Err(e) => Err(err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
 }
 
-async fn list_users(State(st): State<AdminState>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
-    if let Err(r) = authorized(&st, &headers) {
-        return r;
-    }
+async fn list_users(State(st): State<AdminState>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Answer {
+    authorized(&st, &headers)?;
     let domains: Vec<String> = match q.domain {
         Some(d) => vec![d],
         None => st.domains.clone(),
     };
     let mut users = Vec::new();
     for d in domains {
-        match st.stores.accounts.list(&d).await {
-            Ok(l) => users.extend(l.into_iter().map(|u| format!("{u}@{d}"))),
-            Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        }
+        let list =
+            st.stores.accounts.list(&d).await.map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        users.extend(list.into_iter().map(|u| format!("{u}@{d}")));
     }
-    Json(serde_json::json!({ "users": users })).into_response()
+    Ok(Json(serde_json::json!({ "users": users })).into_response())
 }
 
-async fn stats(State(st): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&st, &headers) {
-        return r;
-    }
-    Json(serde_json::json!({
+async fn stats(State(st): State<AdminState>, headers: HeaderMap) -> Answer {
+    authorized(&st, &headers)?;
+    Ok(Json(serde_json::json!({
         "sessions": st.router.registry().count(),
         "uptime_secs": st.router.uptime_secs(),
     }))
-    .into_response()
+    .into_response())
 }
 
 pub fn app(st: AdminState) -> Router {

@@ -159,7 +159,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("  admin API/health http://{a}");
     }
     eprintln!("  data             {}", cfg.data_dir.display());
-    eprintln!("add a user: rookery user add alice@{} --password secret", cfg.domains.first().map(String::as_str).unwrap_or("localhost"));
+    eprintln!(
+        "add a user: rookery user add alice@{} --password secret",
+        cfg.domains.first().map(String::as_str).unwrap_or("localhost")
+    );
     let stop = server.shutdown_handle();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -204,9 +207,10 @@ async fn user(common: Common, cmd: UserCmd) -> anyhow::Result<()> {
                 .parse()
                 .with_context(|| format!("ROOKERY_ADMIN_URL={u}: expected http://HOST:PORT"))?,
         ),
-        None => cfg.listen.http.map(|a| {
-            if a.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], a.port())) } else { a }
-        }),
+        None => cfg
+            .listen
+            .http
+            .map(|a| if a.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], a.port())) } else { a }),
     };
     let token = match std::env::var("ROOKERY_ADMIN_TOKEN") {
         Ok(t) => Some(t),
@@ -216,11 +220,9 @@ async fn user(common: Common, cmd: UserCmd) -> anyhow::Result<()> {
         UserCmd::Add { jid, password } => {
             ("POST", "/admin/users".to_string(), Some(serde_json::json!({ "jid": jid, "password": password })))
         }
-        UserCmd::Passwd { jid, password } => (
-            "PUT",
-            format!("/admin/users/{}/password", encode(jid)),
-            Some(serde_json::json!({ "password": password })),
-        ),
+        UserCmd::Passwd { jid, password } => {
+            ("PUT", format!("/admin/users/{}/password", encode(jid)), Some(serde_json::json!({ "password": password })))
+        }
         UserCmd::Del { jid } => ("DELETE", format!("/admin/users/{}", encode(jid)), None),
         UserCmd::List { domain } => (
             "GET",
@@ -261,7 +263,9 @@ fn report(cmd: &UserCmd, status: u16, json: &serde_json::Value) -> anyhow::Resul
                 println!("{}", u.as_str().unwrap_or_default());
             }
         }
-        (_, 401) => bail!("the admin API refused the token: set ROOKERY_ADMIN_TOKEN or point --data-dir at the server's data directory"),
+        (_, 401) => bail!(
+            "the admin API refused the token: set ROOKERY_ADMIN_TOKEN or point --data-dir at the server's data directory"
+        ),
         (_, s) => bail!("{msg} (HTTP {s})"),
     }
     Ok(())

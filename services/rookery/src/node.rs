@@ -71,8 +71,9 @@ pub fn open_stores(cfg: &Config) -> anyhow::Result<Stores> {
                 rookery_config::Durability::Os => rookery_storage_embedded::Durability::Os,
                 rookery_config::Durability::Fsync => rookery_storage_embedded::Durability::Fsync,
             };
-            let store = rookery_storage_embedded::EmbeddedStore::open(&dir, durability)
-                .with_context(|| format!("cannot open the store in {} (is another rookery using it?)", dir.display()))?;
+            let store = rookery_storage_embedded::EmbeddedStore::open(&dir, durability).with_context(|| {
+                format!("cannot open the store in {} (is another rookery using it?)", dir.display())
+            })?;
             rookery_storage_embedded::embedded_stores(Arc::new(store))
         }
     })

@@ -5,7 +5,7 @@
 use crate::LocalRouter;
 use rookery_core::{IqRequest, IqType, Target};
 use rookery_jid::FullJid;
-use rookery_stanza::{ns, Condition, Envelope, StanzaError};
+use rookery_stanza::{Condition, Envelope, StanzaError, ns};
 
 impl LocalRouter {
     pub(crate) async fn route_iq(&self, env: Envelope) {
@@ -18,7 +18,10 @@ impl LocalRouter {
                 return;
             }
             _ => {
-                self.bounce(&env, StanzaError::new(Condition::BadRequest).with_text("iq type must be get, set, result or error"));
+                self.bounce(
+                    &env,
+                    StanzaError::new(Condition::BadRequest).with_text("iq type must be get, set, result or error"),
+                );
                 return;
             }
         };
@@ -61,7 +64,11 @@ impl LocalRouter {
                 match (children.next(), children.next()) {
                     (Some(p), None) => p.clone(),
                     _ => {
-                        self.bounce(&env, StanzaError::new(Condition::BadRequest).with_text("an iq get/set carries exactly one payload"));
+                        self.bounce(
+                            &env,
+                            StanzaError::new(Condition::BadRequest)
+                                .with_text("an iq get/set carries exactly one payload"),
+                        );
                         return;
                     }
                 }
@@ -126,13 +133,13 @@ impl LocalRouter {
     /// Results and errors: to a full JID they are delivered; to the server or a bare JID
     /// they answer server-generated requests (roster pushes) and end here.
     async fn route_iq_response(&self, env: Envelope) {
-        if let Ok(to) = FullJid::try_from(env.to.clone()) {
-            if self.is_local(to.domain()) {
-                if self.blocks.blocks(&to.to_bare(), &env.from).await {
-                    return;
-                }
-                self.deliver_to_full(&to, env.wire());
+        if let Ok(to) = FullJid::try_from(env.to.clone())
+            && self.is_local(to.domain())
+        {
+            if self.blocks.blocks(&to.to_bare(), &env.from).await {
+                return;
             }
+            self.deliver_to_full(&to, env.wire());
         }
     }
 }

@@ -65,11 +65,36 @@ impl Module for CoreSpecs {
         ModuleInfo {
             name: "router",
             specs: &[
-                XepSupport { spec: "RFC 6121", version: "2011", support: Support::Full, note: "roster, subscriptions incl. pre-approval, presence, delivery rules §8.5" },
-                XepSupport { spec: "XEP-0160", version: "1.0.1", support: Support::Full, note: "offline messages, delivered on next available presence with XEP-0203 delay" },
-                XepSupport { spec: "XEP-0203", version: "2.0", support: Support::Full, note: "delay stamp on offline messages" },
-                XepSupport { spec: "XEP-0237", version: "1.3", support: Support::Partial, note: "roster `ver`; a changed roster is sent whole instead of as pushes" },
-                XepSupport { spec: "XEP-0191", version: "1.3", support: Support::Full, note: "enforcement on delivery (the IQ side is the blocking module)" },
+                XepSupport {
+                    spec: "RFC 6121",
+                    version: "2011",
+                    support: Support::Full,
+                    note: "roster, subscriptions incl. pre-approval, presence, delivery rules §8.5",
+                },
+                XepSupport {
+                    spec: "XEP-0160",
+                    version: "1.0.1",
+                    support: Support::Full,
+                    note: "offline messages, delivered on next available presence with XEP-0203 delay",
+                },
+                XepSupport {
+                    spec: "XEP-0203",
+                    version: "2.0",
+                    support: Support::Full,
+                    note: "delay stamp on offline messages",
+                },
+                XepSupport {
+                    spec: "XEP-0237",
+                    version: "1.3",
+                    support: Support::Partial,
+                    note: "roster `ver`; a changed roster is sent whole instead of as pushes",
+                },
+                XepSupport {
+                    spec: "XEP-0191",
+                    version: "1.3",
+                    support: Support::Full,
+                    note: "enforcement on delivery (the IQ side is the blocking module)",
+                },
             ],
         }
     }
@@ -155,10 +180,10 @@ impl LocalRouter {
 
     /// Replies to the sender of `env` with a stanza error.
     pub(crate) fn bounce(&self, env: &Envelope, err: rookery_stanza::StanzaError) {
-        if let Some(reply) = env.error_reply(&err) {
-            if let Ok(full) = FullJid::try_from(env.from.clone()) {
-                self.send_full(&full, reply);
-            }
+        if let Some(reply) = env.error_reply(&err)
+            && let Ok(full) = FullJid::try_from(env.from.clone())
+        {
+            self.send_full(&full, reply);
         }
     }
 
@@ -196,6 +221,11 @@ impl Router for LocalRouter {
             // RFC 6120 §7.7.2.2: the new session wins; the old one is told why it ends.
             tracing::info!(event = "resource_conflict", jid = %jid);
             self.link.deliver(old.loc, Outbound::Close(StreamCondition::Conflict));
+            // Its later unbind finds the new entry and does nothing, so whoever saw the
+            // old session available hears it went away now (RFC 6121 §4.5, §4.6.3).
+            if old.available || !old.directed.is_empty() {
+                self.broadcast_unavailable(&old, None).await;
+            }
         }
         Ok(())
     }
@@ -223,7 +253,7 @@ impl Router for LocalRouter {
             self.broadcast_unavailable(&entry, None).await;
         }
         if self.registry.sessions(&jid.to_bare()).is_empty() {
-            let status = entry.presence.as_ref().map(|p| presence::status_text(p)).unwrap_or_default();
+            let status = entry.presence.as_ref().map(presence::status_text).unwrap_or_default();
             let last = rookery_storage::LastActivity { at: rookery_storage::now_secs(), status };
             if let Err(e) = self.stores.last.set(&jid.to_bare(), last).await {
                 tracing::warn!(event = "last_activity_write_failed", user = %jid.to_bare(), error = %e);
@@ -264,9 +294,17 @@ impl ServerApi for LocalRouter {
     }
     async fn account_deleted(&self, user: &BareJid) {
         self.blocks.invalidate(user);
-        for e in self.registry.sessions(user) {
-            self.link.deliver(e.loc, Outbound::Close(StreamCondition::NotAuthorized));
-        }
+        // XEP-0077 §3.2: the client first gets the result of its <remove/>, which the
+        // caller sends after this returns; close the sessions a moment later so the
+        // result is written before the stream error.
+        let sessions = self.registry.sessions(user);
+        let link = self.link.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            for e in sessions {
+                link.deliver(e.loc, Outbound::Close(StreamCondition::NotAuthorized));
+            }
+        });
     }
 }
 

@@ -5,7 +5,7 @@
 use crate::LocalRouter;
 use rookery_core::SessionEntry;
 use rookery_jid::{BareJid, FullJid};
-use rookery_stanza::{ns, Condition, Envelope, StanzaError};
+use rookery_stanza::{Condition, Envelope, StanzaError, ns};
 
 /// RFC 6121 §5.2.2 message types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,16 +62,17 @@ impl LocalRouter {
             return;
         };
         // §3.6: the sender blocked the recipient.
-        if let Some(sender) = crate::user_of(&env.from) {
-            if mtype != MsgType::Error && self.blocks.blocks(&sender, &to).await {
-                self.bounce(
-                    &env,
-                    StanzaError::new(Condition::NotAcceptable)
-                        .with_type(rookery_stanza::ErrorType::Cancel)
-                        .with_app("blocked", ns::BLOCKING_ERRORS),
-                );
-                return;
-            }
+        if let Some(sender) = crate::user_of(&env.from)
+            && mtype != MsgType::Error
+            && self.blocks.blocks(&sender, &to).await
+        {
+            self.bounce(
+                &env,
+                StanzaError::new(Condition::NotAcceptable)
+                    .with_type(rookery_stanza::ErrorType::Cancel)
+                    .with_app("blocked", ns::BLOCKING_ERRORS),
+            );
+            return;
         }
         // §3.7: the recipient blocked the sender; answered like an unknown user so the
         // block is not revealed.

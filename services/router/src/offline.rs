@@ -104,10 +104,10 @@ impl LocalRouter {
             }
             last = Some(m.seq);
         }
-        if let Some(seq) = last {
-            if let Err(e) = self.stores.offline.remove_up_to(&user, seq).await {
-                tracing::warn!(event = "offline_remove_failed", user = %user, error = %e);
-            }
+        if let Some(seq) = last
+            && let Err(e) = self.stores.offline.remove_up_to(&user, seq).await
+        {
+            tracing::warn!(event = "offline_remove_failed", user = %user, error = %e);
         }
     }
 }

@@ -63,12 +63,9 @@ impl LocalRouter {
     /// Contacts of `user` whose roster subscription matches `pred`.
     pub(crate) async fn contacts(&self, user: &BareJid, pred: impl Fn(Subscription) -> bool) -> Vec<Jid> {
         match self.stores.roster.get(user).await {
-            Ok(r) => r
-                .items
-                .into_iter()
-                .filter(|i| pred(i.subscription))
-                .filter_map(|i| Jid::parse(&i.jid).ok())
-                .collect(),
+            Ok(r) => {
+                r.items.into_iter().filter(|i| pred(i.subscription)).filter_map(|i| Jid::parse(&i.jid).ok()).collect()
+            }
             Err(e) => {
                 tracing::warn!(event = "roster_read_failed", user = %user, error = %e);
                 Vec::new()
@@ -129,10 +126,10 @@ impl LocalRouter {
                 e.presence = None;
                 e.directed.clear();
             });
-            if let Some(entry) = before {
-                if entry.available || !entry.directed.is_empty() {
-                    self.broadcast_unavailable(&entry, Some(stored)).await;
-                }
+            if let Some(entry) = before
+                && (entry.available || !entry.directed.is_empty())
+            {
+                self.broadcast_unavailable(&entry, Some(stored)).await;
             }
             return;
         }
@@ -223,7 +220,7 @@ impl LocalRouter {
                 self.send(s, readdress(&stored, s.jid.as_jid()));
             }
             // The resource itself, if still connected (explicit unavailable).
-            if let Some(me) = self.registry.get(&entry.jid) {
+            if let Some(me) = self.registry.get(&entry.jid).filter(|m| m.loc == entry.loc) {
                 self.send(&me, readdress(&stored, entry.jid.as_jid()));
             }
         }
@@ -275,9 +272,7 @@ impl LocalRouter {
         }
         let kind = env.stanza_type().unwrap_or_default().to_owned();
         // The stanza as the contact sees it: from the user's bare JID.
-        let stanza = env
-            .el
-            .rewrite_attrs(&[("from", Some(user.as_str())), ("to", Some(contact.as_str()))]);
+        let stanza = env.el.rewrite_attrs(&[("from", Some(user.as_str())), ("to", Some(contact.as_str()))]);
         self.subscription_out(&user, &contact, &kind, stanza).await;
     }
 }

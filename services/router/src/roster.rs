@@ -6,7 +6,7 @@ use crate::LocalRouter;
 use bytes::Bytes;
 use rookery_core::{IqType, SessionEntry};
 use rookery_jid::{BareJid, FullJid, Jid};
-use rookery_stanza::{ns, Condition, StanzaError};
+use rookery_stanza::{Condition, StanzaError, ns};
 use rookery_storage::{RosterItem, Subscription};
 use rookery_xml::Element;
 
@@ -230,9 +230,9 @@ impl LocalRouter {
                     self.to_available(contact, &stanza);
                 }
             }
-            "subscribed" => {
+            "subscribed"
                 // A.3.3: only meaningful when we asked.
-                if item.ask {
+                if item.ask => {
                     item.subscription = match item.subscription {
                         Subscription::None => Subscription::To,
                         Subscription::From => Subscription::Both,
@@ -244,7 +244,6 @@ impl LocalRouter {
                     // §3.1.6: the approver's presence follows.
                     self.send_current_presence(user, contact).await;
                 }
-            }
             "unsubscribe" => {
                 // A.3.2
                 let had_from = matches!(item.subscription, Subscription::From | Subscription::Both);
@@ -343,12 +342,12 @@ impl LocalRouter {
                 let items: Vec<&Element> = payload.elements().filter(|e| e.is("item", ns::ROSTER)).collect();
                 // §2.3.3: exactly one item.
                 let [item_el] = items.as_slice() else {
-                    return Err(StanzaError::new(Condition::BadRequest).with_text("a roster set carries exactly one item"));
+                    return Err(
+                        StanzaError::new(Condition::BadRequest).with_text("a roster set carries exactly one item")
+                    );
                 };
                 let jid_attr = item_el.get_attr("jid").ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
-                let contact = Jid::parse(jid_attr)
-                    .map_err(|_| StanzaError::new(Condition::JidMalformed))?
-                    .to_bare();
+                let contact = Jid::parse(jid_attr).map_err(|_| StanzaError::new(Condition::JidMalformed))?.to_bare();
                 if item_el.get_attr("subscription") == Some("remove") {
                     return self.roster_remove(&user, &contact).await;
                 }
@@ -396,11 +395,9 @@ impl LocalRouter {
                 self.subscription_in(contact, user, "unsubscribed", st).await;
             }
         }
-        if matches!(item.subscription, Subscription::To | Subscription::Both) || item.ask {
-            if local {
-                let st = Self::sub_stanza(user, contact, "unsubscribe");
-                self.subscription_in(contact, user, "unsubscribe", st).await;
-            }
+        if (matches!(item.subscription, Subscription::To | Subscription::Both) || item.ask) && local {
+            let st = Self::sub_stanza(user, contact, "unsubscribe");
+            self.subscription_in(contact, user, "unsubscribe", st).await;
         }
         match self.stores.roster.remove_item(user, contact.as_str()).await {
             Ok(Some(ver)) => self.push_item(user, &item, ver, true),

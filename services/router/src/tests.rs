@@ -108,7 +108,11 @@ async fn subscription_handshake_gives_both_and_presence() {
     w.send("bob@example.com/b", "<presence to='alice@example.com' type='subscribed'/>").await;
     let a = w.cap.take(1);
     assert!(a.iter().any(|s| s.contains("subscription=\"to\"")), "{a:?}");
-    assert!(a.iter().any(|s| s.starts_with("<presence") && s.contains("from=\"bob@example.com/b\"") && !s.contains("type=")), "alice sees bob: {a:?}");
+    assert!(
+        a.iter()
+            .any(|s| s.starts_with("<presence") && s.contains("from=\"bob@example.com/b\"") && !s.contains("type=")),
+        "alice sees bob: {a:?}"
+    );
     let b = w.cap.take(2);
     assert!(b.iter().any(|s| s.contains("subscription=\"from\"")), "{b:?}");
     let item = w
@@ -143,7 +147,8 @@ async fn pre_approval_auto_accepts() {
 async fn message_to_unknown_user_is_service_unavailable() {
     let w = world(&["alice@example.com"]).await;
     w.bind("alice@example.com/a", 1).await;
-    w.send("alice@example.com/a", "<message to='nobody@example.com' id='x' type='chat'><body>hi</body></message>").await;
+    w.send("alice@example.com/a", "<message to='nobody@example.com' id='x' type='chat'><body>hi</body></message>")
+        .await;
     let a = w.cap.take(1);
     assert_eq!(a.len(), 1, "{a:?}");
     assert!(a[0].contains("service-unavailable") && a[0].contains("type=\"error\""), "{a:?}");
@@ -171,7 +176,8 @@ async fn offline_quota_bounces() {
     let w = world(&["alice@example.com", "bob@example.com"]).await;
     w.bind("alice@example.com/a", 1).await;
     for i in 0..4 {
-        w.send("alice@example.com/a", &format!("<message to='bob@example.com' id='m{i}'><body>{i}</body></message>")).await;
+        w.send("alice@example.com/a", &format!("<message to='bob@example.com' id='m{i}'><body>{i}</body></message>"))
+            .await;
     }
     let a = w.cap.take(1);
     assert_eq!(a.len(), 1, "{a:?}");
@@ -218,7 +224,10 @@ async fn roster_versioning_and_remove() {
     assert!(r[0].contains("ver=\"0\""), "{r:?}");
     w.send("alice@example.com/a", "<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='carol@example.com' name='C'><group>Friends</group></item></query></iq>").await;
     let r = w.cap.take(1);
-    assert!(r.iter().any(|s| s.contains("type=\"set\"") && s.contains("ver=\"1\"") && s.contains("<group>Friends</group>")), "push: {r:?}");
+    assert!(
+        r.iter().any(|s| s.contains("type=\"set\"") && s.contains("ver=\"1\"") && s.contains("<group>Friends</group>")),
+        "push: {r:?}"
+    );
     assert!(r.iter().any(|s| s.contains("id=\"s\"") && s.contains("type=\"result\"")), "result: {r:?}");
     w.send("alice@example.com/a", "<iq type='get' id='g2'><query xmlns='jabber:iq:roster' ver='1'/></iq>").await;
     let r = w.cap.take(1);

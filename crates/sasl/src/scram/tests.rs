@@ -20,22 +20,13 @@ fn c_hmac<D: EagerHash>(key: &[u8], data: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-fn c_proof<D: EagerHash>(
-    password: &str,
-    salt: &[u8],
-    iterations: u32,
-    auth_message: &[u8],
-) -> (Vec<u8>, Vec<u8>) {
+fn c_proof<D: EagerHash>(password: &str, salt: &[u8], iterations: u32, auth_message: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let mut salted = vec![0u8; <D as Digest>::output_size()];
     pbkdf2::pbkdf2_hmac::<D>(password.as_bytes(), salt, iterations, &mut salted);
     let client_key = c_hmac::<D>(&salted, b"Client Key");
     let stored_key = D::digest(&client_key).to_vec();
     let client_signature = c_hmac::<D>(&stored_key, auth_message);
-    let proof = client_key
-        .iter()
-        .zip(&client_signature)
-        .map(|(a, b)| a ^ b)
-        .collect();
+    let proof = client_key.iter().zip(&client_signature).map(|(a, b)| a ^ b).collect();
     let server_key = c_hmac::<D>(&salted, b"Server Key");
     (proof, c_hmac::<D>(&server_key, auth_message))
 }
@@ -84,17 +75,10 @@ impl TestClient {
         let auth = format!("{},{sf},{without_proof}", self.bare);
         let (proof, sig) = match self.alg {
             HashAlg::Sha1 => c_proof::<Sha1>(&self.password, &salt, iterations, auth.as_bytes()),
-            HashAlg::Sha256 => {
-                c_proof::<Sha256>(&self.password, &salt, iterations, auth.as_bytes())
-            }
-            HashAlg::Sha512 => {
-                c_proof::<Sha512>(&self.password, &salt, iterations, auth.as_bytes())
-            }
+            HashAlg::Sha256 => c_proof::<Sha256>(&self.password, &salt, iterations, auth.as_bytes()),
+            HashAlg::Sha512 => c_proof::<Sha512>(&self.password, &salt, iterations, auth.as_bytes()),
         };
-        (
-            format!("{without_proof},p={}", B64.encode(proof)).into_bytes(),
-            format!("v={}", B64.encode(sig)).into_bytes(),
-        )
+        (format!("{without_proof},p={}", B64.encode(proof)).into_bytes(), format!("v={}", B64.encode(sig)).into_bytes())
     }
 }
 
@@ -103,10 +87,7 @@ fn creds(alg: HashAlg, password: &str) -> StoredCredentials {
 }
 
 fn bindings() -> ChannelBindings {
-    ChannelBindings {
-        tls_exporter: Some(vec![0xE1; 32]),
-        tls_server_end_point: Some(vec![0x5E; 32]),
-    }
+    ChannelBindings { tls_exporter: Some(vec![0xE1; 32]), tls_server_end_point: Some(vec![0x5E; 32]) }
 }
 
 /// Runs a full exchange; returns the result of client_final and the expected server-final.
@@ -132,26 +113,12 @@ fn rfc5802_sha1_example() {
     let stored = derive_credentials(HashAlg::Sha1, "pencil", &salt, 4096).unwrap();
     let mut s = ScramServer::new(Mechanism::ScramSha1, ChannelBindings::default(), false).unwrap();
     s.set_server_nonce_for_test("3rfcNHYJY1ZVvWVs7j");
-    let first = s
-        .client_first(b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL")
-        .unwrap();
-    assert_eq!(
-        first,
-        ClientFirst {
-            username: "user".into(),
-            authzid: None
-        }
-    );
+    let first = s.client_first(b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL").unwrap();
+    assert_eq!(first, ClientFirst { username: "user".into(), authzid: None });
     let sf = s.server_first(Some(stored), FAKE_SECRET);
-    assert_eq!(
-        sf,
-        b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096"
-    );
-    let v = s
-        .client_final(
-            b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
-        )
-        .unwrap();
+    assert_eq!(sf, b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096");
+    let v =
+        s.client_final(b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=").unwrap();
     assert_eq!(v, b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=");
     assert!(s.is_done());
 }
@@ -160,15 +127,11 @@ fn rfc5802_sha1_example() {
 fn rfc7677_sha256_example() {
     let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
     let stored = derive_credentials(HashAlg::Sha256, "pencil", &salt, 4096).unwrap();
-    let mut s =
-        ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
+    let mut s = ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
     s.set_server_nonce_for_test("%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0");
     s.client_first(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO").unwrap();
     let sf = s.server_first(Some(stored), FAKE_SECRET);
-    assert_eq!(
-        sf,
-        b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
-    );
+    assert_eq!(sf, b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096");
     let v = s
         .client_final(
             b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
@@ -182,8 +145,7 @@ fn rfc7677_sha256_example() {
 fn rfc7677_wrong_proof_fails() {
     let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
     let stored = derive_credentials(HashAlg::Sha256, "pencil", &salt, 4096).unwrap();
-    let mut s =
-        ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
+    let mut s = ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
     s.set_server_nonce_for_test("%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0");
     s.client_first(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO").unwrap();
     s.server_first(Some(stored), FAKE_SECRET);
@@ -221,23 +183,15 @@ fn all_hashes_round_trip() {
         (Mechanism::ScramSha512, HashAlg::Sha512),
     ] {
         let client = TestClient::new(alg, "romeo", "pw", "n,,", &[]);
-        let (res, expected) = run(
-            mech,
-            ChannelBindings::default(),
-            false,
-            &client,
-            Some(creds(alg, "pw")),
-        );
+        let (res, expected) = run(mech, ChannelBindings::default(), false, &client, Some(creds(alg, "pw")));
         assert_eq!(res.unwrap(), expected, "{mech}");
     }
 }
 
 #[test]
 fn server_nonce_is_random_base64() {
-    let mut a =
-        ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
-    let mut b =
-        ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
+    let mut a = ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
+    let mut b = ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
     a.client_first(b"n,,n=u,r=abc").unwrap();
     b.client_first(b"n,,n=u,r=abc").unwrap();
     let sa = String::from_utf8(a.server_first(None, FAKE_SECRET)).unwrap();
@@ -251,13 +205,8 @@ fn server_nonce_is_random_base64() {
 #[test]
 fn wrong_password() {
     let client = TestClient::new(HashAlg::Sha256, "romeo", "wrong", "n,,", &[]);
-    let (res, _) = run(
-        Mechanism::ScramSha256,
-        ChannelBindings::default(),
-        false,
-        &client,
-        Some(creds(HashAlg::Sha256, "right")),
-    );
+    let (res, _) =
+        run(Mechanism::ScramSha256, ChannelBindings::default(), false, &client, Some(creds(HashAlg::Sha256, "right")));
     assert_eq!(res.unwrap_err(), SaslError::NotAuthorized);
 }
 
@@ -278,13 +227,8 @@ fn opaque_string_applies_to_client_password() {
 #[test]
 fn credentials_for_other_hash_fail() {
     let client = TestClient::new(HashAlg::Sha256, "romeo", "pw", "n,,", &[]);
-    let (res, _) = run(
-        Mechanism::ScramSha256,
-        ChannelBindings::default(),
-        false,
-        &client,
-        Some(creds(HashAlg::Sha1, "pw")),
-    );
+    let (res, _) =
+        run(Mechanism::ScramSha256, ChannelBindings::default(), false, &client, Some(creds(HashAlg::Sha1, "pw")));
     assert_eq!(res.unwrap_err(), SaslError::NotAuthorized);
 }
 
@@ -293,8 +237,7 @@ fn credentials_for_other_hash_fail() {
 fn server_first_for(user: &str, mech: Mechanism, secret: &[u8]) -> String {
     let mut s = ScramServer::new(mech, ChannelBindings::default(), false).unwrap();
     s.set_server_nonce_for_test("SERVERNONCE");
-    s.client_first(format!("n,,n={user},r=cn").as_bytes())
-        .unwrap();
+    s.client_first(format!("n,,n={user},r=cn").as_bytes()).unwrap();
     String::from_utf8(s.server_first(None, secret)).unwrap()
 }
 
@@ -312,8 +255,7 @@ fn unknown_user_is_indistinguishable() {
 
     // Same shape as for a real account created with new_credentials().
     let real = crate::new_credentials("pw", DEFAULT_ITERATIONS).unwrap();
-    let mut s =
-        ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
+    let mut s = ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
     s.set_server_nonce_for_test("SERVERNONCE");
     s.client_first(b"n,,n=real,r=cn").unwrap();
     let real_sf = String::from_utf8(s.server_first(Some(real[1].clone()), FAKE_SECRET)).unwrap();
@@ -330,13 +272,7 @@ fn unknown_user_is_indistinguishable() {
 #[test]
 fn unknown_user_fails_at_final_step() {
     let client = TestClient::new(HashAlg::Sha256, "ghost", "anything", "n,,", &[]);
-    let (res, _) = run(
-        Mechanism::ScramSha256,
-        ChannelBindings::default(),
-        false,
-        &client,
-        None,
-    );
+    let (res, _) = run(Mechanism::ScramSha256, ChannelBindings::default(), false, &client, None);
     assert_eq!(res.unwrap_err(), SaslError::NotAuthorized);
 }
 
@@ -344,8 +280,7 @@ fn unknown_user_fails_at_final_step() {
 fn fake_credentials_never_verify_even_with_their_keys() {
     // Even a client that somehow knew the fake keys cannot log in.
     let fake = fake_credentials(HashAlg::Sha256, "ghost", FAKE_SECRET);
-    let mut s =
-        ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
+    let mut s = ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
     s.client_first(b"n,,n=ghost,r=cn").unwrap();
     let sf = String::from_utf8(s.server_first(None, FAKE_SECRET)).unwrap();
     let nonce = sf.split(',').next().unwrap().strip_prefix("r=").unwrap();
@@ -363,10 +298,7 @@ fn fake_credentials_never_verify_even_with_their_keys() {
         *creds = forged;
     }
     let msg = format!("{without_proof},p={}", B64.encode(proof));
-    assert_eq!(
-        s.client_final(msg.as_bytes()).unwrap_err(),
-        SaslError::NotAuthorized
-    );
+    assert_eq!(s.client_final(msg.as_bytes()).unwrap_err(), SaslError::NotAuthorized);
 }
 
 // ---- channel binding ----
@@ -376,13 +308,7 @@ fn plus_tls_exporter() {
     let cb = bindings();
     let data = cb.tls_exporter.clone().unwrap();
     let client = TestClient::new(HashAlg::Sha256, "u", "pw", "p=tls-exporter,,", &data);
-    let (res, expected) = run(
-        Mechanism::ScramSha256Plus,
-        cb,
-        true,
-        &client,
-        Some(creds(HashAlg::Sha256, "pw")),
-    );
+    let (res, expected) = run(Mechanism::ScramSha256Plus, cb, true, &client, Some(creds(HashAlg::Sha256, "pw")));
     assert_eq!(res.unwrap(), expected);
 }
 
@@ -390,10 +316,7 @@ fn plus_tls_exporter() {
 fn plus_tls_server_end_point() {
     let cb = bindings();
     let data = cb.tls_server_end_point.clone().unwrap();
-    for (mech, alg) in [
-        (Mechanism::ScramSha1Plus, HashAlg::Sha1),
-        (Mechanism::ScramSha512Plus, HashAlg::Sha512),
-    ] {
+    for (mech, alg) in [(Mechanism::ScramSha1Plus, HashAlg::Sha1), (Mechanism::ScramSha512Plus, HashAlg::Sha512)] {
         let client = TestClient::new(alg, "u", "pw", "p=tls-server-end-point,,", &data);
         let (res, expected) = run(mech, cb.clone(), true, &client, Some(creds(alg, "pw")));
         assert_eq!(res.unwrap(), expected);
@@ -410,18 +333,8 @@ fn plus_wrong_binding_data() {
         ("tls-server-end-point", vec![]),
     ] {
         let client = TestClient::new(HashAlg::Sha256, "u", "pw", &format!("p={name},,"), &wrong);
-        let (res, _) = run(
-            Mechanism::ScramSha256Plus,
-            cb.clone(),
-            true,
-            &client,
-            Some(creds(HashAlg::Sha256, "pw")),
-        );
-        assert_eq!(
-            res.unwrap_err(),
-            SaslError::ChannelBindingMismatch,
-            "{name}"
-        );
+        let (res, _) = run(Mechanism::ScramSha256Plus, cb.clone(), true, &client, Some(creds(HashAlg::Sha256, "pw")));
+        assert_eq!(res.unwrap_err(), SaslError::ChannelBindingMismatch, "{name}");
     }
 }
 
@@ -431,47 +344,28 @@ fn c_must_repeat_gs2_header() {
     let cb = bindings();
     let mut s = ScramServer::new(Mechanism::ScramSha256Plus, cb.clone(), true).unwrap();
     s.client_first(b"p=tls-exporter,a=admin,n=u,r=cn").unwrap();
-    let sf =
-        String::from_utf8(s.server_first(Some(creds(HashAlg::Sha256, "pw")), FAKE_SECRET)).unwrap();
+    let sf = String::from_utf8(s.server_first(Some(creds(HashAlg::Sha256, "pw")), FAKE_SECRET)).unwrap();
     let nonce = sf.split(',').next().unwrap().strip_prefix("r=").unwrap();
     let mut c = b"p=tls-exporter,,".to_vec();
     c.extend_from_slice(cb.tls_exporter.as_deref().unwrap());
     let msg = format!("c={},r={nonce},p={}", B64.encode(c), B64.encode([0u8; 32]));
-    assert_eq!(
-        s.client_final(msg.as_bytes()).unwrap_err(),
-        SaslError::ChannelBindingMismatch
-    );
+    assert_eq!(s.client_final(msg.as_bytes()).unwrap_err(), SaslError::ChannelBindingMismatch);
 }
 
 #[test]
 fn non_plus_c_must_be_gs2_header() {
     let client = TestClient::new(HashAlg::Sha256, "u", "pw", "n,,", b"extra");
-    let (res, _) = run(
-        Mechanism::ScramSha256,
-        ChannelBindings::default(),
-        false,
-        &client,
-        Some(creds(HashAlg::Sha256, "pw")),
-    );
+    let (res, _) =
+        run(Mechanism::ScramSha256, ChannelBindings::default(), false, &client, Some(creds(HashAlg::Sha256, "pw")));
     assert_eq!(res.unwrap_err(), SaslError::ChannelBindingMismatch);
 }
 
 #[test]
 fn binding_type_without_data_or_unknown() {
-    let cb = ChannelBindings {
-        tls_exporter: None,
-        tls_server_end_point: Some(vec![1; 32]),
-    };
-    for msg in [
-        &b"p=tls-exporter,,n=u,r=cn"[..],
-        b"p=tls-unique,,n=u,r=cn",
-        b"p=x-made-up.1,,n=u,r=cn",
-    ] {
+    let cb = ChannelBindings { tls_exporter: None, tls_server_end_point: Some(vec![1; 32]) };
+    for msg in [&b"p=tls-exporter,,n=u,r=cn"[..], b"p=tls-unique,,n=u,r=cn", b"p=x-made-up.1,,n=u,r=cn"] {
         let mut s = ScramServer::new(Mechanism::ScramSha256Plus, cb.clone(), true).unwrap();
-        assert_eq!(
-            s.client_first(msg).unwrap_err(),
-            SaslError::ChannelBindingUnsupported
-        );
+        assert_eq!(s.client_first(msg).unwrap_err(), SaslError::ChannelBindingUnsupported);
     }
 }
 
@@ -479,57 +373,35 @@ fn binding_type_without_data_or_unknown() {
 fn plus_mechanism_requires_p() {
     for msg in [&b"n,,n=u,r=cn"[..], b"y,,n=u,r=cn"] {
         let mut s = ScramServer::new(Mechanism::ScramSha256Plus, bindings(), true).unwrap();
-        assert!(matches!(
-            s.client_first(msg),
-            Err(SaslError::MalformedRequest(_))
-        ));
+        assert!(matches!(s.client_first(msg), Err(SaslError::MalformedRequest(_))));
     }
 }
 
 #[test]
 fn p_with_non_plus_mechanism() {
     let mut s = ScramServer::new(Mechanism::ScramSha256, bindings(), true).unwrap();
-    assert!(matches!(
-        s.client_first(b"p=tls-exporter,,n=u,r=cn"),
-        Err(SaslError::MalformedRequest(_))
-    ));
+    assert!(matches!(s.client_first(b"p=tls-exporter,,n=u,r=cn"), Err(SaslError::MalformedRequest(_))));
 }
 
 #[test]
 fn downgrade_detected() {
     let mut s = ScramServer::new(Mechanism::ScramSha256, bindings(), true).unwrap();
-    assert_eq!(
-        s.client_first(b"y,,n=u,r=cn").unwrap_err(),
-        SaslError::NotAuthorized
-    );
+    assert_eq!(s.client_first(b"y,,n=u,r=cn").unwrap_err(), SaslError::NotAuthorized);
 }
 
 #[test]
 fn y_without_plus_advertised_is_fine() {
     let client = TestClient::new(HashAlg::Sha256, "u", "pw", "y,,", &[]);
-    let (res, expected) = run(
-        Mechanism::ScramSha256,
-        ChannelBindings::default(),
-        false,
-        &client,
-        Some(creds(HashAlg::Sha256, "pw")),
-    );
+    let (res, expected) =
+        run(Mechanism::ScramSha256, ChannelBindings::default(), false, &client, Some(creds(HashAlg::Sha256, "pw")));
     assert_eq!(res.unwrap(), expected);
 }
 
 #[test]
 fn new_rejects_plain_and_unbindable_plus() {
+    assert_eq!(ScramServer::new(Mechanism::Plain, bindings(), true).unwrap_err(), SaslError::InvalidMechanism);
     assert_eq!(
-        ScramServer::new(Mechanism::Plain, bindings(), true).unwrap_err(),
-        SaslError::InvalidMechanism
-    );
-    assert_eq!(
-        ScramServer::new(
-            Mechanism::ScramSha256Plus,
-            ChannelBindings::default(),
-            false
-        )
-        .unwrap_err(),
+        ScramServer::new(Mechanism::ScramSha256Plus, ChannelBindings::default(), false).unwrap_err(),
         SaslError::InvalidMechanism
     );
 }
@@ -538,54 +410,37 @@ fn new_rejects_plain_and_unbindable_plus() {
 
 #[test]
 fn authzid_and_escapes() {
-    let mut s =
-        ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
-    let first = s
-        .client_first(b"n,a=ad=2Cmin=3D@example.com,n=us=3Der=2Cname,r=cn")
-        .unwrap();
+    let mut s = ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
+    let first = s.client_first(b"n,a=ad=2Cmin=3D@example.com,n=us=3Der=2Cname,r=cn").unwrap();
     assert_eq!(first.username, "us=er,name");
     assert_eq!(first.authzid.as_deref(), Some("ad,min=@example.com"));
 }
 
 #[test]
 fn authzid_round_trip() {
-    let client = TestClient::new(
-        HashAlg::Sha256,
-        "J=3Dr",
-        "pw",
-        "n,a=juliet@example.com,",
-        &[],
-    );
-    let (res, expected) = run(
-        Mechanism::ScramSha256,
-        ChannelBindings::default(),
-        false,
-        &client,
-        Some(creds(HashAlg::Sha256, "pw")),
-    );
+    let client = TestClient::new(HashAlg::Sha256, "J=3Dr", "pw", "n,a=juliet@example.com,", &[]);
+    let (res, expected) =
+        run(Mechanism::ScramSha256, ChannelBindings::default(), false, &client, Some(creds(HashAlg::Sha256, "pw")));
     assert_eq!(res.unwrap(), expected);
 }
 
 #[test]
 fn username_is_not_case_mapped() {
-    let mut s =
-        ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
+    let mut s = ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
     let first = s.client_first("n,,n=JüLiEt,r=cn".as_bytes()).unwrap();
     assert_eq!(first.username, "JüLiEt");
 }
 
 #[test]
 fn extensions_are_tolerated() {
-    let mut s =
-        ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
+    let mut s = ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
     s.client_first(b"n,,n=u,r=cn,x=ext,y=").unwrap();
 }
 
 // ---- malformed messages ----
 
 fn first_err(msg: &[u8]) -> SaslError {
-    let mut s =
-        ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
+    let mut s = ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
     s.client_first(msg).unwrap_err()
 }
 
@@ -623,20 +478,14 @@ fn malformed_client_first() {
         b"n,,\xff=u,r=cn",
     ];
     for &msg in cases {
-        assert!(
-            matches!(first_err(msg), SaslError::MalformedRequest(_)),
-            "{:?}",
-            String::from_utf8_lossy(msg)
-        );
+        assert!(matches!(first_err(msg), SaslError::MalformedRequest(_)), "{:?}", String::from_utf8_lossy(msg));
     }
 }
 
 fn final_err(make: impl FnOnce(&str) -> String) -> SaslError {
-    let mut s =
-        ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
+    let mut s = ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
     s.client_first(b"n,,n=u,r=cn").unwrap();
-    let sf =
-        String::from_utf8(s.server_first(Some(creds(HashAlg::Sha256, "pw")), FAKE_SECRET)).unwrap();
+    let sf = String::from_utf8(s.server_first(Some(creds(HashAlg::Sha256, "pw")), FAKE_SECRET)).unwrap();
     let nonce = sf.split(',').next().unwrap().strip_prefix("r=").unwrap();
     let msg = make(nonce);
     s.client_final(msg.as_bytes()).unwrap_err()
@@ -659,61 +508,36 @@ fn malformed_client_final() {
         |n| format!("c=biws,r={n},7=x,p={}", B64.encode([0u8; 32])),
     ];
     for (i, make) in malformed.iter().enumerate() {
-        assert!(
-            matches!(final_err(make), SaslError::MalformedRequest(_)),
-            "case {i}"
-        );
+        assert!(matches!(final_err(make), SaslError::MalformedRequest(_)), "case {i}");
     }
     // Well-formed but wrong nonce.
     let p = proof.clone();
-    assert_eq!(
-        final_err(move |n| format!("c=biws,r={n}x,p={p}")),
-        SaslError::NotAuthorized
-    );
+    assert_eq!(final_err(move |n| format!("c=biws,r={n}x,p={p}")), SaslError::NotAuthorized);
     let p = proof.clone();
-    assert_eq!(
-        final_err(move |_| format!("c=biws,r=cn,p={p}")),
-        SaslError::NotAuthorized
-    );
+    assert_eq!(final_err(move |_| format!("c=biws,r=cn,p={p}")), SaslError::NotAuthorized);
     // Well-formed, right nonce, wrong proof; extensions before the proof are allowed.
-    assert_eq!(
-        final_err(move |n| format!("c=biws,r={n},x=ext,p={proof}")),
-        SaslError::NotAuthorized
-    );
+    assert_eq!(final_err(move |n| format!("c=biws,r={n},x=ext,p={proof}")), SaslError::NotAuthorized);
 }
 
 #[test]
 fn out_of_order_and_no_retry() {
-    let mut s =
-        ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
+    let mut s = ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
     assert!(s.server_first(None, FAKE_SECRET).is_empty());
-    assert!(matches!(
-        s.client_final(b"c=biws,r=x,p=AA=="),
-        Err(SaslError::Internal(_))
-    ));
+    assert!(matches!(s.client_final(b"c=biws,r=x,p=AA=="), Err(SaslError::Internal(_))));
 
-    let mut s =
-        ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
+    let mut s = ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
     assert!(s.client_first(b"bogus").is_err());
     // A failed step ends the exchange.
-    assert!(matches!(
-        s.client_first(b"n,,n=u,r=cn"),
-        Err(SaslError::Internal(_))
-    ));
+    assert!(matches!(s.client_first(b"n,,n=u,r=cn"), Err(SaslError::Internal(_))));
 
-    let mut s =
-        ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
+    let mut s = ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
     s.client_first(b"n,,n=u,r=cn").unwrap();
-    assert!(matches!(
-        s.client_first(b"n,,n=u,r=cn"),
-        Err(SaslError::Internal(_))
-    ));
+    assert!(matches!(s.client_first(b"n,,n=u,r=cn"), Err(SaslError::Internal(_))));
 }
 
 #[test]
 fn debug_does_not_leak_keys() {
-    let mut s =
-        ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
+    let mut s = ScramServer::new(Mechanism::ScramSha256, ChannelBindings::default(), false).unwrap();
     s.client_first(b"n,,n=u,r=cn").unwrap();
     s.server_first(Some(creds(HashAlg::Sha256, "pw")), FAKE_SECRET);
     let dbg = format!("{s:?}");

@@ -85,9 +85,7 @@ impl XorShift {
 fn frames_a_client_stream() {
     let input = stream(&format!("{STANZAS}\n</stream:stream>"));
     let fr = frames(input.as_bytes()).unwrap();
-    let Frame::StreamOpen(h) = &fr[0] else {
-        panic!("{fr:?}")
-    };
+    let Frame::StreamOpen(h) = &fr[0] else { panic!("{fr:?}") };
     assert_eq!(h.local_name, "stream");
     assert_eq!(h.prefix.as_deref(), Some("stream"));
     assert_eq!(h.ns.as_deref(), Some("http://etherx.jabber.org/streams"));
@@ -97,20 +95,14 @@ fn frames_a_client_stream() {
     assert_eq!(h.id.as_deref(), Some("s&1"));
     assert_eq!(h.version.as_deref(), Some("1.0"));
     assert_eq!(h.lang.as_deref(), Some("en"));
-    assert_eq!(
-        h.ns_decls,
-        vec![("stream".into(), "http://etherx.jabber.org/streams".into())]
-    );
+    assert_eq!(h.ns_decls, vec![("stream".into(), "http://etherx.jabber.org/streams".into())]);
     assert_eq!(fr.last(), Some(&Frame::StreamClose));
     assert!(fr.contains(&Frame::Whitespace));
 
     let els = elements(&fr);
     assert_eq!(els.len(), 6);
     let m = els[0];
-    assert_eq!(
-        (m.name.as_str(), m.ns.as_str()),
-        ("message", "jabber:client")
-    );
+    assert_eq!((m.name.as_str(), m.ns.as_str()), ("message", "jabber:client"));
     assert_eq!(m.to.as_deref(), Some("romeo@example.net/orchard"));
     assert_eq!(m.from.as_deref(), Some("juliet@example.com/balcony"));
     assert_eq!(m.kind.as_deref(), Some("chat"));
@@ -121,10 +113,7 @@ fn frames_a_client_stream() {
     assert_eq!(&m.raw[m.start_tag_len - 1..m.start_tag_len], b">");
     assert!(STANZAS.as_bytes().starts_with(&m.raw));
 
-    assert_eq!(
-        (els[1].name.as_str(), els[1].kind.as_deref()),
-        ("iq", Some("get"))
-    );
+    assert_eq!((els[1].name.as_str(), els[1].kind.as_deref()), ("iq", Some("get")));
     let p = els[2];
     assert!(p.self_closing);
     assert_eq!(&p.raw[..], b"<presence/>");
@@ -150,10 +139,7 @@ fn any_chunking_gives_the_same_frames() {
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     for _ in 0..300 {
         let chunks: Vec<usize> = (0..16).map(|_| 1 + rng.below(40)).collect();
-        assert_eq!(
-            feed(&mut framer(), input.as_bytes(), &chunks).unwrap(),
-            whole
-        );
+        assert_eq!(feed(&mut framer(), input.as_bytes(), &chunks).unwrap(), whole);
     }
 }
 
@@ -172,13 +158,8 @@ fn parses_elements_into_trees() {
     assert!(ping.get_child("ping", "urn:xmpp:ping").is_some());
     let features = els[3].parse().unwrap();
     assert!(features.is("features", "http://etherx.jabber.org/streams"));
-    let tls = features
-        .get_child("starttls", "urn:ietf:params:xml:ns:xmpp-tls")
-        .unwrap();
-    assert!(
-        tls.get_child("required", "urn:ietf:params:xml:ns:xmpp-tls")
-            .is_some()
-    );
+    let tls = features.get_child("starttls", "urn:ietf:params:xml:ns:xmpp-tls").unwrap();
+    assert!(tls.get_child("required", "urn:ietf:params:xml:ns:xmpp-tls").is_some());
     let q = els[4].parse().unwrap();
     let bodies: Vec<String> = q.elements().map(Element::text_content).collect();
     assert_eq!(bodies[0], "<not> & ]] markup");
@@ -194,10 +175,7 @@ fn multibyte_characters_split_anywhere() {
     let whole = frames(input.as_bytes()).unwrap();
     assert_eq!(elements(&whole)[0].raw, body.as_bytes());
     assert_eq!(feed(&mut framer(), input.as_bytes(), &[1]).unwrap(), whole);
-    assert_eq!(
-        feed(&mut framer(), input.as_bytes(), &[2, 3]).unwrap(),
-        whole
-    );
+    assert_eq!(feed(&mut framer(), input.as_bytes(), &[2, 3]).unwrap(), whole);
 }
 
 #[test]
@@ -214,44 +192,27 @@ fn invalid_utf8_is_rejected() {
         let mut input = stream("<message><body>").into_bytes();
         input.extend_from_slice(bad);
         input.extend_from_slice(b"</body></message>");
-        assert_eq!(
-            frames(&input).unwrap_err(),
-            XmlError::BadEncoding,
-            "{bad:?}"
-        );
-        assert_eq!(
-            feed(&mut framer(), &input, &[1]).unwrap_err(),
-            XmlError::BadEncoding
-        );
+        assert_eq!(frames(&input).unwrap_err(), XmlError::BadEncoding, "{bad:?}");
+        assert_eq!(feed(&mut framer(), &input, &[1]).unwrap_err(), XmlError::BadEncoding);
     }
     let mut input = stream("<message to='").into_bytes();
     input.extend_from_slice(b"\xe2\x82'/>");
     assert_eq!(frames(&input).unwrap_err(), XmlError::BadEncoding);
-    assert!(matches!(
-        err(&stream("<a>\u{FFFF}</a>")),
-        XmlError::NotWellFormed(_)
-    ));
+    assert!(matches!(err(&stream("<a>\u{FFFF}</a>")), XmlError::NotWellFormed(_)));
 }
 
 #[test]
 fn header_variants() {
     // Declaration optional; single quotes or double; a self-closing header opens and closes.
-    let fr = frames(
-        b"<stream:stream xmlns:stream=\"http://etherx.jabber.org/streams\" to=\"a&#x40;b\"/>",
-    )
-    .unwrap();
-    let Frame::StreamOpen(h) = &fr[0] else {
-        panic!()
-    };
+    let fr = frames(b"<stream:stream xmlns:stream=\"http://etherx.jabber.org/streams\" to=\"a&#x40;b\"/>").unwrap();
+    let Frame::StreamOpen(h) = &fr[0] else { panic!() };
     assert_eq!(h.to.as_deref(), Some("a@b"));
     assert_eq!(h.default_ns, None);
     assert_eq!(fr[1], Frame::StreamClose);
 
     // Unprefixed header: its namespace is the default one.
     let fr = frames(b"<stream xmlns='urn:x'><a/></stream>").unwrap();
-    let Frame::StreamOpen(h) = &fr[0] else {
-        panic!()
-    };
+    let Frame::StreamOpen(h) = &fr[0] else { panic!() };
     assert_eq!(h.ns.as_deref(), Some("urn:x"));
     assert_eq!(elements(&fr)[0].ns, "urn:x");
     assert_eq!(fr.last(), Some(&Frame::StreamClose));
@@ -272,10 +233,7 @@ fn stream_header_accessor_and_buffering() {
     f.read_buf().extend_from_slice(HEADER.as_bytes());
     f.read_buf().extend_from_slice(b"<message><bo");
     assert!(matches!(f.next_frame(), Ok(Some(Frame::StreamOpen(_)))));
-    assert_eq!(
-        f.stream_header().unwrap().to.as_deref(),
-        Some("example.com")
-    );
+    assert_eq!(f.stream_header().unwrap().to.as_deref(), Some("example.com"));
     assert_eq!(f.next_frame(), Ok(None));
     assert_eq!(f.buffered_len(), "<message><bo".len());
     f.read_buf().extend_from_slice(b"dy/></message>  ");
@@ -288,62 +246,40 @@ fn stream_header_accessor_and_buffering() {
 #[test]
 fn restart_expects_a_new_header_and_keeps_buffered_bytes() {
     let mut f = framer();
-    let first = format!(
-        "{HEADER}<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldABy</auth>"
-    );
+    let first = format!("{HEADER}<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldABy</auth>");
     let mut fr = feed(&mut f, first.as_bytes(), &[7]).unwrap();
     assert_eq!(fr.len(), 2);
-    let Frame::Element(auth) = fr.pop().unwrap() else {
-        panic!()
-    };
+    let Frame::Element(auth) = fr.pop().unwrap() else { panic!() };
     assert_eq!(auth.ns, "urn:ietf:params:xml:ns:xmpp-sasl");
     assert_eq!(auth.parse().unwrap().text_content(), "AGp1bGlldABy");
     // The client pipelines the new header; part of it was already scanned as if it were a
     // stanza of the old stream, and is scanned again as a header after the restart.
-    f.read_buf()
-        .extend_from_slice(b"<stream:stream xmlns='jabber:client' ");
+    f.read_buf().extend_from_slice(b"<stream:stream xmlns='jabber:client' ");
     assert_eq!(f.next_frame(), Ok(None));
     f.restart();
     assert!(f.stream_header().is_none());
-    f.read_buf().extend_from_slice(
-        b"xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0'><iq/>",
-    );
-    let Some(Frame::StreamOpen(h)) = f.next_frame().unwrap() else {
-        panic!()
-    };
+    f.read_buf()
+        .extend_from_slice(b"xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0'><iq/>");
+    let Some(Frame::StreamOpen(h)) = f.next_frame().unwrap() else { panic!() };
     assert_eq!(h.to.as_deref(), Some("example.com"));
-    assert!(
-        matches!(f.next_frame(), Ok(Some(Frame::Element(e))) if e.name == "iq" && e.ns == "jabber:client")
-    );
+    assert!(matches!(f.next_frame(), Ok(Some(Frame::Element(e))) if e.name == "iq" && e.ns == "jabber:client"));
 
     // A declaration may precede the new header when the restart comes before the bytes.
     f.restart();
-    f.read_buf().extend_from_slice(
-        b"<?xml version='1.0'?>\n<stream:stream xmlns:stream='u' xmlns='jabber:client'>",
-    );
+    f.read_buf().extend_from_slice(b"<?xml version='1.0'?>\n<stream:stream xmlns:stream='u' xmlns='jabber:client'>");
     assert!(matches!(f.next_frame(), Ok(Some(Frame::StreamOpen(_)))));
 
     // Without restart, a second header is just a (stream:stream) stanza that never ends.
     let mut f = framer();
-    f.read_buf()
-        .extend_from_slice(format!("{HEADER}<?xml version='1.0'?>").as_bytes());
+    f.read_buf().extend_from_slice(format!("{HEADER}<?xml version='1.0'?>").as_bytes());
     assert!(f.next_frame().unwrap().is_some());
-    assert_eq!(
-        f.next_frame(),
-        Err(XmlError::Restricted("processing instruction"))
-    );
+    assert_eq!(f.next_frame(), Err(XmlError::Restricted("processing instruction")));
 }
 
 #[test]
 fn stream_close_must_match_the_header() {
-    assert!(matches!(
-        err(&stream("</stream>")),
-        XmlError::NotWellFormed(_)
-    ));
-    assert!(matches!(
-        err(&stream("</stream:stream><a/>")),
-        XmlError::NotWellFormed(_)
-    ));
+    assert!(matches!(err(&stream("</stream>")), XmlError::NotWellFormed(_)));
+    assert!(matches!(err(&stream("</stream:stream><a/>")), XmlError::NotWellFormed(_)));
     let fr = frames(stream("</stream:stream >\n").as_bytes()).unwrap();
     assert_eq!(fr.last(), Some(&Frame::StreamClose));
 }
@@ -385,10 +321,7 @@ fn well_formedness_errors() {
         let e = err(&stream(case));
         assert!(matches!(e, XmlError::NotWellFormed(_)), "{case}: {e:?}");
         let e = feed(&mut framer(), stream(case).as_bytes(), &[1]).unwrap_err();
-        assert!(
-            matches!(e, XmlError::NotWellFormed(_)),
-            "{case} bytewise: {e:?}"
-        );
+        assert!(matches!(e, XmlError::NotWellFormed(_)), "{case} bytewise: {e:?}");
     }
     assert!(matches!(err("text"), XmlError::NotWellFormed(_)));
     assert!(matches!(err("</stream>"), XmlError::NotWellFormed(_)));
@@ -413,23 +346,16 @@ fn restricted_xml() {
         let e = err(case);
         assert!(matches!(e, XmlError::Restricted(_)), "{case}: {e:?}");
         let e = feed(&mut framer(), case.as_bytes(), &[1]).unwrap_err();
-        assert!(
-            matches!(e, XmlError::Restricted(_)),
-            "{case} bytewise: {e:?}"
-        );
+        assert!(matches!(e, XmlError::Restricted(_)), "{case} bytewise: {e:?}");
     }
     // The five predefined entities and character references are fine.
-    let fr = frames(stream("<a b='&amp;&lt;&gt;&quot;&apos;&#60;'>&amp;&#x1F600;</a>").as_bytes())
-        .unwrap();
+    let fr = frames(stream("<a b='&amp;&lt;&gt;&quot;&apos;&#60;'>&amp;&#x1F600;</a>").as_bytes()).unwrap();
     assert_eq!(elements(&fr).len(), 1);
 }
 
 #[test]
 fn declaration_encoding() {
-    assert_eq!(
-        err("<?xml version='1.0' encoding='ISO-8859-1'?><s/>"),
-        XmlError::BadEncoding
-    );
+    assert_eq!(err("<?xml version='1.0' encoding='ISO-8859-1'?><s/>"), XmlError::BadEncoding);
     assert!(frames(b"<?xml version='1.0' encoding=\"utf-8\"?><s/>").is_ok());
 }
 
@@ -438,10 +364,7 @@ fn namespace_prefixes() {
     assert_eq!(err(&stream("<p:a/>")), XmlError::UndeclaredPrefix);
     assert_eq!(err(&stream("<a p:x='1'/>")), XmlError::UndeclaredPrefix);
     assert_eq!(err(&stream("<a><p:b/></a>")), XmlError::UndeclaredPrefix);
-    assert_eq!(
-        err(&stream("<a><b xmlns:p='u'/><p:c/></a>")),
-        XmlError::UndeclaredPrefix
-    );
+    assert_eq!(err(&stream("<a><b xmlns:p='u'/><p:c/></a>")), XmlError::UndeclaredPrefix);
     assert_eq!(err("<s:s/>"), XmlError::UndeclaredPrefix);
     // In scope: own declaration, an ancestor's, the header's, and xml:.
     let fr = frames(
@@ -465,10 +388,7 @@ fn namespace_prefixes() {
 
 #[test]
 fn size_limit_is_enforced_before_the_element_ends() {
-    let limits = Limits {
-        max_stanza_bytes: 100,
-        ..Limits::default()
-    };
+    let limits = Limits { max_stanza_bytes: 100, ..Limits::default() };
     let mut f = Framer::new(limits);
     f.read_buf().extend_from_slice(HEADER.as_bytes());
     assert!(matches!(f.next_frame(), Ok(Some(Frame::StreamOpen(_)))));
@@ -495,30 +415,17 @@ fn size_limit_is_enforced_before_the_element_ends() {
 
 #[test]
 fn header_limit() {
-    let limits = Limits {
-        max_header_bytes: 64,
-        ..Limits::default()
-    };
+    let limits = Limits { max_header_bytes: 64, ..Limits::default() };
     let long = format!("<stream:stream xmlns:stream='u' to='{}'>", "a".repeat(100));
-    assert_eq!(
-        feed(&mut Framer::new(limits), long.as_bytes(), &[usize::MAX]).unwrap_err(),
-        XmlError::TooLarge
-    );
-    assert_eq!(
-        feed(&mut Framer::new(limits), long.as_bytes(), &[1]).unwrap_err(),
-        XmlError::TooLarge
-    );
+    assert_eq!(feed(&mut Framer::new(limits), long.as_bytes(), &[usize::MAX]).unwrap_err(), XmlError::TooLarge);
+    assert_eq!(feed(&mut Framer::new(limits), long.as_bytes(), &[1]).unwrap_err(), XmlError::TooLarge);
     let ok = "<stream:stream xmlns:stream='u'>";
     assert!(feed(&mut Framer::new(limits), ok.as_bytes(), &[1]).is_ok());
 }
 
 #[test]
 fn depth_and_attribute_limits() {
-    let limits = Limits {
-        max_depth: 3,
-        max_attrs: 3,
-        ..Limits::default()
-    };
+    let limits = Limits { max_depth: 3, max_attrs: 3, ..Limits::default() };
     let run = |s: &str| {
         let input = format!("<s:s xmlns:s='u' xmlns='jabber:client'>{s}");
         feed(&mut Framer::new(limits), input.as_bytes(), &[usize::MAX])
@@ -527,34 +434,19 @@ fn depth_and_attribute_limits() {
     assert!(run("<a><b><c></c></b></a>").is_ok());
     assert_eq!(run("<a><b><c><d/></c></b></a>"), Err(XmlError::TooDeep));
     assert!(run("<a x='1' y='2' z='3'/>").is_ok());
-    assert_eq!(
-        run("<a x='1' y='2' z='3' w=''/>"),
-        Err(XmlError::TooManyAttributes)
-    );
-    assert_eq!(
-        run("<a><b x='1' y='2' z='3' w=''/></a>"),
-        Err(XmlError::TooManyAttributes)
-    );
+    assert_eq!(run("<a x='1' y='2' z='3' w=''/>"), Err(XmlError::TooManyAttributes));
+    assert_eq!(run("<a><b x='1' y='2' z='3' w=''/></a>"), Err(XmlError::TooManyAttributes));
     // Header attributes count too.
-    assert_eq!(
-        feed(&mut Framer::new(limits), HEADER.as_bytes(), &[usize::MAX]),
-        Err(XmlError::TooManyAttributes)
-    );
+    assert_eq!(feed(&mut Framer::new(limits), HEADER.as_bytes(), &[usize::MAX]), Err(XmlError::TooManyAttributes));
 }
 
 #[test]
 fn rewrite_attrs_sets_removes_and_appends() {
-    let input = stream(
-        "<message to = \"a@b\"  from='evil@x' type='chat'><body a='1'>hi</body></message><presence/>",
-    );
+    let input = stream("<message to = \"a@b\"  from='evil@x' type='chat'><body a='1'>hi</body></message><presence/>");
     let fr = frames(input.as_bytes()).unwrap();
     let els = elements(&fr);
     let m = els[0];
-    let out = m.rewrite_attrs(&[
-        ("from", Some("juliet@example.com/b\"a'l&<>")),
-        ("id", Some("new")),
-        ("type", None),
-    ]);
+    let out = m.rewrite_attrs(&[("from", Some("juliet@example.com/b\"a'l&<>")), ("id", Some("new")), ("type", None)]);
     assert_eq!(
         &out[..],
         &b"<message to = \"a@b\"  from=\"juliet@example.com/b&quot;a&apos;l&amp;&lt;&gt;\" \
@@ -585,17 +477,13 @@ id=\"new\"><body a='1'>hi</body></message>"[..]
 
 #[test]
 fn rewrite_attrs_round_trips_random_values() {
-    let fr = frames(
-        stream("<iq type='set' id='1' to='a'><query xmlns='urn:q'><item/></query></iq>").as_bytes(),
-    )
-    .unwrap();
+    let fr =
+        frames(stream("<iq type='set' id='1' to='a'><query xmlns='urn:q'><item/></query></iq>").as_bytes()).unwrap();
     let iq = elements(&fr)[0];
     let mut rng = XorShift(42);
     let alphabet: Vec<char> = "ab&<>\"' \t\n\r\u{e9}\u{1F600}".chars().collect();
     for _ in 0..200 {
-        let v: String = (0..rng.below(12))
-            .map(|_| alphabet[rng.below(alphabet.len())])
-            .collect();
+        let v: String = (0..rng.below(12)).map(|_| alphabet[rng.below(alphabet.len())]).collect();
         let out = iq.rewrite_attrs(&[("from", Some(&v)), ("to", Some(&v))]);
         let re = RawElement::from_bytes(out, "jabber:client").unwrap();
         assert_eq!(re.from.as_deref(), Some(v.as_str()));
@@ -608,21 +496,13 @@ fn rewrite_attrs_round_trips_random_values() {
 
 #[test]
 fn from_bytes_frames_a_single_element() {
-    let e = RawElement::from_bytes(
-        Bytes::from_static(b"<iq xmlns='jabber:server' id='x'/>"),
-        "jabber:client",
-    )
-    .unwrap();
+    let e = RawElement::from_bytes(Bytes::from_static(b"<iq xmlns='jabber:server' id='x'/>"), "jabber:client").unwrap();
     assert_eq!((e.name.as_str(), e.ns.as_str()), ("iq", "jabber:server"));
-    let e =
-        RawElement::from_bytes(Bytes::from_static(b" <iq id='x'/>\n"), "jabber:client").unwrap();
+    let e = RawElement::from_bytes(Bytes::from_static(b" <iq id='x'/>\n"), "jabber:client").unwrap();
     assert_eq!(e.ns, "jabber:client");
     assert_eq!(&e.raw[..], b"<iq id='x'/>");
     for bad in [&b"<a/><b/>"[..], b"<a>", b"", b"  ", b"<a/>x"] {
-        assert!(
-            RawElement::from_bytes(Bytes::copy_from_slice(bad), "").is_err(),
-            "{bad:?}"
-        );
+        assert!(RawElement::from_bytes(Bytes::copy_from_slice(bad), "").is_err(), "{bad:?}");
     }
 }
 
@@ -759,10 +639,7 @@ fn mutated_stanzas_never_panic() {
                 ok += 1;
             }
             (Err(a), Err(b)) => assert_eq!(a, b),
-            _ => panic!(
-                "{whole:?} vs {split:?} for {:?}",
-                String::from_utf8_lossy(&input)
-            ),
+            _ => panic!("{whole:?} vs {split:?} for {:?}", String::from_utf8_lossy(&input)),
         }
         exercise(&input, &chunks);
     }

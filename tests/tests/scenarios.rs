@@ -1,0 +1,145 @@
+//! Runs every conversation script in `tests/scenarios/` against a fresh single node.
+//! Scripts run concurrently, each on its own node; a failure is reported with the
+//! scenario's file name and step. `ROOKERY_SCENARIO=<file stem>` runs only that script.
+#![allow(clippy::unwrap_used)]
+
+use futures::FutureExt;
+use rookery_tests::scenario::{self, SingleNode};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Upper bound for one script; a script that waits longer is reported, not left hanging.
+const PER_SCENARIO: Duration = Duration::from_secs(20);
+
+fn scenario_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// The scripts to run: those marked `ignore` when `ignored`, the others otherwise, and
+/// only `ROOKERY_SCENARIO` when set.
+fn selected(ignored: bool) -> Vec<PathBuf> {
+    let only = std::env::var("ROOKERY_SCENARIO").ok();
+    scenario::files_in(&scenario_dir())
+        .into_iter()
+        .filter(|p| only.as_deref().is_none_or(|o| p.file_stem().is_some_and(|s| s == o)))
+        .filter(|p| {
+            let marked = scenario::load(p).map(|sc| sc.ignore.is_some()).unwrap_or(false);
+            marked == ignored
+        })
+        .collect()
+}
+
+async fn run_all(files: Vec<PathBuf>) {
+    let results = futures::future::join_all(files.into_iter().map(run_one)).await;
+    let mut failures = Vec::new();
+    for (name, res) in &results {
+        match res {
+            Ok(()) => eprintln!("scenario {name}: ok"),
+            Err(e) => {
+                eprintln!("scenario {name}: FAILED: {e}");
+                failures.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} scenarios failed:\n{}", failures.len(), results.len(), failures.join("\n"));
+}
+
+async fn run_one(path: PathBuf) -> (String, Result<(), String>) {
+    let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+    let fut = AssertUnwindSafe(scenario::run_file::<SingleNode>(&path)).catch_unwind();
+    let res = match tokio::time::timeout(PER_SCENARIO, fut).await {
+        Err(_) => Err(format!("did not finish within {PER_SCENARIO:?}")),
+        Ok(Err(p)) => Err(format!("panicked: {}", panic_text(p.as_ref()))),
+        Ok(Ok(r)) => r,
+    };
+    (stem, res)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_scenarios() {
+    let files = selected(false);
+    if std::env::var("ROOKERY_SCENARIO").is_err() {
+        assert!(!files.is_empty(), "no scenarios found in {}", scenario_dir().display());
+    }
+    run_all(files).await;
+}
+
+/// Scripts marked `ignore = "..."` (known server bugs); run with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "scripts marked ignore: known server bugs, see each script's `ignore`"]
+async fn ignored_scenarios() {
+    run_all(selected(true)).await;
+}
+
+/// Every script parses and passes the static checks (names, one action per step).
+#[test]
+fn scripts_are_valid() {
+    let files = scenario::files_in(&scenario_dir());
+    assert!(!files.is_empty());
+    for f in files {
+        let sc = scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !sc.name.is_empty() && !sc.description.is_empty(),
+            "{}: name and description are required",
+            f.display()
+        );
+        assert!(!sc.steps.is_empty(), "{}: no steps", f.display());
+    }
+}
+
+const BROKEN: &str = r#"
+name = "broken"
+description = "Expects a message nobody sends."
+[[user]]
+local = "alice"
+password = "pw"
+[[client]]
+name = "a"
+user = "alice"
+resource = "r"
+[[step]]
+connect = { client = "a" }
+[[step]]
+expect = { client = "a", ms = 300, match = { name = "message" } }
+"#;
+
+/// The runner reports a missing stanza as a failure naming the scenario and step.
+#[tokio::test]
+async fn runner_reports_a_missing_stanza() {
+    let sc = scenario::parse(BROKEN).unwrap();
+    let mut node = <SingleNode as scenario::Target>::start().await;
+    let err = scenario::run(&sc, &mut node).await.unwrap_err();
+    assert!(err.contains("\"broken\", step 2") && err.contains("timed out"), "{err}");
+    scenario::Target::stop(node).await;
+}
+
+/// The runner reports an unexpected stanza in `expect_none`.
+#[tokio::test]
+async fn runner_reports_an_unexpected_stanza() {
+    let text = BROKEN.replace(
+        "expect = { client = \"a\", ms = 300, match = { name = \"message\" } }",
+        "send = { client = \"a\", xml = \"<message to='${a}'><body>x</body></message>\" }\n[[step]]\nexpect_none = { client = \"a\" }",
+    );
+    let sc = scenario::parse(&text).unwrap();
+    let mut node = <SingleNode as scenario::Target>::start().await;
+    let err = scenario::run(&sc, &mut node).await.unwrap_err();
+    assert!(err.contains("step 3") && err.contains("expected nothing"), "{err}");
+    scenario::Target::stop(node).await;
+}
+
+/// Static checks catch a step with two actions and an undeclared client.
+#[test]
+fn bad_scripts_are_rejected() {
+    let two = BROKEN.replace("connect = { client = \"a\" }", "connect = { client = \"a\" }\nrestart = true");
+    assert!(scenario::parse(&two).unwrap_err().contains("exactly one action"));
+    let undeclared = BROKEN.replace("connect = { client = \"a\" }", "connect = { client = \"z\" }");
+    assert!(scenario::parse(&undeclared).unwrap_err().contains("undeclared client"));
+}
