@@ -704,3 +704,63 @@ async fn stream_end(c: &mut RawClient) -> String {
         }
     }
 }
+
+/// XEP-0077 §3.1: with registration enabled, a new account can be created before
+/// authentication and used right away; the stream feature is advertised.
+#[tokio::test]
+async fn in_band_registration_creates_a_usable_account() {
+    within(async {
+        let srv = TestServer::start_with(|c| c.registration.allow = true).await;
+        let mut c = RawClient::connect(srv.c2s).await;
+        c.open().await;
+        c.starttls().await;
+        let f = c.open().await;
+        assert!(f.get_child("register", "http://jabber.org/features/iq-register").is_some(), "{f:?}");
+        c.send("<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>").await;
+        let form = c.recv().await;
+        assert_eq!(form.get_attr("type"), Some("result"), "{form:?}");
+        let q = form.get_child("query", "jabber:iq:register").unwrap();
+        assert!(q.get_child("username", "jabber:iq:register").is_some());
+        assert!(q.get_child("password", "jabber:iq:register").is_some());
+        // Too short for registration.min_password_len.
+        c.send("<iq type='set' id='r2'><query xmlns='jabber:iq:register'><username>erin</username><password>x</password></query></iq>").await;
+        let r = c.recv().await;
+        assert_eq!(r.get_attr("type"), Some("error"), "{r:?}");
+        c.send("<iq type='set' id='r3'><query xmlns='jabber:iq:register'><username>erin</username><password>erin-secret</password></query></iq>").await;
+        let r = c.recv().await;
+        assert_eq!(r.get_attr("type"), Some("result"), "{r:?}");
+        // Taken now.
+        c.send("<iq type='set' id='r4'><query xmlns='jabber:iq:register'><username>erin</username><password>erin-secret</password></query></iq>").await;
+        let r = c.recv().await;
+        let err = r.get_child("error", "jabber:client").unwrap();
+        assert!(err.get_child("conflict", "urn:ietf:params:xml:ns:xmpp-stanzas").is_some(), "{r:?}");
+        let ok = c.auth_plain("erin", "erin-secret").await;
+        assert_eq!(ok.name, "success");
+        let jid = c.bind(Some("phone")).await;
+        assert_eq!(jid, "erin@localhost/phone");
+        // The legacy session request after binding is answered, not refused.
+        c.send("<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>").await;
+        let r = c.recv_until(|e| e.get_attr("id") == Some("s1")).await;
+        assert_eq!(r.get_attr("type"), Some("result"), "{r:?}");
+    })
+    .await;
+}
+
+/// Registration is off by default: no feature, and the request is refused.
+#[tokio::test]
+async fn in_band_registration_is_off_by_default() {
+    within(async {
+        let srv = TestServer::start().await;
+        let mut c = RawClient::connect(srv.c2s).await;
+        c.open().await;
+        c.starttls().await;
+        let f = c.open().await;
+        assert!(f.get_child("register", "http://jabber.org/features/iq-register").is_none(), "{f:?}");
+        c.send("<iq type='set' id='r1'><query xmlns='jabber:iq:register'><username>erin</username><password>erin-secret</password></query></iq>").await;
+        let r = c.recv().await;
+        assert_eq!(r.get_attr("type"), Some("error"), "{r:?}");
+        let ok = c.auth_plain("erin", "erin-secret").await;
+        assert_eq!(ok.name, "failure");
+    })
+    .await;
+}

@@ -99,9 +99,28 @@ impl Module for CoreSpecs {
         }
     }
     fn register(self: Arc<Self>, r: &mut Registrar) {
+        // RFC 3921 session establishment: advertised as optional (RFC 6121 Appendix E);
+        // clients that still send it after binding get an empty result.
+        r.iq(
+            "session",
+            rookery_stanza::ns::SESSION,
+            rookery_core::IqType::Set,
+            &[rookery_core::Target::Host, rookery_core::Target::Own],
+            Arc::new(SessionNoop),
+        );
         r.host_feature(rookery_stanza::ns::OFFLINE);
         r.host_feature(rookery_stanza::ns::ROSTER_VER);
         r.host_feature(rookery_stanza::ns::PRE_APPROVAL);
+    }
+}
+
+/// Answers the legacy session request.
+struct SessionNoop;
+
+#[async_trait]
+impl rookery_core::IqHandler for SessionNoop {
+    async fn handle(&self, _ctx: &Ctx, _req: rookery_core::IqRequest) -> rookery_core::IqResult {
+        Ok(None)
     }
 }
 
