@@ -6,6 +6,7 @@
 //! Must not touch: sockets, storage, routing decisions. Payloads are decoded on demand with
 //! `rookery_xml::Element` only by the modules that need them, never on the routing path.
 
+pub mod datetime;
 pub mod error;
 pub mod ns;
 
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use rookery_jid::{FullJid, Jid};
 use rookery_xml::RawElement;
 
+pub use datetime::datetime;
 pub use error::{Condition, ErrorType, StanzaError, StreamCondition, StreamError};
 
 /// RFC 6120 §8.2: the three stanza kinds.

@@ -453,32 +453,14 @@ impl Conn {
             Some(None) => return Ok(Err("incorrect-encoding")),
         };
         if mech == Mechanism::Plain {
-            let data = match initial {
-                Some(d) => d,
-                None => {
-                    self.write(b"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>").await?;
-                    match self.sasl_response().await? {
-                        Some(d) => d,
-                        None => return Ok(Err("aborted")),
-                    }
-                }
-            };
+            let Some(data) = self.initial_response(initial).await? else { return Ok(Err("aborted")) };
             return self.plain(&data).await;
         }
         let mut scram = match ScramServer::new(mech, bindings, plus_advertised) {
             Ok(s) => s,
             Err(e) => return Ok(Err(e.condition())),
         };
-        let first = match initial {
-            Some(d) => d,
-            None => {
-                self.write(b"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>").await?;
-                match self.sasl_response().await? {
-                    Some(d) => d,
-                    None => return Ok(Err("aborted")),
-                }
-            }
-        };
+        let Some(first) = self.initial_response(initial).await? else { return Ok(Err("aborted")) };
         let cf = match scram.client_first(&first) {
             Ok(cf) => cf,
             Err(e) => return Ok(Err(e.condition())),
@@ -510,6 +492,16 @@ impl Conn {
         }
         self.write(format!("<success xmlns='{}'>{}</success>", ns::SASL, b64(&server_final)).as_bytes()).await?;
         Ok(Ok(user))
+    }
+
+    /// The initial response, or (RFC 6120 §6.4.2 without one) an empty challenge and the
+    /// client's answer to it; None when the client aborts.
+    async fn initial_response(&mut self, initial: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, End> {
+        if initial.is_some() {
+            return Ok(initial);
+        }
+        self.write(b"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>").await?;
+        self.sasl_response().await
     }
 
     /// Waits for `<response/>`; None on `<abort/>`.

@@ -33,7 +33,7 @@ fn worth_storing(env: &Envelope) -> bool {
 
 /// Inserts `<delay xmlns='urn:xmpp:delay' from=… stamp=…/>` before the closing tag.
 pub(crate) fn with_delay(stanza: &[u8], from: &str, stamp_secs: u64) -> Bytes {
-    let stamp = rfc3339(stamp_secs);
+    let stamp = rookery_stanza::datetime(stamp_secs);
     let Some(close) = stanza.iter().rposition(|&b| b == b'<') else { return Bytes::copy_from_slice(stanza) };
     let mut out = Vec::with_capacity(stanza.len() + 96);
     out.extend_from_slice(&stanza[..close]);
@@ -43,25 +43,6 @@ pub(crate) fn with_delay(stanza: &[u8], from: &str, stamp_secs: u64) -> Bytes {
     out.extend_from_slice(b"/>");
     out.extend_from_slice(&stanza[close..]);
     Bytes::from(out)
-}
-
-/// Seconds since the epoch as an RFC 3339 UTC timestamp (XEP-0082).
-pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if mo <= 2 { y + 1 } else { y };
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
 }
 
 impl LocalRouter {
@@ -116,13 +97,6 @@ impl LocalRouter {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn rfc3339_known_values() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-    }
 
     #[test]
     fn delay_goes_before_closing_tag() {

@@ -51,6 +51,36 @@ fn new_item(jid: &BareJid) -> RosterItem {
     }
 }
 
+/// Appendix A state changes, named after what the user gains or loses.
+fn gain_to(s: Subscription) -> Subscription {
+    match s {
+        Subscription::None => Subscription::To,
+        Subscription::From => Subscription::Both,
+        s => s,
+    }
+}
+fn gain_from(s: Subscription) -> Subscription {
+    match s {
+        Subscription::None => Subscription::From,
+        Subscription::To => Subscription::Both,
+        s => s,
+    }
+}
+fn lose_to(s: Subscription) -> Subscription {
+    match s {
+        Subscription::To => Subscription::None,
+        Subscription::Both => Subscription::From,
+        s => s,
+    }
+}
+fn lose_from(s: Subscription) -> Subscription {
+    match s {
+        Subscription::From => Subscription::None,
+        Subscription::Both => Subscription::To,
+        s => s,
+    }
+}
+
 /// A hidden item that no longer remembers anything can go.
 fn is_empty(item: &RosterItem) -> bool {
     item.hidden && item.subscription == Subscription::None && !item.ask && item.pending_in.is_none() && !item.approved
@@ -132,11 +162,7 @@ impl LocalRouter {
             "unsubscribe" => {
                 // A.2.2
                 let before = item.clone();
-                item.subscription = match item.subscription {
-                    Subscription::To => Subscription::None,
-                    Subscription::Both => Subscription::From,
-                    s => s,
-                };
+                item.subscription = lose_to(item.subscription);
                 item.ask = false;
                 if existing.is_some() && item != before {
                     self.save_item(user, item, was_visible).await;
@@ -145,11 +171,7 @@ impl LocalRouter {
             "subscribed" => {
                 // A.2.3: approve a pending request, or pre-approve (§3.4).
                 if item.pending_in.is_some() {
-                    item.subscription = match item.subscription {
-                        Subscription::None => Subscription::From,
-                        Subscription::To => Subscription::Both,
-                        s => s,
-                    };
+                    item.subscription = gain_from(item.subscription);
                     item.pending_in = None;
                     item.approved = false;
                     item.hidden = false;
@@ -169,11 +191,7 @@ impl LocalRouter {
                 // A.2.4: cancel or deny the contact's subscription.
                 let had_from = matches!(item.subscription, Subscription::From | Subscription::Both);
                 let before = item.clone();
-                item.subscription = match item.subscription {
-                    Subscription::From => Subscription::None,
-                    Subscription::Both => Subscription::To,
-                    s => s,
-                };
+                item.subscription = lose_from(item.subscription);
                 item.pending_in = None;
                 item.approved = false;
                 if existing.is_some() && item != before {
@@ -215,10 +233,7 @@ impl LocalRouter {
                     Box::pin(self.subscription_in_as_reply(user, contact, "subscribed", reply)).await;
                 } else if item.approved {
                     // §3.4: pre-approved.
-                    item.subscription = match item.subscription {
-                        Subscription::None => Subscription::From,
-                        _ => Subscription::Both,
-                    };
+                    item.subscription = gain_from(item.subscription);
                     item.approved = false;
                     item.hidden = false;
                     self.save_item(contact, item, was_visible).await;
@@ -233,11 +248,7 @@ impl LocalRouter {
             "subscribed"
                 // A.3.3: only meaningful when we asked.
                 if item.ask => {
-                    item.subscription = match item.subscription {
-                        Subscription::None => Subscription::To,
-                        Subscription::From => Subscription::Both,
-                        s => s,
-                    };
+                    item.subscription = gain_to(item.subscription);
                     item.ask = false;
                     self.save_item(contact, item, was_visible).await;
                     self.to_available(contact, &stanza);
@@ -248,11 +259,7 @@ impl LocalRouter {
                 // A.3.2
                 let had_from = matches!(item.subscription, Subscription::From | Subscription::Both);
                 let before = item.clone();
-                item.subscription = match item.subscription {
-                    Subscription::From => Subscription::None,
-                    Subscription::Both => Subscription::To,
-                    s => s,
-                };
+                item.subscription = lose_from(item.subscription);
                 item.pending_in = None;
                 if existing.is_some() && item != before {
                     self.save_item(contact, item, was_visible).await;
@@ -269,11 +276,7 @@ impl LocalRouter {
             "unsubscribed" => {
                 // A.3.4
                 let before = item.clone();
-                item.subscription = match item.subscription {
-                    Subscription::To => Subscription::None,
-                    Subscription::Both => Subscription::From,
-                    s => s,
-                };
+                item.subscription = lose_to(item.subscription);
                 item.ask = false;
                 if existing.is_some() && item != before {
                     self.save_item(contact, item, was_visible).await;
