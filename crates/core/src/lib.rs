@@ -18,7 +18,7 @@ use rookery_stanza::{Envelope, StreamCondition};
 
 pub use hub::LocalHub;
 pub use module::{
-    Ctx, Dispatch, Features, Identity, IqHandler, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar,
+    Ctx, Dispatch, Features, Identity, Interest, IqHandler, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar,
     ServerApi, Support, Target, XepSupport,
 };
 pub use registry::{MemoryRegistry, SessionEntry, SessionRegistry};

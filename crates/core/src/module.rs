@@ -77,9 +77,10 @@ pub trait ServerApi: Send + Sync + 'static {
     fn is_local_domain(&self, domain: &str) -> bool;
     /// Queues bytes for one bound resource; false if it is not connected.
     fn send_to_resource(&self, to: &FullJid, bytes: Bytes) -> bool;
-    /// Full JIDs of the user's connected resources (`interested_only`: those that
-    /// requested the roster, RFC 6121 §2.1.6).
-    fn resources(&self, user: &BareJid, interested_only: bool) -> Vec<FullJid>;
+    /// Full JIDs of the user's connected resources that have `interest`.
+    fn resources(&self, user: &BareJid, interest: Interest) -> Vec<FullJid>;
+    /// Records that a resource asked for something it must now get pushes of.
+    fn mark_interest(&self, resource: &FullJid, interest: Interest);
     /// Whether the user has at least one available resource.
     fn is_online(&self, user: &BareJid) -> bool;
     /// Seconds since the server started.
@@ -91,6 +92,17 @@ pub trait ServerApi: Send + Sync + 'static {
     async fn blocklist_changed(&self, user: &BareJid, blocked: &[String], unblocked: &[String]);
     /// An account was deleted (XEP-0077 cancel): close its sessions.
     async fn account_deleted(&self, user: &BareJid);
+}
+
+/// What a resource asked to be kept informed about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    /// Every connected resource.
+    Any,
+    /// Requested the roster: gets roster pushes (RFC 6121 §2.1.6).
+    Roster,
+    /// Requested the block list: gets block/unblock pushes (XEP-0191 §3.3, §3.4).
+    Blocklist,
 }
 
 /// Passed to every handler call.

@@ -21,6 +21,8 @@ pub struct SessionEntry {
     pub presence: Option<Bytes>,
     /// Requested the roster (an "interested resource", RFC 6121 §2.1.6).
     pub interested: bool,
+    /// Requested the block list (XEP-0191 §3.3: it gets block/unblock pushes).
+    pub blocklist: bool,
     /// Entities that received directed presence (RFC 6121 §4.6) and must get unavailable.
     pub directed: Vec<Jid>,
 }

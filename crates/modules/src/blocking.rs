@@ -5,16 +5,17 @@
 //!   (`jid-malformed` otherwise, nothing stored); stored in canonical form.
 //! - Unblock (§3.4) the listed JIDs, or everything when no item is given (§3.5).
 //! - After each change the server is told (`ServerApi::blocklist_changed`) so it refreshes
-//!   its caches and sends the presence §3.3/§3.4 require, and every interested resource of
-//!   the user receives a `<block/>`/`<unblock/>` push with the items.
+//!   its caches and sends the presence §3.3/§3.4 require, and every resource of the user
+//!   that retrieved the block list receives a `<block/>`/`<unblock/>` push with the items.
 //!
 //! Matching blocked JIDs against stanzas (§3.3 inbound/outbound rules, §6) is the router's
-//! job. Pushes go to the resources that requested the roster: `ServerApi` does not track
-//! which sessions retrieved the block list, so that set stands in for it.
+//! job.
 
 use crate::util::{TargetedHandler, register_at, sender, store_failed};
 use async_trait::async_trait;
-use rookery_core::{Ctx, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport};
+use rookery_core::{
+    Ctx, Interest, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport,
+};
 use rookery_jid::{BareJid, Jid};
 use rookery_stanza::{Condition, StanzaError, ns};
 use rookery_xml::Element;
@@ -42,9 +43,8 @@ impl Module for Blocking {
             specs: &[XepSupport {
                 spec: "XEP-0191",
                 version: "1.3",
-                support: Support::Partial,
-                note: "block list protocol (§3); pushes go to roster-interested resources; \
-                       stanza filtering is done by the router",
+                support: Support::Full,
+                note: "block list protocol (§3), pushes to resources that requested the list; enforcement is in the router",
             }],
         }
     }
@@ -67,6 +67,10 @@ impl TargetedHandler for Blocking {
         match req.payload.name.as_str() {
             "blocklist" => {
                 let list = ctx.stores.blocking.list(&user).await.map_err(store)?;
+                // §3.3: from now on this resource gets the pushes.
+                if let Some(from) = &req.from {
+                    ctx.server.mark_interest(from, Interest::Blocklist);
+                }
                 Ok(Some(with_items("blocklist", &list)))
             }
             "block" => {
@@ -100,9 +104,10 @@ impl TargetedHandler for Blocking {
 }
 
 impl Blocking {
-    /// Sends `payload` as an IQ-set to each interested resource of `user` (§3.3–§3.5).
+    /// Sends `payload` as an IQ-set to each resource of `user` that requested the block
+    /// list (§3.3–§3.5).
     fn push(&self, ctx: &Ctx, user: &BareJid, payload: &Element) {
-        for full in ctx.server.resources(user, true) {
+        for full in ctx.server.resources(user, Interest::Blocklist) {
             let id = format!("push-{}", self.push_ids.fetch_add(1, Ordering::Relaxed) + 1);
             let bytes = rookery_stanza::iq_request("set", None, &full, &id, payload);
             if !ctx.server.send_to_resource(&full, bytes) {
@@ -141,6 +146,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::testutil::*;
+    use rookery_core::ServerApi;
+    use rookery_jid::FullJid;
 
     const LIST: &str = "<blocklist xmlns='urn:xmpp:blocking'/>";
 
@@ -150,11 +157,25 @@ mod tests {
 
     fn harness() -> Harness {
         let h = Harness::new(|r| r.add(Arc::new(Blocking::new())));
-        // Two resources asked for the roster, one did not.
+        // Two resources asked for the block list (so they get pushes), one did not.
         h.server.connect("juliet@example.com/chamber", true, true);
-        h.server.connect("juliet@example.com/balcony", true, true);
-        h.server.connect("juliet@example.com/bot", false, true);
+        h.server.connect("juliet@example.com/balcony", false, true);
+        h.server.connect("juliet@example.com/bot", true, true);
+        for r in ["chamber", "balcony"] {
+            let full = FullJid::parse(&format!("juliet@example.com/{r}")).unwrap();
+            h.server.mark_interest(&full, Interest::Blocklist);
+        }
         h
+    }
+
+    #[tokio::test]
+    async fn requesting_the_list_subscribes_to_pushes() {
+        let h = harness();
+        let bot = FullJid::parse("juliet@example.com/bot").unwrap();
+        let juliet = bare("juliet@example.com");
+        assert!(!h.server.resources(&juliet, Interest::Blocklist).contains(&bot));
+        h.get_own("juliet@example.com/bot", LIST).await.unwrap().unwrap();
+        assert!(h.server.resources(&juliet, Interest::Blocklist).contains(&bot));
     }
 
     #[tokio::test]

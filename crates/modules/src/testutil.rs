@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rookery_core::{Ctx, Dispatch, Features, IqRequest, IqResult, IqType, Registrar, ServerApi, Target};
+use rookery_core::{Ctx, Dispatch, Features, Interest, IqRequest, IqResult, IqType, Registrar, ServerApi, Target};
 use rookery_jid::{BareJid, FullJid, Jid};
 use rookery_stanza::{Condition, StanzaError};
 pub(crate) use rookery_storage::Subscription;
@@ -20,6 +20,8 @@ pub(crate) struct Session {
     pub interested: bool,
     /// Sent available presence.
     pub available: bool,
+    /// Requested the block list (XEP-0191 §3.3).
+    pub blocklist: bool,
 }
 
 /// (user, blocked, unblocked) as passed to `blocklist_changed`.
@@ -53,7 +55,12 @@ impl Default for FakeServer {
 
 impl FakeServer {
     pub fn connect(&self, jid: &str, interested: bool, available: bool) {
-        self.sessions.lock().unwrap().push(Session { jid: FullJid::parse(jid).unwrap(), interested, available });
+        self.sessions.lock().unwrap().push(Session {
+            jid: FullJid::parse(jid).unwrap(),
+            interested,
+            available,
+            blocklist: false,
+        });
     }
     /// What was sent, as (recipient, UTF-8 stanza).
     pub fn sent(&self) -> Vec<(String, String)> {
@@ -81,14 +88,28 @@ impl ServerApi for FakeServer {
         }
         connected
     }
-    fn resources(&self, user: &BareJid, interested_only: bool) -> Vec<FullJid> {
+    fn resources(&self, user: &BareJid, interest: Interest) -> Vec<FullJid> {
         self.sessions
             .lock()
             .unwrap()
             .iter()
-            .filter(|s| &s.jid.to_bare() == user && (s.interested || !interested_only))
+            .filter(|s| &s.jid.to_bare() == user)
+            .filter(|s| match interest {
+                Interest::Any => true,
+                Interest::Roster => s.interested,
+                Interest::Blocklist => s.blocklist,
+            })
             .map(|s| s.jid.clone())
             .collect()
+    }
+    fn mark_interest(&self, resource: &FullJid, interest: Interest) {
+        for s in self.sessions.lock().unwrap().iter_mut().filter(|s| &s.jid == resource) {
+            match interest {
+                Interest::Any => {}
+                Interest::Roster => s.interested = true,
+                Interest::Blocklist => s.blocklist = true,
+            }
+        }
     }
     fn is_online(&self, user: &BareJid) -> bool {
         self.sessions.lock().unwrap().iter().any(|s| &s.jid.to_bare() == user && s.available)

@@ -234,6 +234,7 @@ impl Router for LocalRouter {
             available: false,
             presence: None,
             interested: false,
+            blocklist: false,
             directed: Vec::new(),
         };
         if let Some(old) = self.registry.insert(entry) {
@@ -292,8 +293,26 @@ impl ServerApi for LocalRouter {
     fn send_to_resource(&self, to: &FullJid, bytes: Bytes) -> bool {
         self.send_full(to, bytes)
     }
-    fn resources(&self, user: &BareJid, interested_only: bool) -> Vec<FullJid> {
-        self.registry.sessions(user).into_iter().filter(|e| !interested_only || e.interested).map(|e| e.jid).collect()
+    fn resources(&self, user: &BareJid, interest: rookery_core::Interest) -> Vec<FullJid> {
+        use rookery_core::Interest;
+        self.registry
+            .sessions(user)
+            .into_iter()
+            .filter(|e| match interest {
+                Interest::Any => true,
+                Interest::Roster => e.interested,
+                Interest::Blocklist => e.blocklist,
+            })
+            .map(|e| e.jid)
+            .collect()
+    }
+    fn mark_interest(&self, resource: &FullJid, interest: rookery_core::Interest) {
+        use rookery_core::Interest;
+        self.registry.update(resource, &mut |e| match interest {
+            Interest::Any => {}
+            Interest::Roster => e.interested = true,
+            Interest::Blocklist => e.blocklist = true,
+        });
     }
     fn is_online(&self, user: &BareJid) -> bool {
         self.registry.sessions(user).iter().any(|e| e.available)

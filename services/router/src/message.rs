@@ -159,6 +159,7 @@ mod tests {
             available,
             presence: None,
             interested: false,
+            blocklist: false,
             directed: vec![],
         }
     }
