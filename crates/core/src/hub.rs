@@ -43,6 +43,10 @@ impl LocalHub {
 }
 
 impl EdgeLink for LocalHub {
+    fn free_capacity(&self, loc: Location) -> usize {
+        self.conns.read().ok().and_then(|m| m.get(&loc.conn).map(|q| q.data.capacity())).unwrap_or(0)
+    }
+
     fn deliver(&self, loc: Location, out: Outbound) -> bool {
         let q = match self.conns.read() {
             Ok(m) => match m.get(&loc.conn) {

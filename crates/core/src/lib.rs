@@ -49,6 +49,10 @@ pub trait EdgeLink: Send + Sync + 'static {
     /// Queues `out` for the connection. Returns false when the connection is gone; the
     /// caller treats the session as offline.
     fn deliver(&self, loc: Location, out: Outbound) -> bool;
+    /// How many more stanzas the connection's queue takes right now (0 when it is gone).
+    /// Bulk senders (offline flush) pace themselves with it instead of overflowing the
+    /// queue, which would close the connection.
+    fn free_capacity(&self, loc: Location) -> usize;
 }
 
 /// Why a bind failed.
@@ -70,12 +74,18 @@ pub trait Router: Send + Sync + 'static {
     /// RFC 6120 §7: registers a bound resource. If the full JID is already bound, the
     /// older session is replaced and told `conflict` (§7.7.2.2, "override" policy).
     async fn bind(&self, jid: &FullJid, loc: Location) -> Result<(), BindError>;
-    /// A stanza from a bound session, `from` already stamped.
-    async fn route(&self, env: Envelope);
+    /// A stanza from the bound session at `from`, its `from` already stamped. Stanzas
+    /// from a session that has been replaced (resource conflict) are dropped.
+    async fn route(&self, from: Location, env: Envelope);
     /// The session ended (graceful or not): unavailable presence goes out if it was
     /// available (RFC 6121 §4.5.2, §4.6.3) and its registry entry is removed.
     async fn unbind(&self, jid: &FullJid, loc: Location);
     /// An IQ from a stream that has not authenticated yet. Only in-band registration
     /// (XEP-0077 §3.1) is allowed there; the edge filters everything else.
     async fn preauth_iq(&self, req: IqRequest) -> IqResult;
+    /// Stanzas that were queued for a session but never written because it ended. They
+    /// are handled as if they had arrived after the session was gone: messages go to
+    /// other resources or offline storage, IQ requests are answered with an error, so
+    /// nothing accepted from a sender is silently lost.
+    async fn undelivered(&self, to: &FullJid, stanza: Bytes);
 }

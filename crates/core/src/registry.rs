@@ -33,6 +33,8 @@ pub trait SessionRegistry: Send + Sync + 'static {
     /// Removes the session if it is still at `loc`; returns it.
     fn remove(&self, jid: &FullJid, loc: Location) -> Option<SessionEntry>;
     fn get(&self, jid: &FullJid) -> Option<SessionEntry>;
+    /// Whether `jid` is bound at `loc` (and not replaced by a newer session).
+    fn is_current(&self, jid: &FullJid, loc: Location) -> bool;
     fn sessions(&self, user: &BareJid) -> Vec<SessionEntry>;
     /// Applies `f` to the entry if present; returns its result.
     fn update(&self, jid: &FullJid, f: &mut dyn FnMut(&mut SessionEntry)) -> bool;
@@ -76,6 +78,14 @@ impl SessionRegistry for MemoryRegistry {
     fn get(&self, jid: &FullJid) -> Option<SessionEntry> {
         let m = self.users.read().ok()?;
         m.get(&jid.to_bare())?.iter().find(|e| &e.jid == jid).cloned()
+    }
+
+    fn is_current(&self, jid: &FullJid, loc: Location) -> bool {
+        self.users
+            .read()
+            .ok()
+            .and_then(|m| m.get(&jid.to_bare()).map(|l| l.iter().any(|e| &e.jid == jid && e.loc == loc)))
+            .unwrap_or(false)
     }
 
     fn sessions(&self, user: &BareJid) -> Vec<SessionEntry> {

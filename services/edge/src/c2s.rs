@@ -23,6 +23,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// Attempts before the stream is closed (RFC 6120 §6.4.5 asks for 2..=5 retries).
 const MAX_AUTH_ATTEMPTS: u32 = 5;
+/// Refused requests before binding after which the stream is closed (§7.7.2.1 says
+/// 5 to 10).
+const MAX_BIND_ATTEMPTS: u32 = 5;
+/// The end of a stream; on the control queue it asks the writer for a plain close.
+const CLOSE_TAG: &[u8] = b"</stream:stream>";
 /// A client that does not take written bytes for this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -453,14 +458,20 @@ impl Conn {
             Some(None) => return Ok(Err("incorrect-encoding")),
         };
         if mech == Mechanism::Plain {
-            let Some(data) = self.initial_response(initial).await? else { return Ok(Err("aborted")) };
+            let data = match self.initial_response(initial).await? {
+                Ok(d) => d,
+                Err(cond) => return Ok(Err(cond)),
+            };
             return self.plain(&data).await;
         }
         let mut scram = match ScramServer::new(mech, bindings, plus_advertised) {
             Ok(s) => s,
             Err(e) => return Ok(Err(e.condition())),
         };
-        let Some(first) = self.initial_response(initial).await? else { return Ok(Err("aborted")) };
+        let first = match self.initial_response(initial).await? {
+            Ok(d) => d,
+            Err(cond) => return Ok(Err(cond)),
+        };
         let cf = match scram.client_first(&first) {
             Ok(cf) => cf,
             Err(e) => return Ok(Err(e.condition())),
@@ -479,7 +490,10 @@ impl Conn {
         };
         let sf = scram.server_first(creds, &self.edge.cfg.fake_secret);
         self.write(format!("<challenge xmlns='{}'>{}</challenge>", ns::SASL, b64(&sf)).as_bytes()).await?;
-        let Some(fin) = self.sasl_response().await? else { return Ok(Err("aborted")) };
+        let fin = match self.sasl_response().await? {
+            Ok(d) => d,
+            Err(cond) => return Ok(Err(cond)),
+        };
         let server_final = match scram.client_final(&fin) {
             Ok(v) => v,
             Err(e) => return Ok(Err(e.condition())),
@@ -495,28 +509,29 @@ impl Conn {
     }
 
     /// The initial response, or (RFC 6120 §6.4.2 without one) an empty challenge and the
-    /// client's answer to it; None when the client aborts.
-    async fn initial_response(&mut self, initial: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, End> {
-        if initial.is_some() {
-            return Ok(initial);
+    /// client's answer to it; the inner error is the failure condition to send.
+    async fn initial_response(&mut self, initial: Option<Vec<u8>>) -> Result<Result<Vec<u8>, &'static str>, End> {
+        if let Some(d) = initial {
+            return Ok(Ok(d));
         }
         self.write(b"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>").await?;
         self.sasl_response().await
     }
 
-    /// Waits for `<response/>`; None on `<abort/>`.
-    async fn sasl_response(&mut self) -> Result<Option<Vec<u8>>, End> {
+    /// Waits for `<response/>`; the inner error is the failure condition to send.
+    async fn sasl_response(&mut self) -> Result<Result<Vec<u8>, &'static str>, End> {
         let el = self.next_element().await?;
         if el.ns != ns::SASL {
             return Err(stream_err(StreamCondition::NotAuthorized));
         }
         match el.name.as_str() {
-            "abort" => Ok(None),
+            "abort" => Ok(Err("aborted")),
             "response" => {
                 let text = el.parse().map(|e| e.text_content()).unwrap_or_default();
-                Ok(Some(unb64(&text).unwrap_or_default()))
+                // RFC 6120 §6.4.2 / §6.5.2: data that is not base64.
+                Ok(unb64(&text).ok_or("incorrect-encoding"))
             }
-            _ => Ok(None),
+            _ => Ok(Err("malformed-request")),
         }
     }
 
@@ -602,10 +617,21 @@ impl Conn {
     /// RFC 6120 §7: resource binding (and the no-op RFC 3921 session request).
     async fn bind(&mut self) -> Result<FullJid, End> {
         let Some(user) = self.user.clone() else { return Err(End::Io) };
+        let mut refused = 0u32;
         loop {
             let el = self.next_element().await?;
             if el.ns != ns::CLIENT || el.name != "iq" {
                 return Err(stream_err(StreamCondition::NotAuthorized));
+            }
+            // RFC 6120 §8.3.1: results and errors are never answered.
+            if matches!(el.kind.as_deref(), Some("result") | Some("error")) {
+                continue;
+            }
+            // §7.7.2.1: a client that keeps asking for unusable resources is cut off.
+            if refused >= MAX_BIND_ATTEMPTS {
+                return Err(End::Stream(
+                    StreamError::new(StreamCondition::PolicyViolation).with_text("too many failed bind attempts"),
+                ));
             }
             let id = el.id.clone().unwrap_or_default();
             let Ok(tree) = el.parse() else { return Err(stream_err(StreamCondition::NotWellFormed)) };
@@ -619,7 +645,7 @@ impl Conn {
                 out.extend_from_slice(b"</iq>");
                 out
             };
-            if let Some(_s) = tree.get_child("session", ns::SESSION) {
+            if tree.get_child("session", ns::SESSION).is_some() && el.kind.as_deref() == Some("set") {
                 let out = format!("<iq id='{}' type='result'/>", rookery_xml::escape_attr(&id));
                 self.write(out.as_bytes()).await?;
                 continue;
@@ -628,6 +654,7 @@ impl Conn {
                 // §7.2: stanzas before binding are not allowed.
                 let out = reply_err(StanzaError::new(Condition::NotAuthorized));
                 self.write(&out).await?;
+                refused += 1;
                 continue;
             };
             let requested =
@@ -639,6 +666,7 @@ impl Conn {
                         // §7.7.2.1
                         let out = reply_err(StanzaError::new(Condition::BadRequest));
                         self.write(&out).await?;
+                        refused += 1;
                         continue;
                     }
                 },
@@ -757,7 +785,7 @@ impl Conn {
                 tokio::time::sleep(wait).await;
             }
             match check_stanza(&jid, el) {
-                Ok(env) => edge.router.route(env).await,
+                Ok(env) => edge.router.route(loc, env).await,
                 Err(Checked::Reply(bytes)) => {
                     if data_tx.send(Outbound::Stanza(bytes)).await.is_err() {
                         break Some(End::Io);
@@ -772,7 +800,7 @@ impl Conn {
         edge.hub.unregister(conn_id);
         let close = match end {
             Some(End::Stream(e)) => Some(Outbound::Close(e.condition)),
-            Some(End::ClientClosed) => Some(Outbound::Stanza(Bytes::from_static(b"</stream:stream>"))),
+            Some(End::ClientClosed) => Some(Outbound::Stanza(Bytes::from_static(CLOSE_TAG))),
             _ => None,
         };
         if let Some(c) = close {
@@ -780,7 +808,15 @@ impl Conn {
         }
         drop(ctl_tx);
         drop(data_tx);
-        let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+        let undelivered = match tokio::time::timeout(WRITE_TIMEOUT + Duration::from_secs(5), writer).await {
+            Ok(Ok(list)) => list,
+            _ => Vec::new(),
+        };
+        // Queued but never written: the router treats them as arriving after this
+        // session ended (other resources, offline storage, or an error to the sender).
+        for stanza in undelivered {
+            edge.router.undelivered(&jid, stanza).await;
+        }
         tracing::debug!(event = "session_closed", jid = %jid, conn = conn_id);
     }
 }
@@ -825,14 +861,18 @@ fn check_stanza(jid: &FullJid, el: RawElement) -> Result<Envelope, Checked> {
     Ok(Envelope { kind, from: jid.clone().into(), to, el })
 }
 
-/// Drains the outbound queues into the socket, batching what is queued.
+/// Drains the outbound queues into the socket, batching what is queued. A close first
+/// writes everything queued before it. Returns the stanzas that were never written (or
+/// whose write failed) so the session can hand them back to the router.
 async fn writer(
     mut wr: tokio::io::WriteHalf<Transport>,
     mut data: mpsc::Receiver<Outbound>,
     mut ctl: mpsc::UnboundedReceiver<Outbound>,
     _done: oneshot::Sender<()>,
-) {
+) -> Vec<Bytes> {
+    let mut batch: Vec<Bytes> = Vec::new();
     let mut buf = BytesMut::with_capacity(8192);
+    let mut undelivered = Vec::new();
     loop {
         let first = tokio::select! {
             biased;
@@ -840,22 +880,33 @@ async fn writer(
             d = data.recv() => d,
         };
         let Some(first) = first else { break };
+        // Some(extra): write `extra` (a stream error, or nothing for a plain close) and
+        // `</stream:stream>` after everything queued, then stop.
         let mut closing = None;
         match first {
-            Outbound::Stanza(b) => buf.extend_from_slice(&b),
-            Outbound::Close(c) => closing = Some(c),
+            Outbound::Stanza(b) if &b[..] == CLOSE_TAG => closing = Some(Vec::new()),
+            Outbound::Stanza(b) => batch.push(b),
+            Outbound::Close(c) => closing = Some(StreamError::new(c).to_bytes()),
         }
-        // Batch whatever else is already queued (up to 64 KiB) into one write.
-        while closing.is_none() && buf.len() < 65536 {
+        // Batch what else is queued (up to 64 KiB); when closing, everything queued.
+        let mut size: usize = batch.iter().map(Bytes::len).sum();
+        while closing.is_some() || size < 65536 {
             match data.try_recv() {
-                Ok(Outbound::Stanza(b)) => buf.extend_from_slice(&b),
-                Ok(Outbound::Close(c)) => closing = Some(c),
+                Ok(Outbound::Stanza(b)) => {
+                    size += b.len();
+                    batch.push(b);
+                }
+                Ok(Outbound::Close(c)) => closing = Some(StreamError::new(c).to_bytes()),
                 Err(_) => break,
             }
         }
-        if let Some(c) = closing {
-            buf.extend_from_slice(&StreamError::new(c).to_bytes());
-            buf.extend_from_slice(b"</stream:stream>");
+        for b in &batch {
+            buf.extend_from_slice(b);
+        }
+        let ends = closing.is_some();
+        if let Some(err) = closing {
+            buf.extend_from_slice(&err);
+            buf.extend_from_slice(CLOSE_TAG);
         }
         let ok = tokio::time::timeout(WRITE_TIMEOUT, async {
             wr.write_all(&buf).await?;
@@ -864,13 +915,23 @@ async fn writer(
         .await
         .is_ok_and(|r| r.is_ok());
         buf.clear();
-        if !ok || closing.is_some() {
+        if !ok {
+            // Part of it may have reached the client; handing it back risks a duplicate,
+            // never a loss.
+            undelivered.append(&mut batch);
             break;
         }
-        // A `</stream:stream>` after a client's close ends the stream too.
-        if ctl.is_closed() && data.is_closed() && data.is_empty() {
+        batch.clear();
+        if ends {
             break;
         }
     }
+    data.close();
+    while let Ok(o) = data.try_recv() {
+        if let Outbound::Stanza(b) = o {
+            undelivered.push(b);
+        }
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), wr.shutdown()).await;
+    undelivered
 }

@@ -6,20 +6,25 @@ use crate::LocalRouter;
 use rookery_jid::{BareJid, Jid};
 use rookery_storage::BlockStore;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// Block lists cached per user; invalidated whenever the blocking module changes one.
 pub struct BlockCache {
     store: Arc<dyn BlockStore>,
     cache: RwLock<HashMap<BareJid, Arc<Vec<String>>>>,
+    /// Bumped by every invalidation; a list read from the store is cached only if no
+    /// invalidation happened meanwhile (else a stale list could outlive a block).
+    generation: AtomicU64,
 }
 
 impl BlockCache {
     pub fn new(store: Arc<dyn BlockStore>) -> Self {
-        BlockCache { store, cache: RwLock::new(HashMap::new()) }
+        BlockCache { store, cache: RwLock::new(HashMap::new()), generation: AtomicU64::new(0) }
     }
 
     pub fn invalidate(&self, user: &BareJid) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut c) = self.cache.write() {
             c.remove(user);
         }
@@ -29,6 +34,7 @@ impl BlockCache {
         if let Some(l) = self.cache.read().ok().and_then(|c| c.get(user).cloned()) {
             return l;
         }
+        let generation = self.generation.load(Ordering::SeqCst);
         let list = match self.store.list(user).await {
             Ok(l) => Arc::new(l),
             Err(e) => {
@@ -41,6 +47,9 @@ impl BlockCache {
         // Bound the cache: a node serving many users drops it wholesale rather than
         // growing without limit; entries reload lazily.
         if let Ok(mut c) = self.cache.write() {
+            if self.generation.load(Ordering::SeqCst) != generation {
+                return list;
+            }
             if c.len() > 100_000 {
                 c.clear();
             }

@@ -7,6 +7,13 @@ use rookery_core::{IqRequest, IqType, Target};
 use rookery_jid::FullJid;
 use rookery_stanza::{Condition, Envelope, StanzaError, ns};
 
+/// XEP-0191 §3.3: what a user gets for addressing someone they blocked.
+pub(crate) fn blocked_error() -> StanzaError {
+    StanzaError::new(Condition::NotAcceptable)
+        .with_type(rookery_stanza::ErrorType::Cancel)
+        .with_app("blocked", ns::BLOCKING_ERRORS)
+}
+
 impl LocalRouter {
     pub(crate) async fn route_iq(&self, env: Envelope) {
         let Ok(from) = FullJid::try_from(env.from.clone()) else { return };
@@ -52,6 +59,11 @@ impl LocalRouter {
         };
         if target == Target::OtherUser {
             let Some(user) = crate::user_of(&to) else { return };
+            // XEP-0191 §3.3: the sender blocked the addressee.
+            if self.blocks.blocks(&sender, &to).await {
+                self.bounce(&env, blocked_error());
+                return;
+            }
             if self.blocks.blocks(&user, &env.from).await || !self.account_exists(&user).await {
                 self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable));
                 return;
@@ -117,17 +129,28 @@ impl LocalRouter {
             return;
         }
         if user != from.to_bare() && self.blocks.blocks(&from.to_bare(), &env.to).await {
-            self.bounce(
-                env,
-                StanzaError::new(Condition::NotAcceptable)
-                    .with_type(rookery_stanza::ErrorType::Cancel)
-                    .with_app("blocked", ns::BLOCKING_ERRORS),
-            );
+            self.bounce(env, blocked_error());
+            return;
+        }
+        // RFC 6121 §8.5.3.1: a get/set reaches a resource only from someone it shares
+        // presence with (subscription from/both, or directed presence); otherwise it
+        // would reveal which resources are online.
+        if user != from.to_bare() && !self.shares_presence(&to, from).await {
+            self.bounce(env, StanzaError::new(Condition::ServiceUnavailable));
             return;
         }
         if !self.deliver_to_full(&to, env.wire()) {
             self.bounce(env, StanzaError::new(Condition::ServiceUnavailable));
         }
+    }
+
+    /// Whether the session `to` shares presence with `from` (RFC 6121 §8.5.3.1).
+    async fn shares_presence(&self, to: &FullJid, from: &FullJid) -> bool {
+        let directed = self
+            .registry
+            .get(to)
+            .is_some_and(|e| e.directed.iter().any(|d| d.as_str() == from.as_str() || d.as_str() == from.bare_str()));
+        directed || self.contact_sees_presence(&to.to_bare(), &from.to_bare()).await
     }
 
     /// Results and errors: to a full JID they are delivered; to the server or a bare JID

@@ -54,6 +54,20 @@ pub struct LocalRouter {
     started: Instant,
     push_ids: AtomicU64,
     me: OnceLock<std::sync::Weak<LocalRouter>>,
+    /// Serialises offline store/flush per user (striped).
+    offline_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Serialises roster read-modify-write per user (striped); never held across a
+    /// call that takes another user's lock.
+    roster_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+const LOCK_STRIPES: usize = 64;
+
+fn stripe(user: &BareJid) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    user.hash(&mut h);
+    (h.finish() as usize) % LOCK_STRIPES
 }
 
 /// The specs implemented by the router itself (not by a module); they are listed in
@@ -149,6 +163,8 @@ impl LocalRouter {
             started: Instant::now(),
             push_ids: AtomicU64::new(1),
             me: OnceLock::new(),
+            offline_locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            roster_locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         });
         let _ = router.me.set(Arc::downgrade(&router));
         router
@@ -178,6 +194,14 @@ impl LocalRouter {
 
     pub(crate) fn is_local(&self, domain: &str) -> bool {
         self.cfg.domains.iter().any(|d| d == domain)
+    }
+
+    pub(crate) async fn offline_lock(&self, user: &BareJid) -> tokio::sync::MutexGuard<'_, ()> {
+        self.offline_locks[stripe(user)].lock().await
+    }
+
+    pub(crate) async fn roster_lock(&self, user: &BareJid) -> tokio::sync::MutexGuard<'_, ()> {
+        self.roster_locks[stripe(user)].lock().await
     }
 
     pub(crate) fn next_push_id(&self) -> String {
@@ -250,7 +274,14 @@ impl Router for LocalRouter {
         Ok(())
     }
 
-    async fn route(&self, env: Envelope) {
+    async fn route(&self, from: Location, env: Envelope) {
+        // RFC 6120 §7.7.2.2: a session replaced by a newer one with the same full JID
+        // may still have stanzas in flight; they must not act for the new session.
+        let current = FullJid::try_from(env.from.clone()).is_ok_and(|f| self.registry.is_current(&f, from));
+        if !current {
+            tracing::debug!(event = "stanza_from_replaced_session", from = %env.from);
+            return;
+        }
         match env.kind {
             Kind::Message => self.route_message(env).await,
             Kind::Presence => self.route_presence(env).await,
@@ -267,9 +298,15 @@ impl Router for LocalRouter {
         }
     }
 
+    async fn undelivered(&self, to: &FullJid, stanza: Bytes) {
+        self.reroute_undelivered(to, stanza).await;
+    }
+
     async fn unbind(&self, jid: &FullJid, loc: Location) {
         let Some(entry) = self.registry.remove(jid, loc) else { return };
-        if entry.available {
+        // RFC 6121 §4.6.3: directed-presence targets hear about it even if the
+        // session never sent broadcast presence.
+        if entry.available || !entry.directed.is_empty() {
             self.broadcast_unavailable(&entry, None).await;
         }
         if self.registry.sessions(&jid.to_bare()).is_empty() {

@@ -5,7 +5,7 @@
 use crate::LocalRouter;
 use rookery_core::SessionEntry;
 use rookery_jid::{BareJid, FullJid};
-use rookery_stanza::{Condition, Envelope, StanzaError, ns};
+use rookery_stanza::{Condition, Envelope, StanzaError};
 
 /// RFC 6121 §5.2.2 message types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,12 +66,7 @@ impl LocalRouter {
             && mtype != MsgType::Error
             && self.blocks.blocks(&sender, &to).await
         {
-            self.bounce(
-                &env,
-                StanzaError::new(Condition::NotAcceptable)
-                    .with_type(rookery_stanza::ErrorType::Cancel)
-                    .with_app("blocked", ns::BLOCKING_ERRORS),
-            );
+            self.bounce(&env, crate::iq::blocked_error());
             return;
         }
         // §3.7: the recipient blocked the sender; answered like an unknown user so the

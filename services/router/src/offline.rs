@@ -6,8 +6,9 @@
 use crate::LocalRouter;
 use bytes::Bytes;
 use rookery_core::SessionEntry;
-use rookery_jid::BareJid;
-use rookery_stanza::{Condition, Envelope, StanzaError};
+use rookery_jid::{BareJid, FullJid, Jid};
+use rookery_stanza::{Condition, Envelope, Kind, StanzaError};
+use rookery_xml::RawElement;
 
 const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 const HINTS: &str = "urn:xmpp:hints";
@@ -46,10 +47,13 @@ pub(crate) fn with_delay(stanza: &[u8], from: &str, stamp_secs: u64) -> Bytes {
 }
 
 impl LocalRouter {
+    /// Stores a message for a user with no resource to take it. When this returns
+    /// without bouncing, the message is durable.
     pub(crate) async fn store_offline(&self, env: &Envelope, user: &BareJid) {
         if !worth_storing(env) {
             return;
         }
+        let _serial = self.offline_lock(user).await;
         match self.stores.offline.count(user).await {
             Ok(n) if n >= self.cfg.offline_max_per_user => {
                 self.bounce(env, StanzaError::new(Condition::ServiceUnavailable).with_text("offline storage is full"));
@@ -60,16 +64,36 @@ impl LocalRouter {
                 tracing::warn!(event = "offline_count_failed", user = %user, error = %e);
             }
         }
-        let bytes = with_delay(&env.wire(), user.domain(), rookery_storage::now_secs());
+        let wire = env.wire();
+        // A message coming back from a session that ended already has its stamp.
+        let bytes = if contains(&wire, b"urn:xmpp:delay") {
+            wire
+        } else {
+            with_delay(&wire, user.domain(), rookery_storage::now_secs())
+        };
         if let Err(e) = self.stores.offline.push(user, bytes).await {
             tracing::warn!(event = "offline_write_failed", user = %user, error = %e);
             self.bounce(env, StanzaError::new(Condition::InternalServerError));
+            return;
+        }
+        // The user may have come online while this message was on its way here; its
+        // flush has then already run, so deliver now rather than at the next login.
+        let sessions = self.registry.sessions(user);
+        if let Some(s) = crate::message::pick_resources(&sessions, false).first() {
+            self.flush_locked(s).await;
         }
     }
 
     /// Delivers stored messages to a resource that just became available with
     /// non-negative priority, then removes them.
     pub(crate) async fn flush_offline(&self, entry: &SessionEntry) {
+        let _serial = self.offline_lock(&entry.jid.to_bare()).await;
+        self.flush_locked(entry).await;
+    }
+
+    /// The flush itself; the caller holds the user's offline lock, so two resources
+    /// never get the same stored message and storing and flushing do not interleave.
+    async fn flush_locked(&self, entry: &SessionEntry) {
         let user = entry.jid.to_bare();
         let msgs = match self.stores.offline.list(&user).await {
             Ok(m) => m,
@@ -79,8 +103,17 @@ impl LocalRouter {
             }
         };
         let mut last = None;
+        let deadline = tokio::time::Instant::now() + FLUSH_PATIENCE;
         for m in msgs {
-            if !self.send(entry, m.stanza) {
+            // Pace with the connection's queue: overflowing it would close the stream.
+            while self.link.free_capacity(entry.loc) <= QUEUE_HEADROOM {
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::info!(event = "offline_flush_paused", user = %user);
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            if self.link.free_capacity(entry.loc) <= QUEUE_HEADROOM || !self.send(entry, m.stanza) {
                 break;
             }
             last = Some(m.seq);
@@ -91,6 +124,31 @@ impl LocalRouter {
             tracing::warn!(event = "offline_remove_failed", user = %user, error = %e);
         }
     }
+
+    /// See `Router::undelivered`.
+    pub(crate) async fn reroute_undelivered(&self, to: &FullJid, stanza: Bytes) {
+        let Ok(el) = RawElement::from_bytes(stanza, rookery_stanza::ns::CLIENT) else { return };
+        let Some(kind) = Kind::from_name(&el.name) else { return };
+        let Some(from) = el.from.as_deref().and_then(|f| Jid::parse(f).ok()) else { return };
+        let dest = el.to.as_deref().and_then(|t| Jid::parse(t).ok()).unwrap_or_else(|| to.as_jid().clone());
+        let env = Envelope { kind, from, to: dest, el };
+        match kind {
+            Kind::Message => self.route_message(env).await,
+            Kind::Iq if matches!(env.stanza_type(), Some("get") | Some("set")) => {
+                self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Offline flushes wait at most this long for a slow client's queue.
+const FLUSH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Queue slots left free for live traffic during a flush.
+const QUEUE_HEADROOM: usize = 8;
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]

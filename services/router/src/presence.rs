@@ -9,6 +9,9 @@ use rookery_jid::{BareJid, FullJid, Jid};
 use rookery_stanza::{Condition, Envelope, StanzaError};
 use rookery_storage::Subscription;
 
+/// Directed-presence targets remembered per session (RFC 6121 §4.6).
+const MAX_DIRECTED: usize = 1000;
+
 /// The `<status/>` text of a presence stanza, if any.
 pub(crate) fn status_text(p: &Bytes) -> String {
     rookery_xml::parse_element(p, rookery_stanza::ns::CLIENT)
@@ -135,9 +138,11 @@ impl LocalRouter {
         }
         let priority = priority_of(&env);
         let mut was_available = false;
+        let mut old_priority = 0;
         let mut snapshot = None;
         self.registry.update(from, &mut |e| {
             was_available = e.available;
+            old_priority = e.priority;
             e.available = true;
             e.priority = priority;
             e.presence = Some(stored.clone());
@@ -157,6 +162,10 @@ impl LocalRouter {
             self.send(s, readdress(&stored, s.jid.as_jid()));
         }
         if was_available {
+            // XEP-0160 §2: stored messages wait for non-negative availability.
+            if old_priority < 0 && priority >= 0 {
+                self.flush_offline(&entry).await;
+            }
             return;
         }
         // Initial presence (§4.2): probes, other resources' presence, pending
@@ -213,6 +222,10 @@ impl LocalRouter {
         let mut sent: Vec<Jid> = Vec::new();
         if entry.available {
             for contact in self.contacts(&user, |s| matches!(s, Subscription::From | Subscription::Both)).await {
+                // XEP-0191 §3.3: nothing goes to a blocked contact.
+                if self.blocks.blocks(&user, &contact).await {
+                    continue;
+                }
                 self.deliver_presence_from(entry.jid.as_jid(), &contact, readdress(&stored, &contact)).await;
                 sent.push(contact);
             }
@@ -225,7 +238,7 @@ impl LocalRouter {
             }
         }
         for target in &entry.directed {
-            if sent.iter().any(|s| s.as_str() == target.as_str()) {
+            if sent.iter().any(|s| s.as_str() == target.as_str()) || self.blocks.blocks(&user, target).await {
                 continue;
             }
             self.deliver_presence_from(entry.jid.as_jid(), target, readdress(&stored, target)).await;
@@ -251,6 +264,11 @@ impl LocalRouter {
             self.registry.update(from, &mut |e| {
                 e.directed.retain(|d| d != &target);
                 if !unavailable {
+                    // Bounded: the oldest target is forgotten (it may then miss the
+                    // final unavailable, which beats unbounded memory per session).
+                    if e.directed.len() >= MAX_DIRECTED {
+                        e.directed.remove(0);
+                    }
                     e.directed.push(target.clone());
                 }
             });
@@ -268,6 +286,12 @@ impl LocalRouter {
             return;
         }
         if self.blocks.blocks(&user, contact.as_jid()).await {
+            return;
+        }
+        // Federation is not enabled yet: say so instead of recording a request that can
+        // never be answered.
+        if !self.is_local(contact.domain()) {
+            self.bounce(&env, StanzaError::new(Condition::RemoteServerNotFound));
             return;
         }
         let kind = env.stanza_type().unwrap_or_default().to_owned();

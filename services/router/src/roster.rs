@@ -51,6 +51,12 @@ fn new_item(jid: &BareJid) -> RosterItem {
     }
 }
 
+/// Roster limits (RFC 6121 §2.3.3 lets a server refuse over-long names and full rosters).
+const MAX_ROSTER_ITEMS: usize = 2000;
+const MAX_GROUPS: usize = 64;
+/// Bytes in an item name or a group name.
+const MAX_TEXT: usize = 1023;
+
 /// Appendix A state changes, named after what the user gains or loses.
 fn gain_to(s: Subscription) -> Subscription {
     match s {
@@ -146,6 +152,7 @@ impl LocalRouter {
     /// Outbound subscription stanza from `user` to `contact` (Appendix A.2), then its
     /// inbound processing at the contact (A.3) when the contact is local.
     pub(crate) async fn subscription_out(&self, user: &BareJid, contact: &BareJid, kind: &str, stanza: Bytes) {
+        let guard = self.roster_lock(user).await;
         let existing = self.get_item(user, contact).await;
         let was_visible = existing.as_ref().is_some_and(|i| !i.hidden);
         let mut item = existing.clone().unwrap_or_else(|| new_item(contact));
@@ -207,6 +214,8 @@ impl LocalRouter {
             }
             _ => return,
         }
+        // Never hold one user's roster lock while taking another's.
+        drop(guard);
         if !route || !self.is_local(contact.domain()) || contact.node().is_none() {
             return;
         }
@@ -222,23 +231,24 @@ impl LocalRouter {
         if self.blocks.blocks(contact, user.as_jid()).await {
             return;
         }
+        let guard = self.roster_lock(contact).await;
         let existing = self.get_item(contact, user).await;
         let was_visible = existing.as_ref().is_some_and(|i| !i.hidden);
         let mut item = existing.clone().unwrap_or_else(|| new_item(user));
+        // An automatic `subscribed` answer, sent once this roster's lock is released.
+        let mut auto_reply = None;
         match kind {
             "subscribe" => {
                 if matches!(item.subscription, Subscription::From | Subscription::Both) {
                     // §3.1.3: already subscribed: the server answers for the contact.
-                    let reply = Self::sub_stanza(contact, user, "subscribed");
-                    Box::pin(self.subscription_in_as_reply(user, contact, "subscribed", reply)).await;
+                    auto_reply = Some(Self::sub_stanza(contact, user, "subscribed"));
                 } else if item.approved {
                     // §3.4: pre-approved.
                     item.subscription = gain_from(item.subscription);
                     item.approved = false;
                     item.hidden = false;
                     self.save_item(contact, item, was_visible).await;
-                    let reply = Self::sub_stanza(contact, user, "subscribed");
-                    Box::pin(self.subscription_in_as_reply(user, contact, "subscribed", reply)).await;
+                    auto_reply = Some(Self::sub_stanza(contact, user, "subscribed"));
                 } else {
                     item.pending_in = Some(stanza.to_vec());
                     self.save_item(contact, item, was_visible).await;
@@ -285,6 +295,10 @@ impl LocalRouter {
             }
             _ => {}
         }
+        drop(guard);
+        if let Some(reply) = auto_reply {
+            Box::pin(self.subscription_in_as_reply(user, contact, "subscribed", reply)).await;
+        }
     }
 
     /// A subscription stanza the server generates on behalf of `from` for `to`.
@@ -309,9 +323,14 @@ impl LocalRouter {
         let user = entry.jid.to_bare();
         let Ok(roster) = self.stores.roster.get(&user).await else { return };
         for item in roster.items {
-            if let Some(p) = item.pending_in {
-                self.send(entry, Bytes::from(p));
+            let Some(p) = item.pending_in else { continue };
+            // XEP-0191 §3.3: nothing from a JID the user has blocked since.
+            if let Ok(from) = Jid::parse(&item.jid)
+                && self.blocks.blocks(&user, &from).await
+            {
+                continue;
             }
+            self.send(entry, Bytes::from(p));
         }
     }
 
@@ -360,12 +379,29 @@ impl LocalRouter {
                     if name.is_empty() {
                         return Err(StanzaError::new(Condition::NotAcceptable).with_text("empty group name"));
                     }
+                    if name.len() > MAX_TEXT || groups.len() >= MAX_GROUPS {
+                        return Err(
+                            StanzaError::new(Condition::NotAcceptable).with_text("group name or count over the limit")
+                        );
+                    }
                     if groups.contains(&name) {
                         return Err(StanzaError::new(Condition::BadRequest).with_text("duplicate group"));
                     }
                     groups.push(name);
                 }
-                let mut item = self.get_item(&user, &contact).await.unwrap_or_else(|| new_item(&contact));
+                if item_el.get_attr("name").is_some_and(|n| n.len() > MAX_TEXT) {
+                    return Err(StanzaError::new(Condition::NotAcceptable).with_text("name over the limit"));
+                }
+                let _serial = self.roster_lock(&user).await;
+                let existing = self.get_item(&user, &contact).await;
+                if existing.as_ref().is_none_or(|i| i.hidden) {
+                    // §2.3.3: a roster has a size limit.
+                    let size = self.stores.roster.get(&user).await.map(|r| r.items.len()).unwrap_or(0);
+                    if size >= MAX_ROSTER_ITEMS {
+                        return Err(StanzaError::new(Condition::NotAllowed).with_text("the roster is full"));
+                    }
+                }
+                let mut item = existing.unwrap_or_else(|| new_item(&contact));
                 // §2.1.2.5: the client cannot set subscription or ask.
                 item.name = item_el.get_attr("name").filter(|n| !n.is_empty()).map(str::to_owned);
                 item.groups = groups;
@@ -388,20 +424,24 @@ impl LocalRouter {
             return Err(StanzaError::new(Condition::ItemNotFound));
         };
         let local = self.is_local(contact.domain()) && contact.node().is_some();
-        if matches!(item.subscription, Subscription::From | Subscription::Both) || item.pending_in.is_some() {
+        let had_from = matches!(item.subscription, Subscription::From | Subscription::Both);
+        if had_from {
+            // Only a contact that saw the user's presence is told it ends (§11: a
+            // pending requester must not learn the user's resources).
             for s in self.registry.sessions(user).iter().filter(|s| s.available) {
                 let p = rookery_stanza::presence(s.jid.as_jid(), contact.as_jid(), Some("unavailable"));
                 self.deliver_presence_from(s.jid.as_jid(), contact.as_jid(), p).await;
             }
-            if local {
-                let st = Self::sub_stanza(user, contact, "unsubscribed");
-                self.subscription_in(contact, user, "unsubscribed", st).await;
-            }
+        }
+        if (had_from || item.pending_in.is_some()) && local {
+            let st = Self::sub_stanza(user, contact, "unsubscribed");
+            self.subscription_in(contact, user, "unsubscribed", st).await;
         }
         if (matches!(item.subscription, Subscription::To | Subscription::Both) || item.ask) && local {
             let st = Self::sub_stanza(user, contact, "unsubscribe");
             self.subscription_in(contact, user, "unsubscribe", st).await;
         }
+        let _serial = self.roster_lock(user).await;
         match self.stores.roster.remove_item(user, contact.as_str()).await {
             Ok(Some(ver)) => self.push_item(user, &item, ver, true),
             Ok(None) => {}

@@ -13,6 +13,10 @@ struct Capture {
 }
 
 impl EdgeLink for Capture {
+    fn free_capacity(&self, _loc: Location) -> usize {
+        // The capture never fills up.
+        usize::MAX
+    }
     fn deliver(&self, loc: Location, out: Outbound) -> bool {
         let s = match out {
             // Quote style is the sender's; normalise it so assertions stay simple.
@@ -82,7 +86,8 @@ impl World {
             None => from.to_bare().into(),
         };
         let kind = Kind::from_name(&el.name).unwrap();
-        self.router.route(Envelope { kind, from, to, el }).await;
+        let loc = self.router.registry().get(&FullJid::try_from(from.clone()).unwrap()).unwrap().loc;
+        self.router.route(loc, Envelope { kind, from, to, el }).await;
     }
 }
 
@@ -256,4 +261,154 @@ async fn unavailable_on_unbind_reaches_contacts() {
     w.router.unbind(&FullJid::parse("bob@example.com/b").unwrap(), Location { edge: 0, conn: 2 }).await;
     let a = w.cap.take(1);
     assert!(a.iter().any(|s| s.contains("type=\"unavailable\"") && s.contains("from=\"bob@example.com/b\"")), "{a:?}");
+}
+
+async fn subscribed_pair(w: &World) {
+    w.send("alice@example.com/a", "<presence to='bob@example.com' type='subscribe'/>").await;
+    w.send("bob@example.com/b", "<presence to='alice@example.com' type='subscribed'/>").await;
+    w.send("bob@example.com/b", "<presence to='alice@example.com' type='subscribe'/>").await;
+    w.send("alice@example.com/a", "<presence to='bob@example.com' type='subscribed'/>").await;
+}
+
+#[tokio::test]
+async fn offline_flushed_when_priority_turns_non_negative() {
+    let w = world(&["alice@example.com", "bob@example.com"]).await;
+    w.bind("alice@example.com/a", 1).await;
+    w.bind("bob@example.com/b", 2).await;
+    w.send("bob@example.com/b", "<presence><priority>-1</priority></presence>").await;
+    w.send("alice@example.com/a", "<message to='bob@example.com' type='chat'><body>later</body></message>").await;
+    assert!(w.cap.take(2).iter().all(|s| !s.contains("later")), "not to a negative-priority resource");
+    w.send("bob@example.com/b", "<presence><priority>3</priority></presence>").await;
+    assert!(w.cap.take(2).iter().any(|s| s.contains("<body>later</body>")), "delivered once non-negative");
+    let bob = BareJid::parse("bob@example.com").unwrap();
+    assert_eq!(w.router.stores().offline.count(&bob).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn directed_presence_only_session_sends_unavailable_on_unbind() {
+    let w = world(&["alice@example.com", "bob@example.com"]).await;
+    w.bind("alice@example.com/a", 1).await;
+    w.bind("bob@example.com/b", 2).await;
+    w.send("bob@example.com/b", "<presence/>").await;
+    w.cap.take(2);
+    w.send("alice@example.com/a", "<presence to='bob@example.com'/>").await;
+    assert_eq!(w.cap.take(2).len(), 1);
+    w.router.unbind(&FullJid::parse("alice@example.com/a").unwrap(), Location { edge: 0, conn: 1 }).await;
+    let b = w.cap.take(2);
+    assert!(
+        b.iter().any(|s| s.contains("type=\"unavailable\"") && s.contains("from=\"alice@example.com/a\"")),
+        "{b:?}"
+    );
+}
+
+#[tokio::test]
+async fn iq_to_full_jid_needs_shared_presence() {
+    let w = world(&["alice@example.com", "bob@example.com", "eve@example.com"]).await;
+    w.bind("alice@example.com/a", 1).await;
+    w.bind("bob@example.com/b", 2).await;
+    w.bind("eve@example.com/e", 3).await;
+    subscribed_pair(&w).await;
+    w.cap.take(1);
+    w.cap.take(2);
+    w.send("eve@example.com/e", "<iq type='get' id='probe' to='bob@example.com/b'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    assert!(w.cap.take(2).is_empty(), "a stranger's IQ must not reach bob's resource");
+    let e = w.cap.take(3);
+    assert!(e.iter().any(|s| s.contains("id=\"probe\"") && s.contains("service-unavailable")), "{e:?}");
+    w.send("alice@example.com/a", "<iq type='get' id='ok' to='bob@example.com/b'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    assert!(w.cap.take(2).iter().any(|s| s.contains("id=\"ok\"")), "a subscriber's IQ is delivered");
+    // Directed presence opens the way too.
+    w.send("bob@example.com/b", "<presence to='eve@example.com'/>").await;
+    w.send("eve@example.com/e", "<iq type='get' id='now' to='bob@example.com/b'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    assert!(w.cap.take(2).iter().any(|s| s.contains("id=\"now\"")));
+}
+
+#[tokio::test]
+async fn removing_a_pending_requester_leaks_no_presence() {
+    let w = world(&["alice@example.com", "mallory@example.com"]).await;
+    w.bind("alice@example.com/secret", 1).await;
+    w.bind("mallory@example.com/m", 2).await;
+    w.send("alice@example.com/secret", "<presence/>").await;
+    w.send("mallory@example.com/m", "<presence/>").await;
+    w.send("mallory@example.com/m", "<presence to='alice@example.com' type='subscribe'/>").await;
+    w.send(
+        "alice@example.com/secret",
+        "<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='mallory@example.com'/></query></iq>",
+    )
+    .await;
+    w.cap.take(2);
+    w.send("alice@example.com/secret", "<iq type='set' id='r'><query xmlns='jabber:iq:roster'><item jid='mallory@example.com' subscription='remove'/></query></iq>").await;
+    let m = w.cap.take(2);
+    assert!(m.iter().all(|s| !s.contains("alice@example.com/secret")), "resource leaked: {m:?}");
+    assert!(m.iter().any(|s| s.contains("type=\"unsubscribed\"")), "the request is denied: {m:?}");
+}
+
+#[tokio::test]
+async fn blocked_contact_gets_no_presence_and_blocked_iq_is_refused() {
+    let w = world(&["alice@example.com", "bob@example.com"]).await;
+    w.bind("alice@example.com/a", 1).await;
+    w.bind("bob@example.com/b", 2).await;
+    subscribed_pair(&w).await;
+    w.send("alice@example.com/a", "<presence/>").await;
+    w.send("bob@example.com/b", "<presence/>").await;
+    let alice = BareJid::parse("alice@example.com").unwrap();
+    w.router.stores().blocking.block(&alice, &["bob@example.com".to_string()]).await.unwrap();
+    w.router.blocklist_changed(&alice, &["bob@example.com".to_string()], &[]).await;
+    w.cap.take(1);
+    w.cap.take(2);
+    w.send("alice@example.com/a", "<presence type='unavailable'><status>away until May</status></presence>").await;
+    assert!(w.cap.take(2).iter().all(|s| !s.contains("away until May")), "status reached a blocked contact");
+    w.send("alice@example.com/a", "<iq type='get' id='v' to='bob@example.com'><vCard xmlns='vcard-temp'/></iq>").await;
+    let a = w.cap.take(1);
+    assert!(
+        a.iter()
+            .any(|s| s.contains("id=\"v\"") && s.contains("not-acceptable") && s.contains("urn:xmpp:blocking:errors")),
+        "{a:?}"
+    );
+}
+
+#[tokio::test]
+async fn stanzas_from_a_replaced_session_are_dropped() {
+    let w = world(&["alice@example.com", "bob@example.com"]).await;
+    w.bind("alice@example.com/a", 1).await;
+    w.bind("bob@example.com/b", 2).await;
+    w.send("bob@example.com/b", "<presence/>").await;
+    // A second connection takes over the resource.
+    w.bind("alice@example.com/a", 3).await;
+    let el = parse_one("<message to='bob@example.com' type='chat'><body>stale</body></message>");
+    let from = Jid::parse("alice@example.com/a").unwrap();
+    let to = Jid::parse("bob@example.com").unwrap();
+    w.router.route(Location { edge: 0, conn: 1 }, Envelope { kind: Kind::Message, from, to, el }).await;
+    assert!(w.cap.take(2).iter().all(|s| !s.contains("stale")));
+}
+
+#[tokio::test]
+async fn undelivered_messages_go_back_to_offline_storage() {
+    let w = world(&["alice@example.com", "bob@example.com"]).await;
+    w.bind("alice@example.com/a", 1).await;
+    let bob = BareJid::parse("bob@example.com").unwrap();
+    let stanza = bytes::Bytes::from_static(
+        b"<message from='alice@example.com/a' to='bob@example.com' type='chat' id='q'><body>queued</body></message>",
+    );
+    w.router.undelivered(&FullJid::parse("bob@example.com/gone").unwrap(), stanza).await;
+    let stored = w.router.stores().offline.list(&bob).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(String::from_utf8_lossy(&stored[0].stanza).contains("queued"));
+    // An IQ request that never reached the client gets an error back.
+    let iq = bytes::Bytes::from_static(b"<iq from='alice@example.com/a' to='bob@example.com/gone' type='get' id='i'><ping xmlns='urn:xmpp:ping'/></iq>");
+    w.router.undelivered(&FullJid::parse("bob@example.com/gone").unwrap(), iq).await;
+    assert!(w.cap.take(1).iter().any(|s| s.contains("id=\"i\"") && s.contains("service-unavailable")));
+}
+
+#[tokio::test]
+async fn subscription_to_a_remote_domain_is_refused() {
+    let w = world(&["alice@example.com"]).await;
+    w.bind("alice@example.com/a", 1).await;
+    w.send("alice@example.com/a", "<presence to='someone@elsewhere.example' type='subscribe' id='x'/>").await;
+    let a = w.cap.take(1);
+    assert!(a.iter().any(|s| s.contains("remote-server-not-found")), "{a:?}");
+    let alice = BareJid::parse("alice@example.com").unwrap();
+    assert!(w.router.stores().roster.get(&alice).await.unwrap().items.is_empty());
 }
