@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod raw;
+pub mod sasl_client;
 pub mod scenario;
 
 use rookery_config::{Config, StorageBackend};

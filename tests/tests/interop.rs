@@ -5,21 +5,21 @@
 //! Each test starts its own node; every wait is bounded so no test can hang.
 #![allow(clippy::unwrap_used)]
 
-use base64::Engine;
 use futures::{SinkExt, StreamExt};
-use rookery_tests::raw::{self, Io, RawClient};
+use rookery_tests::raw::{self, RawClient};
+use rookery_tests::sasl_client::{self, ClientMechanism, SaslConn};
 use rookery_tests::{TestServer, test_config};
-use rookery_xml::{Element, Frame, Framer, Limits};
+use rookery_xml::Element;
 use rustls::pki_types::ServerName;
+use sasl::client::Mechanism;
 use sasl::client::mechanisms::{Plain, Scram};
-use sasl::client::{Mechanism, MechanismError};
 use sasl::common::scram::{Sha1, Sha256};
 use sasl::common::{ChannelBinding, Credentials};
 use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufStream};
+use tokio::io::BufStream;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_xmpp::connect::ServerConnector;
@@ -35,7 +35,6 @@ use xmpp_parsers::minidom::Element as XElement;
 use xmpp_parsers::ping::Ping;
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
 use xmpp_parsers::roster::{Ask, Roster, Subscription};
-use xmpp_parsers::sha2::{Digest, Sha512};
 use xmpp_parsers::starttls;
 
 /// How long any single expected event may take.
@@ -423,120 +422,25 @@ async fn tokio_xmpp_roster_and_subscriptions() {
 // 3. SASL with the `sasl` crate's client mechanisms (and an independent SCRAM-SHA-512)
 // ---------------------------------------------------------------------------------------
 
-/// A connection driven by the test itself: TLS from the harness, our framer on top, so
-/// the SASL exchange and the stream restarts are under the test's control.
-struct Conn {
-    io: Io,
-    framer: Framer,
-}
+/// The `sasl` crate's client mechanisms behind [`ClientMechanism`], so
+/// [`SaslConn::authenticate`] runs that crate's code.
+struct SaslCrate(Box<dyn Mechanism>);
 
-impl Conn {
-    /// TCP, STARTTLS, then a fresh stream whose features are returned.
-    async fn starttls(addr: SocketAddr) -> (Conn, Element) {
-        let mut raw = RawClient::connect(addr).await;
-        raw.open().await;
-        raw.starttls().await;
-        Self::from_raw(raw).await
+impl ClientMechanism for SaslCrate {
+    fn name(&self) -> String {
+        self.0.name().to_owned()
     }
 
-    /// The direct-TLS port (XEP-0368).
-    async fn direct_tls(addr: SocketAddr) -> (Conn, Element) {
-        Self::from_raw(RawClient::connect_direct_tls(addr).await).await
+    fn initial(&mut self) -> Vec<u8> {
+        self.0.initial()
     }
 
-    async fn from_raw(mut raw: RawClient) -> (Conn, Element) {
-        let io = std::mem::replace(&mut raw.io, Io::Gone);
-        let mut c = Conn { io, framer: Framer::new(Limits::default()) };
-        let f = c.open().await;
-        (c, f)
+    fn response(&mut self, challenge: &[u8]) -> Result<Vec<u8>, String> {
+        self.0.response(challenge).map_err(|e| e.to_string())
     }
 
-    fn tls(&self) -> &rustls::ClientConnection {
-        match &self.io {
-            Io::Tls(s) => s.get_ref().1,
-            _ => panic!("not a TLS connection"),
-        }
-    }
-
-    async fn send(&mut self, s: &str) {
-        self.io.write_all(s.as_bytes()).await.unwrap();
-        self.io.flush().await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Element {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match self.framer.next_frame().unwrap() {
-                Some(Frame::Element(e)) => return e.parse().unwrap(),
-                Some(Frame::StreamOpen(_)) | Some(Frame::Whitespace) => continue,
-                Some(Frame::StreamClose) => panic!("stream closed by the server"),
-                None => {}
-            }
-            match timeout_at(deadline, self.io.read_buf(self.framer.read_buf())).await {
-                Err(_) => panic!("timed out waiting for an element"),
-                Ok(Ok(0)) | Ok(Err(_)) => panic!("connection closed by the server"),
-                Ok(Ok(_)) => {}
-            }
-        }
-    }
-
-    /// Sends a stream header (RFC 6120 §4.3.3 after a restart) and returns the features.
-    async fn open(&mut self) -> Element {
-        self.framer.restart();
-        self.send(raw::HEADER).await;
-        let f = self.recv().await;
-        assert_eq!(f.name, "features", "expected stream features, got {f:?}");
-        f
-    }
-
-    /// Runs a SASL exchange: Ok after a verified `<success/>`, Err(condition) on
-    /// `<failure/>`.
-    async fn authenticate(&mut self, mech: &mut dyn Mechanism) -> Result<(), String> {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let initial = mech.initial();
-        let data = if initial.is_empty() { "=".to_owned() } else { b64.encode(&initial) };
-        self.send(&format!("<auth xmlns='{SASL_NS}' mechanism='{}'>{data}</auth>", mech.name())).await;
-        loop {
-            let e = self.recv().await;
-            assert_eq!(e.ns, SASL_NS, "unexpected element during SASL: {e:?}");
-            let payload = b64.decode(e.text_content().trim()).unwrap();
-            match e.name.as_str() {
-                "challenge" => {
-                    let r = mech.response(&payload).map_err(|e| format!("client rejected the challenge: {e}"))?;
-                    self.send(&format!("<response xmlns='{SASL_NS}'>{}</response>", b64.encode(r))).await;
-                }
-                "success" => {
-                    mech.success(&payload).map_err(|e| format!("server's success did not verify: {e}")).unwrap();
-                    return Ok(());
-                }
-                "failure" => {
-                    let cond = e.elements().find(|c| c.name != "text").map(|c| c.name.clone()).unwrap_or_default();
-                    return Err(cond);
-                }
-                other => panic!("unexpected SASL element {other}"),
-            }
-        }
-    }
-
-    /// After SASL success: restart, bind and check the session answers an IQ.
-    async fn bind_and_ping(&mut self, resource: &str) -> String {
-        let f = self.open().await;
-        assert!(f.get_child("bind", "urn:ietf:params:xml:ns:xmpp-bind").is_some(), "no bind feature: {f:?}");
-        self.send(&format!(
-            "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"
-        ))
-        .await;
-        let r = self.recv().await;
-        assert_eq!(r.get_attr("type"), Some("result"), "bind failed: {r:?}");
-        let jid = r
-            .get_child("bind", "urn:ietf:params:xml:ns:xmpp-bind")
-            .and_then(|b| b.get_child("jid", "urn:ietf:params:xml:ns:xmpp-bind"))
-            .map(|j| j.text_content())
-            .unwrap();
-        self.send("<iq type='get' id='ping' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
-        let r = self.recv().await;
-        assert_eq!((r.get_attr("id"), r.get_attr("type")), (Some("ping"), Some("result")), "ping: {r:?}");
-        jid
+    fn success(&mut self, data: &[u8]) -> Result<(), String> {
+        self.0.success(data).map_err(|e| e.to_string())
     }
 }
 
@@ -551,12 +455,22 @@ fn creds(user: &str, password: &str, cb: ChannelBinding) -> Credentials {
     Credentials::default().with_username(user).with_password(password).with_channel_binding(cb)
 }
 
-fn scram_sha1(user: &str, password: &str, cb: ChannelBinding) -> Box<dyn Mechanism> {
-    Box::new(Scram::<Sha1>::from_credentials(creds(user, password, cb)).unwrap())
+fn scram_sha1(user: &str, password: &str, cb: ChannelBinding) -> SaslCrate {
+    SaslCrate(Box::new(Scram::<Sha1>::from_credentials(creds(user, password, cb)).unwrap()))
 }
 
-fn scram_sha256(user: &str, password: &str, cb: ChannelBinding) -> Box<dyn Mechanism> {
-    Box::new(Scram::<Sha256>::from_credentials(creds(user, password, cb)).unwrap())
+fn scram_sha256(user: &str, password: &str, cb: ChannelBinding) -> SaslCrate {
+    SaslCrate(Box::new(Scram::<Sha256>::from_credentials(creds(user, password, cb)).unwrap()))
+}
+
+fn plain(user: &str, password: &str) -> SaslCrate {
+    SaslCrate(Box::new(Plain::from_credentials(creds(user, password, ChannelBinding::None)).unwrap()))
+}
+
+/// The SCRAM-SHA-512(-PLUS) client of the harness (the `sasl` crate has no SHA-512),
+/// with tls-exporter channel binding when `cb` is given.
+fn scram_sha512(password: &str, cb: Option<Vec<u8>>) -> sasl_client::Scram {
+    sasl_client::Scram::new(sasl_client::Hash::Sha512, "alice", password, cb.map(|d| ("tls-exporter", d)))
 }
 
 #[tokio::test]
@@ -565,7 +479,7 @@ async fn sasl_crate_scram_and_plain_mechanisms() {
         let server = TestServer::start().await;
         server.add_user("alice", "pencil-ünïcode").await;
 
-        type Make = fn(&str, &str, ChannelBinding) -> Box<dyn Mechanism>;
+        type Make = fn(&str, &str, ChannelBinding) -> SaslCrate;
         let cases: [(&str, Make, bool); 4] = [
             ("SCRAM-SHA-1", scram_sha1, false),
             ("SCRAM-SHA-256", scram_sha256, false),
@@ -573,19 +487,18 @@ async fn sasl_crate_scram_and_plain_mechanisms() {
             ("SCRAM-SHA-256-PLUS", scram_sha256, true),
         ];
         for (i, (name, make, plus)) in cases.into_iter().enumerate() {
-            let (mut c, f) = Conn::starttls(server.c2s).await;
+            let (mut c, f) = SaslConn::starttls(server.c2s).await;
             assert!(mechanisms(&f).iter().any(|m| m == name), "{name} not offered: {f:?}");
             let cb = if plus { ChannelBinding::TlsExporter(exporter(c.tls())) } else { ChannelBinding::None };
             let mut m = make("alice", "pencil-ünïcode", cb);
             assert_eq!(m.name(), name);
-            c.authenticate(m.as_mut()).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+            c.authenticate(&mut m).await.unwrap_or_else(|e| panic!("{name}: {e}"));
             let jid = c.bind_and_ping(&format!("r{i}")).await;
             assert_eq!(jid, format!("alice@localhost/r{i}"));
         }
 
-        let (mut c, _) = Conn::starttls(server.c2s).await;
-        let mut plain = Plain::from_credentials(creds("alice", "pencil-ünïcode", ChannelBinding::None)).unwrap();
-        c.authenticate(&mut plain).await.unwrap();
+        let (mut c, _) = SaslConn::starttls(server.c2s).await;
+        c.authenticate(&mut plain("alice", "pencil-ünïcode")).await.unwrap();
         c.bind_and_ping("plain").await;
 
         drop(c);
@@ -598,7 +511,7 @@ async fn sasl_crate_scram_and_plain_mechanisms() {
 async fn sasl_crate_channel_binding_advertised() {
     bounded(async {
         let server = TestServer::start().await;
-        let (c, f) = Conn::starttls(server.c2s).await;
+        let (c, f) = SaslConn::starttls(server.c2s).await;
         drop(c);
         let types: Vec<String> = f
             .get_child("sasl-channel-binding", "urn:xmpp:sasl-cb:0")
@@ -616,24 +529,23 @@ async fn sasl_crate_wrong_password_is_not_authorized() {
         let server = TestServer::start_with(no_failure_delay).await;
         server.add_user("alice", "right").await;
 
-        for make in [scram_sha1 as fn(&str, &str, ChannelBinding) -> Box<dyn Mechanism>, scram_sha256] {
-            let (mut c, _) = Conn::starttls(server.c2s).await;
+        for make in [scram_sha1 as fn(&str, &str, ChannelBinding) -> SaslCrate, scram_sha256] {
+            let (mut c, _) = SaslConn::starttls(server.c2s).await;
             let mut m = make("alice", "wrong", ChannelBinding::None);
-            assert_eq!(c.authenticate(m.as_mut()).await, Err("not-authorized".to_owned()), "{}", m.name());
+            assert_eq!(c.authenticate(&mut m).await, Err("not-authorized".to_owned()), "{}", m.name());
         }
         // An unknown user fails the same way (no account enumeration).
-        let (mut c, _) = Conn::starttls(server.c2s).await;
+        let (mut c, _) = SaslConn::starttls(server.c2s).await;
         let mut m = scram_sha256("nobody", "right", ChannelBinding::None);
-        assert_eq!(c.authenticate(m.as_mut()).await, Err("not-authorized".to_owned()));
+        assert_eq!(c.authenticate(&mut m).await, Err("not-authorized".to_owned()));
 
-        (c, _) = Conn::starttls(server.c2s).await;
-        let mut plain = Plain::from_credentials(creds("alice", "wrong", ChannelBinding::None)).unwrap();
-        assert_eq!(c.authenticate(&mut plain).await, Err("not-authorized".to_owned()));
+        (c, _) = SaslConn::starttls(server.c2s).await;
+        assert_eq!(c.authenticate(&mut plain("alice", "wrong")).await, Err("not-authorized".to_owned()));
 
         // The right password still works on a connection after failures.
-        (c, _) = Conn::starttls(server.c2s).await;
+        (c, _) = SaslConn::starttls(server.c2s).await;
         let mut m = scram_sha256("alice", "right", ChannelBinding::None);
-        c.authenticate(m.as_mut()).await.unwrap();
+        c.authenticate(&mut m).await.unwrap();
         c.bind_and_ping("after-failures").await;
         drop(c);
         server.stop().await;
@@ -647,26 +559,26 @@ async fn sasl_crate_tampered_channel_binding_fails() {
         let server = TestServer::start_with(no_failure_delay).await;
         server.add_user("alice", "pw").await;
 
-        for make in [scram_sha1 as fn(&str, &str, ChannelBinding) -> Box<dyn Mechanism>, scram_sha256] {
-            let (mut c, _) = Conn::starttls(server.c2s).await;
+        for make in [scram_sha1 as fn(&str, &str, ChannelBinding) -> SaslCrate, scram_sha256] {
+            let (mut c, _) = SaslConn::starttls(server.c2s).await;
             let mut cb = exporter(c.tls());
             cb[0] ^= 0x01;
             let mut m = make("alice", "pw", ChannelBinding::TlsExporter(cb));
-            assert_eq!(c.authenticate(m.as_mut()).await, Err("not-authorized".to_owned()), "{}", m.name());
+            assert_eq!(c.authenticate(&mut m).await, Err("not-authorized".to_owned()), "{}", m.name());
         }
 
         // Binding data from another TLS connection (a man in the middle) fails too.
-        let (other, _) = Conn::starttls(server.c2s).await;
-        let (mut c, _) = Conn::starttls(server.c2s).await;
+        let (other, _) = SaslConn::starttls(server.c2s).await;
+        let (mut c, _) = SaslConn::starttls(server.c2s).await;
         let mut m = scram_sha256("alice", "pw", ChannelBinding::TlsExporter(exporter(other.tls())));
-        assert_eq!(c.authenticate(m.as_mut()).await, Err("not-authorized".to_owned()));
+        assert_eq!(c.authenticate(&mut m).await, Err("not-authorized".to_owned()));
         drop(other);
 
         // RFC 5802 §6: a client saying "y" (it supports binding but thinks the server
         // does not) while the server advertised -PLUS indicates a downgrade.
-        (c, _) = Conn::starttls(server.c2s).await;
+        (c, _) = SaslConn::starttls(server.c2s).await;
         let mut m = scram_sha256("alice", "pw", ChannelBinding::Unsupported);
-        assert_eq!(c.authenticate(m.as_mut()).await, Err("not-authorized".to_owned()));
+        assert_eq!(c.authenticate(&mut m).await, Err("not-authorized".to_owned()));
         drop(c);
         server.stop().await;
     })
@@ -679,163 +591,21 @@ async fn sasl_crate_login_over_direct_tls() {
         let server = TestServer::start().await;
         server.add_user("alice", "pw").await;
 
-        let (mut c, f) = Conn::direct_tls(server.c2s_tls).await;
+        let (mut c, f) = SaslConn::direct_tls(server.c2s_tls).await;
         assert!(f.get_child("starttls", "urn:ietf:params:xml:ns:xmpp-tls").is_none(), "no STARTTLS inside TLS");
         assert!(mechanisms(&f).iter().any(|m| m == "SCRAM-SHA-256-PLUS"), "{f:?}");
         let mut m = scram_sha256("alice", "pw", ChannelBinding::TlsExporter(exporter(c.tls())));
-        c.authenticate(m.as_mut()).await.unwrap();
+        c.authenticate(&mut m).await.unwrap();
         assert_eq!(c.bind_and_ping("direct").await, "alice@localhost/direct");
 
-        (c, _) = Conn::direct_tls(server.c2s_tls).await;
+        (c, _) = SaslConn::direct_tls(server.c2s_tls).await;
         let mut m = scram_sha1("alice", "pw", ChannelBinding::None);
-        c.authenticate(m.as_mut()).await.unwrap();
+        c.authenticate(&mut m).await.unwrap();
         c.bind_and_ping("direct2").await;
         drop(c);
         server.stop().await;
     })
     .await;
-}
-
-/// HMAC-SHA-512 (RFC 2104) over the SHA-512 of the `sha2` crate.
-fn hmac_sha512(key: &[u8], data: &[u8]) -> Vec<u8> {
-    const BLOCK: usize = 128;
-    let mut k = if key.len() > BLOCK { Sha512::digest(key).to_vec() } else { key.to_vec() };
-    k.resize(BLOCK, 0);
-    let mut inner = Sha512::new();
-    inner.update(k.iter().map(|b| b ^ 0x36).collect::<Vec<u8>>());
-    inner.update(data);
-    let mut outer = Sha512::new();
-    outer.update(k.iter().map(|b| b ^ 0x5c).collect::<Vec<u8>>());
-    outer.update(inner.finalize());
-    outer.finalize().to_vec()
-}
-
-/// PBKDF2-HMAC-SHA-512 (RFC 8018 §5.2) for one output block, which is what SCRAM's Hi()
-/// is (RFC 5802 §2.2).
-fn hi_sha512(password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
-    let mut u = hmac_sha512(password, &[salt, &1u32.to_be_bytes()].concat());
-    let mut out = u.clone();
-    for _ in 1..iterations {
-        u = hmac_sha512(password, &u);
-        out.iter_mut().zip(&u).for_each(|(o, x)| *o ^= x);
-    }
-    out
-}
-
-fn xor(a: &[u8], b: &[u8]) -> Vec<u8> {
-    a.iter().zip(b).map(|(x, y)| x ^ y).collect()
-}
-
-/// A SCRAM-SHA-512(-PLUS) client written from RFC 5802 §3 (the `sasl` crate has no
-/// SHA-512), exposed through the `sasl` crate's `Mechanism` trait so the same driver runs it.
-struct ScramSha512 {
-    user: String,
-    password: String,
-    cb: Option<Vec<u8>>,
-    nonce: String,
-    client_first_bare: String,
-    server_signature: Vec<u8>,
-}
-
-impl ScramSha512 {
-    fn new(user: &str, password: &str, cb: Option<Vec<u8>>) -> Self {
-        // Uniqueness per exchange is all a test needs; the server adds its own nonce part.
-        let seed = format!("{:?}{:?}", std::time::SystemTime::now(), std::thread::current().id());
-        let nonce = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&Sha512::digest(seed.as_bytes())[..18]);
-        ScramSha512 {
-            user: user.to_owned(),
-            password: password.to_owned(),
-            cb,
-            nonce,
-            client_first_bare: String::new(),
-            server_signature: Vec::new(),
-        }
-    }
-
-    fn gs2_header(&self) -> &'static str {
-        if self.cb.is_some() { "p=tls-exporter,," } else { "n,," }
-    }
-}
-
-impl Mechanism for ScramSha512 {
-    fn name(&self) -> &str {
-        if self.cb.is_some() { "SCRAM-SHA-512-PLUS" } else { "SCRAM-SHA-512" }
-    }
-
-    fn from_credentials(_: Credentials) -> Result<Self, MechanismError> {
-        Err(MechanismError::ScramRequiresPassword)
-    }
-
-    fn initial(&mut self) -> Vec<u8> {
-        let user = self.user.replace('=', "=3D").replace(',', "=2C");
-        self.client_first_bare = format!("n={user},r={}", self.nonce);
-        format!("{}{}", self.gs2_header(), self.client_first_bare).into_bytes()
-    }
-
-    fn response(&mut self, challenge: &[u8]) -> Result<Vec<u8>, MechanismError> {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let server_first = std::str::from_utf8(challenge).map_err(|_| MechanismError::CannotDecodeChallenge)?;
-        let attr = |k: &str| server_first.split(',').find_map(|a| a.strip_prefix(k)).map(str::to_owned);
-        let nonce = attr("r=").ok_or(MechanismError::NoServerNonce)?;
-        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
-            return Err(MechanismError::NoServerNonce);
-        }
-        let salt = attr("s=").and_then(|s| b64.decode(s).ok()).ok_or(MechanismError::NoServerSalt)?;
-        let iterations: u32 = attr("i=").and_then(|i| i.parse().ok()).ok_or(MechanismError::NoServerIterations)?;
-
-        let mut cbind = self.gs2_header().as_bytes().to_vec();
-        cbind.extend(self.cb.iter().flatten());
-        let without_proof = format!("c={},r={nonce}", b64.encode(&cbind));
-        let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
-
-        let salted = hi_sha512(self.password.as_bytes(), &salt, iterations);
-        let client_key = hmac_sha512(&salted, b"Client Key");
-        let stored_key = Sha512::digest(&client_key).to_vec();
-        let client_signature = hmac_sha512(&stored_key, auth_message.as_bytes());
-        let proof = xor(&client_key, &client_signature);
-        let server_key = hmac_sha512(&salted, b"Server Key");
-        self.server_signature = hmac_sha512(&server_key, auth_message.as_bytes());
-        Ok(format!("{without_proof},p={}", b64.encode(proof)).into_bytes())
-    }
-
-    fn success(&mut self, data: &[u8]) -> Result<(), MechanismError> {
-        let v = std::str::from_utf8(data)
-            .ok()
-            .and_then(|s| s.strip_prefix("v="))
-            .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
-            .ok_or(MechanismError::NoSignatureInSuccessResponse)?;
-        if v == self.server_signature { Ok(()) } else { Err(MechanismError::InvalidSignatureInSuccessResponse) }
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-#[test]
-fn sha512_helpers_match_published_vectors() {
-    // RFC 4231 §4.3 (test case 2).
-    assert_eq!(
-        hex(&hmac_sha512(b"Jefe", b"what do ya want for nothing?")),
-        "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea2505549758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737"
-    );
-    // RFC 4231 §4.8 (test case 7): a key longer than the block is hashed first.
-    assert_eq!(
-        hex(&hmac_sha512(
-            &[0xaa; 131],
-            b"This is a test using a larger than block-size key and a larger than block-size data. The key needs to be hashed before being used by the HMAC algorithm."
-        )),
-        "e37b6a775dc87dbaa4dfa9f96e5e3ffddebd71f8867289865df5a32d20cdc944b6022cac3c4982b10d5eeb55c3e4de15134676fb6de0446065c97440fa8c6a58"
-    );
-    // PBKDF2-HMAC-SHA512, P="password", S="salt".
-    assert_eq!(
-        hex(&hi_sha512(b"password", b"salt", 1)),
-        "867f70cf1ade02cff3752599a3a53dc4af34c7a669815ae5d513554e1c8cf252c02d470a285a0501bad999bfe943c08f050235d7d68b1da55e63f73b60a57fce"
-    );
-    assert_eq!(
-        hex(&hi_sha512(b"password", b"salt", 2)),
-        "e1d9c16aa681708a45f5c7c4e215ceb66e011a2e9f0040713f18aefdb866d53cf76cab2868a39b9f7840edce4fef5a82be67335c77a6068e04112754f27ccf4e"
-    );
 }
 
 #[tokio::test]
@@ -844,31 +614,31 @@ async fn independent_scram_sha512() {
         let server = TestServer::start_with(no_failure_delay).await;
         server.add_user("alice", "pw-512").await;
 
-        let (mut c, f) = Conn::starttls(server.c2s).await;
+        let (mut c, f) = SaslConn::starttls(server.c2s).await;
         let offered = mechanisms(&f);
         assert!(offered.iter().any(|m| m == "SCRAM-SHA-512"), "{offered:?}");
         assert!(offered.iter().any(|m| m == "SCRAM-SHA-512-PLUS"), "{offered:?}");
-        c.authenticate(&mut ScramSha512::new("alice", "pw-512", None)).await.unwrap();
+        c.authenticate(&mut scram_sha512("pw-512", None)).await.unwrap();
         c.bind_and_ping("s512").await;
 
-        (c, _) = Conn::starttls(server.c2s).await;
+        (c, _) = SaslConn::starttls(server.c2s).await;
         let cb = exporter(c.tls());
-        c.authenticate(&mut ScramSha512::new("alice", "pw-512", Some(cb))).await.unwrap();
+        c.authenticate(&mut scram_sha512("pw-512", Some(cb))).await.unwrap();
         c.bind_and_ping("s512plus").await;
 
-        (c, _) = Conn::direct_tls(server.c2s_tls).await;
+        (c, _) = SaslConn::direct_tls(server.c2s_tls).await;
         let cb = exporter(c.tls());
-        c.authenticate(&mut ScramSha512::new("alice", "pw-512", Some(cb))).await.unwrap();
+        c.authenticate(&mut scram_sha512("pw-512", Some(cb))).await.unwrap();
         c.bind_and_ping("s512direct").await;
 
-        (c, _) = Conn::starttls(server.c2s).await;
-        let err = c.authenticate(&mut ScramSha512::new("alice", "wrong", None)).await;
+        (c, _) = SaslConn::starttls(server.c2s).await;
+        let err = c.authenticate(&mut scram_sha512("wrong", None)).await;
         assert_eq!(err, Err("not-authorized".to_owned()));
 
-        (c, _) = Conn::starttls(server.c2s).await;
+        (c, _) = SaslConn::starttls(server.c2s).await;
         let mut cb = exporter(c.tls());
         cb[31] ^= 0x80;
-        let err = c.authenticate(&mut ScramSha512::new("alice", "pw-512", Some(cb))).await;
+        let err = c.authenticate(&mut scram_sha512("pw-512", Some(cb))).await;
         assert_eq!(err, Err("not-authorized".to_owned()));
         drop(c);
         server.stop().await;

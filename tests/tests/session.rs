@@ -7,16 +7,16 @@
 //! Every test is bounded by [`within`] so none can hang.
 #![allow(clippy::unwrap_used)]
 
-use base64::Engine;
 use rookery_tests::TestServer;
-use rookery_tests::raw::{self, Incoming, Io, RawClient, WAIT};
-use rookery_xml::{Element, Frame, Framer, Limits};
+use rookery_tests::raw::{Incoming, RawClient, WAIT};
+use rookery_tests::sasl_client::{ClientMechanism, Hash, SaslConn, Scram};
+use rookery_xml::Element;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use xmpp_parsers::sha2::{Digest, Sha256};
 
 const SASL_NS: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
@@ -342,177 +342,12 @@ async fn stanza_rate_limit_slows_but_does_not_disconnect() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 8. tls-server-end-point channel binding with a SCRAM-SHA-256-PLUS client written here
+// 8. tls-server-end-point channel binding with the harness's independent SCRAM-SHA-256-PLUS client
 
-/// HMAC-SHA-256 (RFC 2104) over the SHA-256 of the `sha2` crate.
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    const BLOCK: usize = 64;
-    let mut k = if key.len() > BLOCK { Sha256::digest(key).to_vec() } else { key.to_vec() };
-    k.resize(BLOCK, 0);
-    let mut inner = Sha256::new();
-    inner.update(k.iter().map(|b| b ^ 0x36).collect::<Vec<u8>>());
-    inner.update(data);
-    let mut outer = Sha256::new();
-    outer.update(k.iter().map(|b| b ^ 0x5c).collect::<Vec<u8>>());
-    outer.update(inner.finalize());
-    outer.finalize().to_vec()
-}
-
-/// PBKDF2-HMAC-SHA-256 (RFC 8018 §5.2) for one output block: SCRAM's Hi() (RFC 5802 §2.2).
-fn hi_sha256(password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
-    let mut u = hmac_sha256(password, &[salt, &1u32.to_be_bytes()].concat());
-    let mut out = u.clone();
-    for _ in 1..iterations {
-        u = hmac_sha256(password, &u);
-        out.iter_mut().zip(&u).for_each(|(o, x)| *o ^= x);
-    }
-    out
-}
-
-fn xor(a: &[u8], b: &[u8]) -> Vec<u8> {
-    a.iter().zip(b).map(|(x, y)| x ^ y).collect()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-#[test]
-fn sha256_helpers_match_published_vectors() {
-    // RFC 4231 §4.3 (test case 2).
-    assert_eq!(
-        hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
-        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-    );
-    // RFC 4231 §4.7 (test case 6): a key longer than the block is hashed first.
-    assert_eq!(
-        hex(&hmac_sha256(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First")),
-        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
-    );
-    // RFC 7914 §11: PBKDF2-HMAC-SHA256, P="passwd", S="salt", c=1 (first block).
-    assert_eq!(
-        hex(&hi_sha256(b"passwd", b"salt", 1)),
-        "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc"
-    );
-}
-
-/// A connection driven by the test: TLS from the harness, a framer of its own so the
-/// SASL exchange and the stream restart are under the test's control.
-struct Conn {
-    io: Io,
-    framer: Framer,
-}
-
-impl Conn {
-    /// TCP, STARTTLS, then a fresh stream whose features are returned.
-    async fn starttls(addr: SocketAddr) -> (Conn, Element) {
-        let mut raw = RawClient::connect(addr).await;
-        raw.open().await;
-        raw.starttls().await;
-        let io = std::mem::replace(&mut raw.io, Io::Gone);
-        let mut c = Conn { io, framer: Framer::new(Limits::default()) };
-        let f = c.open().await;
-        (c, f)
-    }
-
-    /// The DER of the server's end-entity certificate, as this connection saw it.
-    fn server_cert(&self) -> Vec<u8> {
-        match &self.io {
-            Io::Tls(s) => s.get_ref().1.peer_certificates().expect("no server certificate")[0].as_ref().to_vec(),
-            _ => panic!("not a TLS connection"),
-        }
-    }
-
-    async fn send(&mut self, s: &str) {
-        self.io.write_all(s.as_bytes()).await.unwrap();
-        self.io.flush().await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Element {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match self.framer.next_frame().unwrap() {
-                Some(Frame::Element(e)) => return e.parse().unwrap(),
-                Some(Frame::StreamOpen(_)) | Some(Frame::Whitespace) => continue,
-                Some(Frame::StreamClose) => panic!("stream closed by the server"),
-                None => {}
-            }
-            match tokio::time::timeout_at(deadline, self.io.read_buf(self.framer.read_buf())).await {
-                Err(_) => panic!("timed out waiting for an element"),
-                Ok(Ok(0)) | Ok(Err(_)) => panic!("connection closed by the server"),
-                Ok(Ok(_)) => {}
-            }
-        }
-    }
-
-    async fn open(&mut self) -> Element {
-        self.framer.restart();
-        self.send(raw::HEADER).await;
-        let f = self.recv().await;
-        assert_eq!(f.name, "features", "expected stream features, got {f:?}");
-        f
-    }
-
-    /// SCRAM-SHA-256-PLUS with `tls-server-end-point` binding data `cb` (RFC 5802 §3,
-    /// §7; RFC 5929 §4). Ok after a `<success/>` whose server signature verifies,
-    /// Err(condition) on `<failure/>`.
-    async fn scram_sha256_plus_end_point(&mut self, user: &str, password: &str, cb: &[u8]) -> Result<(), String> {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let gs2_header = "p=tls-server-end-point,,";
-        let seed = format!("{:?}{:?}", std::time::SystemTime::now(), std::thread::current().id());
-        let client_nonce =
-            base64::engine::general_purpose::STANDARD_NO_PAD.encode(&Sha256::digest(seed.as_bytes())[..18]);
-        let client_first_bare = format!("n={user},r={client_nonce}");
-        let client_first = format!("{gs2_header}{client_first_bare}");
-        self.send(&format!(
-            "<auth xmlns='{SASL_NS}' mechanism='SCRAM-SHA-256-PLUS'>{}</auth>",
-            b64.encode(client_first.as_bytes())
-        ))
-        .await;
-
-        let e = self.recv().await;
-        if e.name == "failure" {
-            return Err(failure_condition(&e));
-        }
-        assert_eq!((e.name.as_str(), e.ns.as_str()), ("challenge", SASL_NS), "{e:?}");
-        let server_first = String::from_utf8(b64.decode(e.text_content().trim()).unwrap()).unwrap();
-        let attr = |k: &str| server_first.split(',').find_map(|a| a.strip_prefix(k)).map(str::to_owned);
-        let nonce = attr("r=").unwrap_or_else(|| panic!("no nonce in {server_first}"));
-        assert!(nonce.starts_with(&client_nonce) && nonce.len() > client_nonce.len(), "bad nonce: {server_first}");
-        let salt = b64.decode(attr("s=").unwrap()).unwrap();
-        let iterations: u32 = attr("i=").unwrap().parse().unwrap();
-
-        let mut cbind_input = gs2_header.as_bytes().to_vec();
-        cbind_input.extend_from_slice(cb);
-        let without_proof = format!("c={},r={nonce}", b64.encode(&cbind_input));
-        let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
-        let salted = hi_sha256(password.as_bytes(), &salt, iterations);
-        let client_key = hmac_sha256(&salted, b"Client Key");
-        let stored_key = Sha256::digest(&client_key).to_vec();
-        let client_signature = hmac_sha256(&stored_key, auth_message.as_bytes());
-        let proof = xor(&client_key, &client_signature);
-        let server_key = hmac_sha256(&salted, b"Server Key");
-        let server_signature = hmac_sha256(&server_key, auth_message.as_bytes());
-        let client_final = format!("{without_proof},p={}", b64.encode(proof));
-        self.send(&format!("<response xmlns='{SASL_NS}'>{}</response>", b64.encode(client_final.as_bytes()))).await;
-
-        let e = self.recv().await;
-        assert_eq!(e.ns, SASL_NS, "{e:?}");
-        match e.name.as_str() {
-            "success" => {
-                let data = String::from_utf8(b64.decode(e.text_content().trim()).unwrap()).unwrap();
-                let v = data.strip_prefix("v=").unwrap_or_else(|| panic!("no verifier in {data}"));
-                assert_eq!(b64.decode(v).unwrap(), server_signature, "the server's signature does not verify");
-                Ok(())
-            }
-            "failure" => Err(failure_condition(&e)),
-            other => panic!("unexpected SASL element {other}: {e:?}"),
-        }
-    }
-}
-
-fn failure_condition(e: &Element) -> String {
-    e.elements().find(|c| c.name != "text").map(|c| c.name.clone()).unwrap_or_default()
+/// SCRAM-SHA-256-PLUS with `tls-server-end-point` binding data `cb` (RFC 5802 §3, §7;
+/// RFC 5929 §4), written independently of the server.
+fn scram_sha256_plus_end_point(user: &str, password: &str, cb: Vec<u8>) -> Scram {
+    Scram::new(Hash::Sha256, user, password, Some(("tls-server-end-point", cb)))
 }
 
 #[tokio::test]
@@ -521,7 +356,7 @@ async fn scram_sha256_plus_with_tls_server_end_point() {
         let srv = TestServer::start().await;
         srv.add_user("alice", "alice-pw").await;
 
-        let (mut c, f) = Conn::starttls(srv.c2s).await;
+        let (mut c, f) = SaslConn::starttls(srv.c2s).await;
         let mechs: Vec<String> = f
             .get_child("mechanisms", SASL_NS)
             .map(|m| m.elements().map(|e| e.text_content()).collect())
@@ -535,22 +370,17 @@ async fn scram_sha256_plus_with_tls_server_end_point() {
 
         // RFC 5929 §4.1: the hash of the certificate (its signature uses SHA-256).
         let cb = Sha256::digest(c.server_cert()).to_vec();
-        c.scram_sha256_plus_end_point("alice", "alice-pw", &cb).await.unwrap();
-        let f = c.open().await;
-        assert!(f.get_child("bind", BIND_NS).is_some(), "{f:?}");
-        c.send(&format!("<iq type='set' id='b'><bind xmlns='{BIND_NS}'><resource>cb</resource></bind></iq>")).await;
-        let r = c.recv().await;
-        assert_eq!(r.get_attr("type"), Some("result"), "{r:?}");
-        c.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
-        let r = c.recv().await;
-        assert_eq!((r.get_attr("id"), r.get_attr("type")), (Some("p"), Some("result")), "{r:?}");
+        let mut m = scram_sha256_plus_end_point("alice", "alice-pw", cb);
+        assert_eq!(m.name(), "SCRAM-SHA-256-PLUS");
+        c.authenticate(&mut m).await.unwrap();
+        assert_eq!(c.bind_and_ping("cb").await, "alice@localhost/cb");
         drop(c);
 
         // One flipped byte in the binding data.
-        let (mut c, _) = Conn::starttls(srv.c2s).await;
+        let (mut c, _) = SaslConn::starttls(srv.c2s).await;
         let mut cb = Sha256::digest(c.server_cert()).to_vec();
         cb[7] ^= 0x20;
-        let res = c.scram_sha256_plus_end_point("alice", "alice-pw", &cb).await;
+        let res = c.authenticate(&mut scram_sha256_plus_end_point("alice", "alice-pw", cb)).await;
         assert_eq!(res, Err("not-authorized".to_owned()));
         drop(c);
         srv.stop().await;
