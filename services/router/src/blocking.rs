@@ -89,7 +89,7 @@ impl LocalRouter {
             }
             for s in sessions.iter().filter(|s| s.available) {
                 let p = rookery_stanza::presence(s.jid.as_jid(), &target, Some("unavailable"));
-                self.deliver_presence_to(&target, p).await;
+                self.deliver_presence_from(s.jid.as_jid(), &target, p).await;
             }
         }
         // §3.4: an unblocked contact that is subscribed gets current presence again.
@@ -102,7 +102,7 @@ impl LocalRouter {
             for s in sessions.iter().filter(|s| s.available) {
                 if let Some(p) = &s.presence {
                     let bytes = crate::presence::readdress(p, &target);
-                    self.deliver_presence_to(&target, bytes).await;
+                    self.deliver_presence_from(s.jid.as_jid(), &target, bytes).await;
                 }
             }
         }

@@ -117,7 +117,7 @@ impl LocalRouter {
                 None => return,
             },
         };
-        self.deliver_to_full(&from, reply);
+        self.send_full(&from, reply);
     }
 
     /// §8.5.3: deliver to the exact resource, or answer service-unavailable.
@@ -139,7 +139,7 @@ impl LocalRouter {
             self.bounce(env, StanzaError::new(Condition::ServiceUnavailable));
             return;
         }
-        if !self.deliver_to_full(&to, env.wire()) {
+        if !self.send_full(&to, env.wire()) {
             self.bounce(env, StanzaError::new(Condition::ServiceUnavailable));
         }
     }
@@ -162,7 +162,7 @@ impl LocalRouter {
             if self.blocks.blocks(&to.to_bare(), &env.from).await {
                 return;
             }
-            self.deliver_to_full(&to, env.wire());
+            self.send_full(&to, env.wire());
         }
     }
 }

@@ -230,12 +230,9 @@ impl LocalRouter {
         }
     }
 
-    pub(crate) fn account_exists_sync_hint(&self, user: &BareJid) -> bool {
-        !self.registry.sessions(user).is_empty()
-    }
-
     pub(crate) async fn account_exists(&self, user: &BareJid) -> bool {
-        if self.account_exists_sync_hint(user) {
+        // A bound session proves the account exists without a store read.
+        if !self.registry.sessions(user).is_empty() {
             return true;
         }
         match self.stores.accounts.get(user).await {

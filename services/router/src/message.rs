@@ -4,7 +4,7 @@
 
 use crate::LocalRouter;
 use rookery_core::SessionEntry;
-use rookery_jid::{BareJid, FullJid};
+use rookery_jid::BareJid;
 use rookery_stanza::{Condition, Envelope, StanzaError};
 
 /// RFC 6121 §5.2.2 message types.
@@ -91,10 +91,6 @@ impl LocalRouter {
                 MsgType::Chat => {}
                 MsgType::Error | MsgType::Headline => return,
                 MsgType::Normal | MsgType::Groupchat => {
-                    if sessions.is_empty() && !self.account_exists(&user).await {
-                        self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable));
-                        return;
-                    }
                     self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable));
                     return;
                 }
@@ -133,11 +129,6 @@ impl LocalRouter {
             }
         }
     }
-
-    /// Delivers a server-originated or already-checked stanza to one full JID.
-    pub(crate) fn deliver_to_full(&self, to: &FullJid, bytes: bytes::Bytes) -> bool {
-        self.send_full(to, bytes)
-    }
 }
 
 #[cfg(test)]
@@ -145,6 +136,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use rookery_core::Location;
+    use rookery_jid::FullJid;
 
     fn s(res: &str, prio: i8, available: bool) -> SessionEntry {
         SessionEntry {

@@ -108,16 +108,6 @@ impl LocalRouter {
         }
     }
 
-    /// Used when the sender is implied by the stored stanza itself.
-    pub(crate) async fn deliver_presence_to(&self, to: &Jid, bytes: Bytes) {
-        let from = rookery_xml::parse_element(&bytes, rookery_stanza::ns::CLIENT)
-            .ok()
-            .and_then(|e| e.get_attr("from").and_then(|f| Jid::parse(f).ok()));
-        if let Some(from) = from {
-            self.deliver_presence_from(&from, to, bytes).await;
-        }
-    }
-
     async fn broadcast(&self, from: &FullJid, env: Envelope) {
         let user = from.to_bare();
         let stored = env.el.rewrite_attrs(&[("from", Some(from.as_str())), ("to", None)]);
