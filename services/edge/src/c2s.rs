@@ -163,6 +163,18 @@ fn header_bytes(domain: &str, to: Option<&str>) -> Vec<u8> {
     out
 }
 
+/// An IQ error to a stream that has no bound JID yet (no `to` to address it to).
+fn iq_error(id: &str, err: &StanzaError) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(b"<iq");
+    rookery_stanza::push_attr(&mut out, "id", id);
+    rookery_stanza::push_attr(&mut out, "type", "error");
+    out.push(b'>');
+    err.write_to(&mut out);
+    out.extend_from_slice(b"</iq>");
+    out
+}
+
 /// A `<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>` with the condition.
 fn sasl_failure(cond: &str) -> Vec<u8> {
     format!("<failure xmlns='{}'><{cond}/></failure>", ns::SASL).into_bytes()
@@ -604,12 +616,7 @@ impl Conn {
                     None => out.extend_from_slice(b"/>"),
                 }
             }
-            Err(e) => {
-                rookery_stanza::push_attr(&mut out, "type", "error");
-                out.push(b'>');
-                e.write_to(&mut out);
-                out.extend_from_slice(b"</iq>");
-            }
+            Err(e) => out = iq_error(&id, &e),
         }
         self.write(&out).await
     }
@@ -635,16 +642,7 @@ impl Conn {
             }
             let id = el.id.clone().unwrap_or_default();
             let Ok(tree) = el.parse() else { return Err(stream_err(StreamCondition::NotWellFormed)) };
-            let reply_err = |e: StanzaError| {
-                let mut out = Vec::new();
-                out.extend_from_slice(b"<iq");
-                rookery_stanza::push_attr(&mut out, "id", &id);
-                rookery_stanza::push_attr(&mut out, "type", "error");
-                out.push(b'>');
-                e.write_to(&mut out);
-                out.extend_from_slice(b"</iq>");
-                out
-            };
+            let reply_err = |e: StanzaError| iq_error(&id, &e);
             if tree.get_child("session", ns::SESSION).is_some() && el.kind.as_deref() == Some("set") {
                 let out = format!("<iq id='{}' type='result'/>", rookery_xml::escape_attr(&id));
                 self.write(out.as_bytes()).await?;
