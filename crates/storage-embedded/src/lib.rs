@@ -286,6 +286,8 @@ pub fn embedded_stores(store: Arc<EmbeddedStore>) -> Stores {
         vcard: store.clone(),
         blocking: store.clone(),
         last: store,
+        // replaced by the fjall archive in the same change set
+        archive: Arc::new(rookery_storage::MemoryStore::new()),
     }
 }
 

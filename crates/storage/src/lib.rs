@@ -7,7 +7,8 @@
 //! stanzas, vCards) are opaque bytes here.
 //!
 //! Specs whose data lives here: RFC 6121 §2 (roster items, `ver` per XEP-0237),
-//! XEP-0160 (offline), XEP-0054 (vcard-temp), XEP-0191 (blocking), XEP-0012 (last activity).
+//! XEP-0160 (offline), XEP-0054 (vcard-temp), XEP-0191 (blocking), XEP-0012 (last activity),
+//! XEP-0313/XEP-0359 (message archive, see [`archive`]).
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use rookery_sasl::StoredCredentials;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+pub mod archive;
 pub mod conformance;
 pub mod memory;
 
@@ -165,6 +167,7 @@ pub struct Stores {
     pub vcard: Arc<dyn VcardStore>,
     pub blocking: Arc<dyn BlockStore>,
     pub last: Arc<dyn LastActivityStore>,
+    pub archive: Arc<dyn ArchiveStore>,
 }
 
 impl Stores {
@@ -176,6 +179,7 @@ impl Stores {
         self.vcard.delete(user).await?;
         self.blocking.unblock_all(user).await?;
         self.last.delete(user).await?;
+        self.archive.delete_all(user).await?;
         Ok(existed)
     }
 }
@@ -185,4 +189,8 @@ pub fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+pub use archive::{
+    ArchiveDefault, ArchiveEntry, ArchiveId, ArchiveIdGen, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveRow,
+    ArchiveStore, WithFilter,
+};
 pub use memory::{MemoryStore, memory_stores};

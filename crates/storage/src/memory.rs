@@ -13,6 +13,7 @@
 //! seq order. Offline seqs come from one counter for the whole store, so they are strictly
 //! increasing per user (and across users) for the lifetime of the store.
 
+use crate::archive::{ArchiveEntry, ArchiveId, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveRow, ArchiveStore};
 use crate::{
     Account, AccountStore, BlockStore, LastActivity, LastActivityStore, OfflineMessage, OfflineStore, Result, Roster,
     RosterItem, RosterStore, Stores, VcardStore,
@@ -34,6 +35,8 @@ pub struct MemoryStore {
     vcards: RwLock<HashMap<String, Bytes>>,
     blocking: RwLock<HashMap<String, BTreeSet<String>>>,
     last: RwLock<HashMap<String, LastActivity>>,
+    archives: RwLock<HashMap<String, BTreeMap<ArchiveId, ArchiveEntry>>>,
+    archive_prefs: RwLock<HashMap<String, ArchivePrefs>>,
 }
 
 #[derive(Default)]
@@ -64,7 +67,8 @@ pub fn memory_stores() -> Stores {
         offline: store.clone(),
         vcard: store.clone(),
         blocking: store.clone(),
-        last: store,
+        last: store.clone(),
+        archive: store,
     }
 }
 
@@ -271,6 +275,61 @@ impl LastActivityStore for MemoryStore {
 
     async fn delete(&self, user: &BareJid) -> Result<()> {
         write(&self.last).remove(user.as_str());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ArchiveStore for MemoryStore {
+    async fn append(&self, rows: &[ArchiveRow]) -> Result<()> {
+        let mut map = write(&self.archives);
+        for row in rows {
+            map.entry(row.owner.as_str().to_owned()).or_default().insert(row.entry.id, row.entry.clone());
+        }
+        Ok(())
+    }
+
+    async fn query(&self, owner: &BareJid, q: &ArchiveQuery) -> Result<ArchivePage> {
+        use std::ops::Bound;
+        let map = read(&self.archives);
+        let Some(archive) = map.get(owner.as_str()) else {
+            return Ok(crate::archive::page_of(std::iter::empty(), q));
+        };
+        let lo = q.after.map_or(Bound::Unbounded, Bound::Excluded);
+        let hi = q.before.map_or(Bound::Unbounded, Bound::Excluded);
+        if matches!((lo, hi), (Bound::Excluded(a), Bound::Excluded(b)) if a >= b) {
+            return Ok(crate::archive::page_of(std::iter::empty(), q));
+        }
+        Ok(crate::archive::page_of(archive.range((lo, hi)).map(|(_, e)| e), q))
+    }
+
+    async fn bounds(&self, owner: &BareJid) -> Result<Option<(ArchiveId, ArchiveId)>> {
+        let map = read(&self.archives);
+        let Some(archive) = map.get(owner.as_str()) else { return Ok(None) };
+        Ok(archive.keys().next().copied().zip(archive.keys().next_back().copied()))
+    }
+
+    async fn remove_before(&self, owner: &BareJid, before: ArchiveId) -> Result<u64> {
+        let mut map = write(&self.archives);
+        let Some(archive) = map.get_mut(owner.as_str()) else { return Ok(0) };
+        let keep = archive.split_off(&before);
+        let removed = archive.len() as u64;
+        *archive = keep;
+        Ok(removed)
+    }
+
+    async fn delete_all(&self, owner: &BareJid) -> Result<()> {
+        write(&self.archives).remove(owner.as_str());
+        write(&self.archive_prefs).remove(owner.as_str());
+        Ok(())
+    }
+
+    async fn get_prefs(&self, owner: &BareJid) -> Result<Option<ArchivePrefs>> {
+        Ok(read(&self.archive_prefs).get(owner.as_str()).cloned())
+    }
+
+    async fn set_prefs(&self, owner: &BareJid, prefs: &ArchivePrefs) -> Result<()> {
+        write(&self.archive_prefs).insert(owner.as_str().to_owned(), prefs.clone());
         Ok(())
     }
 }
