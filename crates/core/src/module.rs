@@ -92,6 +92,8 @@ pub trait ServerApi: Send + Sync + 'static {
     async fn blocklist_changed(&self, user: &BareJid, blocked: &[String], unblocked: &[String]);
     /// An account was deleted (XEP-0077 cancel): close its sessions.
     async fn account_deleted(&self, user: &BareJid);
+    /// The user's archiving preferences changed (XEP-0313 §5): drop cached copies.
+    fn archive_prefs_changed(&self, user: &BareJid);
 }
 
 /// What a resource asked to be kept informed about.

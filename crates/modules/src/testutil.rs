@@ -36,6 +36,7 @@ pub(crate) struct FakeServer {
     pub sent: Mutex<Vec<(FullJid, Bytes)>>,
     pub blocklist_changes: Mutex<Vec<BlocklistChange>>,
     pub deleted: Mutex<Vec<BareJid>>,
+    pub prefs_changes: Mutex<Vec<BareJid>>,
 }
 
 impl Default for FakeServer {
@@ -49,6 +50,7 @@ impl Default for FakeServer {
             sent: Mutex::default(),
             blocklist_changes: Mutex::default(),
             deleted: Mutex::default(),
+            prefs_changes: Mutex::default(),
         }
     }
 }
@@ -129,6 +131,9 @@ impl ServerApi for FakeServer {
     async fn account_deleted(&self, user: &BareJid) {
         self.deleted.lock().unwrap().push(user.clone());
         self.sessions.lock().unwrap().retain(|s| &s.jid.to_bare() != user);
+    }
+    fn archive_prefs_changed(&self, user: &BareJid) {
+        self.prefs_changes.lock().unwrap().push(user.clone());
     }
 }
 

@@ -364,6 +364,9 @@ impl ServerApi for LocalRouter {
         self.blocks.invalidate(user);
         self.on_blocklist_change(user, blocked, unblocked).await;
     }
+    fn archive_prefs_changed(&self, _user: &BareJid) {
+        // The prefs cache arrives with archiving in the router.
+    }
     async fn account_deleted(&self, user: &BareJid) {
         self.blocks.invalidate(user);
         // XEP-0077 §3.2: the client first gets the result of its <remove/>, which the
