@@ -1,8 +1,8 @@
 //! Single-node on-disk backend: every `rookery-storage` trait on one fjall database.
 //!
-//! Owns: the on-disk layout of accounts, rosters, offline messages, vCards, block lists and
-//! last activity for a node that runs without a cluster database, and the durability
-//! promise of [`Durability`].
+//! Owns: the on-disk layout of accounts, rosters, offline messages, vCards, block lists,
+//! last activity and message archives (see [`archive`]) for a node that runs without a
+//! cluster database, and the durability promise of [`Durability`].
 //! Must not touch: sockets, XML (stanzas and vCards are opaque bytes), XMPP rules beyond
 //! the trait contracts, and any other process's copy of the directory (fjall locks it; a
 //! database must be opened by one process at a time).
@@ -22,15 +22,25 @@
 //! prefix (JIDs cannot contain NUL, so `alice@a.example\0` never prefixes the rows of
 //! `alice@a.example.org`):
 //!
-//! | keyspace      | key                                   | value                        |
-//! |---------------|---------------------------------------|------------------------------|
-//! | `accounts`    | `domain \0 localpart`                 | JSON [`Account`]             |
-//! | `roster`      | `jid \0 contact-jid`                  | JSON [`RosterItem`]          |
-//! | `roster_meta` | `jid \0`                              | roster version, u64 BE       |
-//! | `offline`     | `jid \0 seq` (u64 big-endian)         | stanza bytes, as pushed      |
-//! | `vcard`       | `jid \0`                              | vCard bytes, as set          |
-//! | `blocking`    | `jid \0 blocked-jid`                  | empty                        |
-//! | `last`        | `jid \0`                              | JSON [`LastActivity`]        |
+//! | keyspace        | key                                      | value                                     |
+//! |-----------------|------------------------------------------|-------------------------------------------|
+//! | `accounts`      | `domain \0 localpart`                    | JSON [`Account`]                          |
+//! | `roster`        | `jid \0 contact-jid`                     | JSON [`RosterItem`]                       |
+//! | `roster_meta`   | `jid \0`                                 | roster version, u64 BE                    |
+//! | `offline`       | `jid \0 seq` (u64 big-endian)            | stanza bytes, as pushed                   |
+//! | `vcard`         | `jid \0`                                 | vCard bytes, as set                       |
+//! | `blocking`      | `jid \0 blocked-jid`                     | empty                                     |
+//! | `last`          | `jid \0`                                 | JSON [`LastActivity`]                     |
+//! | `archive`       | `jid \0 id` (u64 big-endian)             | binary: with, resource, direction, stanza |
+//! | `archive_with`  | `jid \0 len(with) with id` (u32, u64 BE) | resource of the other party               |
+//! | `archive_prefs` | `jid \0`                                 | JSON `ArchivePrefs`                       |
+//!
+//! The archive is written once per owner: `archive` holds the message, `archive_with` is
+//! an index per conversation (XEP-0313 §4.1.1 `with` filter) whose rows carry only the
+//! resource, so a `with` page scans small keys and reads the bodies it returns. The
+//! `with` JID is length-prefixed instead of separated, so no byte in it can make one
+//! conversation's rows look like another's. Big-endian ids make key order archive order:
+//! a MAM page, forwards or backwards, is one range scan.
 //!
 //! Accounts are keyed by domain first because the one multi-user query, `list(domain)`,
 //! is then a prefix scan. Big-endian seqs make key order equal seq order, so `list` is a
@@ -71,6 +81,8 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+pub mod archive;
 
 /// When a write counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,6 +125,9 @@ struct Inner {
     vcard: Keyspace,
     blocking: Keyspace,
     last: Keyspace,
+    archive: Keyspace,
+    archive_with: Keyspace,
+    archive_prefs: Keyspace,
     durability: Durability,
     /// Next offline seq to hand out.
     next_seq: AtomicU64,
@@ -210,6 +225,9 @@ impl EmbeddedStore {
         let vcard = ks("vcard")?;
         let blocking = ks("blocking")?;
         let last = ks("last")?;
+        let archive = ks("archive")?;
+        let archive_with = ks("archive_with")?;
+        let archive_prefs = ks("archive_prefs")?;
 
         let max_stored = max_offline_seq(&offline)?;
         let next_seq = max_stored.saturating_add(1).max(now_micros());
@@ -232,6 +250,9 @@ impl EmbeddedStore {
                 vcard,
                 blocking,
                 last,
+                archive,
+                archive_with,
+                archive_prefs,
                 durability,
                 next_seq: AtomicU64::new(next_seq),
                 user_locks,
@@ -285,20 +306,32 @@ pub fn embedded_stores(store: Arc<EmbeddedStore>) -> Stores {
         offline: store.clone(),
         vcard: store.clone(),
         blocking: store.clone(),
-        last: store,
-        // replaced by the fjall archive in the same change set
-        archive: Arc::new(rookery_storage::MemoryStore::new()),
+        last: store.clone(),
+        archive: store,
     }
 }
 
 impl Inner {
-    fn lock_user(&self, key: &[u8]) -> MutexGuard<'_, ()> {
+    fn shard(&self, key: &[u8]) -> usize {
         let mut h = std::hash::DefaultHasher::new();
         key.hash(&mut h);
         // Truncation is the point: any bits pick a shard.
         #[allow(clippy::cast_possible_truncation)]
         let shard = (h.finish() as usize) % self.user_locks.len();
-        self.user_locks[shard].lock().unwrap_or_else(PoisonError::into_inner)
+        shard
+    }
+
+    fn lock_user(&self, key: &[u8]) -> MutexGuard<'_, ()> {
+        self.user_locks[self.shard(key)].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Locks the shards of several users at once, in shard order, so two callers with
+    /// overlapping sets cannot deadlock (every other caller holds one shard at a time).
+    fn lock_users<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> Vec<MutexGuard<'_, ()>> {
+        let mut shards: Vec<usize> = keys.map(|k| self.shard(k)).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        shards.into_iter().map(|s| self.user_locks[s].lock().unwrap_or_else(PoisonError::into_inner)).collect()
     }
 
     fn batch(&self) -> OwnedWriteBatch {

@@ -115,6 +115,72 @@ async fn concurrent_roster() {
     conformance::check_concurrent_roster(&stores).await;
 }
 
+#[tokio::test]
+async fn archive_ordering() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_archive_ordering(&stores).await;
+}
+
+#[tokio::test]
+async fn archive_replace() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_archive_replace(&stores).await;
+}
+
+#[tokio::test]
+async fn archive_bounds() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_archive_bounds(&stores).await;
+}
+
+#[tokio::test]
+async fn archive_with_and_ids() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_archive_with_and_ids(&stores).await;
+}
+
+#[tokio::test]
+async fn archive_isolation() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_archive_isolation(&stores).await;
+}
+
+#[tokio::test]
+async fn archive_count() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_archive_count(&stores).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn archive_concurrent() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_archive_concurrent(&stores).await;
+}
+
+#[tokio::test]
+async fn archive_retention() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_archive_retention(&stores).await;
+}
+
+#[tokio::test]
+async fn archive_unicode() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_archive_unicode(&stores).await;
+}
+
+#[tokio::test]
+async fn archive_scale() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_archive_scale(&stores).await;
+}
+
+#[tokio::test]
+async fn archive_prefs() {
+    let (_dir, stores) = open(Durability::Os);
+    conformance::check_archive_prefs(&stores).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn run_all_on_one_store() {
     let (_dir, stores) = open(Durability::Os);

@@ -8,7 +8,10 @@
 
 use bytes::Bytes;
 use rookery_jid::BareJid;
-use rookery_storage::{Account, LastActivity, RosterItem, Stores, Subscription};
+use rookery_storage::{
+    Account, ArchiveEntry, ArchiveId, ArchiveIdGen, ArchivePrefs, ArchiveQuery, ArchiveRow, LastActivity, RosterItem,
+    Stores, Subscription, WithFilter,
+};
 use rookery_storage_embedded::{Durability, EmbeddedStore, embedded_stores};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -78,6 +81,14 @@ async fn reopen_keeps_everything(durability: Durability) {
         s.blocking.block(&alice, &["eve@evil.example".to_owned()]).await.unwrap();
         s.last.set(&alice, LastActivity { at: 42, status: "zzz".into() }).await.unwrap();
         s.offline.push(&alice_b, Bytes::from_static(b"<b/>")).await.unwrap();
+        let ids = ArchiveIdGen::new(0);
+        for i in 0..20 {
+            s.archive.append(&archive_pair(ids.next(), i)).await.unwrap();
+        }
+        s.archive
+            .set_prefs(&alice, &ArchivePrefs { never: vec!["eve@evil.example".into()], ..Default::default() })
+            .await
+            .unwrap();
         (pushed, roster_version, gone_seq)
         // Every handle is dropped here, closing the database.
     };
@@ -99,6 +110,17 @@ async fn reopen_keeps_everything(durability: Durability) {
     assert_eq!(s.vcard.get(&alice).await.unwrap(), Some(Bytes::from_static(b"<vCard/>")));
     assert_eq!(s.blocking.list(&alice).await.unwrap(), vec!["eve@evil.example"]);
     assert_eq!(s.last.get(&alice).await.unwrap().map(|l| l.at), Some(42));
+    for owner in [&alice, &bob] {
+        let archive = s.archive.query(owner, &whole_archive()).await.unwrap();
+        let stanzas: Vec<Bytes> = archive.items.iter().map(|e| e.stanza.clone()).collect();
+        assert_eq!(stanzas, (0..20).map(stanza).collect::<Vec<_>>(), "{owner}: archive survives a restart in order");
+    }
+    let with_bob = ArchiveQuery {
+        with: Some(WithFilter { bare: "bob@a.example".into(), resource: Some("phone".into()) }),
+        ..whole_archive()
+    };
+    assert_eq!(s.archive.query(&alice, &with_bob).await.unwrap().count, Some(20), "the conversation index survives");
+    assert_eq!(s.archive.get_prefs(&alice).await.unwrap().map(|p| p.never), Some(vec!["eve@evil.example".to_owned()]));
 
     let last_before = pushed.last().unwrap().0;
     let next = s.offline.push(&alice, Bytes::from_static(b"<after/>")).await.unwrap();
@@ -155,6 +177,7 @@ async fn writer_child() {
     let alice = jid("alice@a.example");
     let mut out = std::io::stdout().lock();
     let deadline = Instant::now() + Duration::from_secs(60);
+    let ids = ArchiveIdGen::new(0);
     let mut i = 0u64;
     // Bounded so an orphaned child cannot run forever.
     while Instant::now() < deadline {
@@ -164,9 +187,31 @@ async fn writer_child() {
             let v = s.roster.put_item(&alice, item(&format!("c{i}@c.example"))).await.unwrap();
             writeln!(out, "ROSTER {v} {i}").unwrap();
         }
+        // As the router archives a chat message: once for the sender, once for the recipient.
+        let id = ids.next();
+        s.archive.append(&archive_pair(id, i)).await.unwrap();
+        writeln!(out, "ARCH {} {i}", id.0).unwrap();
         out.flush().unwrap();
         i += 1;
     }
+}
+
+fn archive_pair(id: ArchiveId, i: u64) -> [ArchiveRow; 2] {
+    let row = |owner: &str, with: &str, resource: &str, outgoing: bool| ArchiveRow {
+        owner: jid(owner),
+        entry: ArchiveEntry {
+            id,
+            with: with.to_owned(),
+            with_resource: resource.to_owned(),
+            outgoing,
+            stanza: stanza(i),
+        },
+    };
+    [row("alice@a.example", "bob@a.example", "phone", true), row("bob@a.example", "alice@a.example", "laptop", false)]
+}
+
+fn whole_archive() -> ArchiveQuery {
+    ArchiveQuery { limit: usize::MAX, count_cap: usize::MAX, ..Default::default() }
 }
 
 fn stanza(i: u64) -> Bytes {
@@ -189,6 +234,7 @@ async fn kill_9_loses_no_acknowledged_write() {
 
     let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
     let mut roster: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut archived: BTreeMap<u64, u64> = BTreeMap::new();
     let mut record = |line: &str| {
         let parts: Vec<&str> = line.split_whitespace().collect();
         match parts.as_slice() {
@@ -197,6 +243,9 @@ async fn kill_9_loses_no_acknowledged_write() {
             }
             ["ROSTER", v, i] => {
                 roster.insert(v.parse().unwrap(), i.parse().unwrap());
+            }
+            ["ARCH", id, i] => {
+                archived.insert(id.parse().unwrap(), i.parse().unwrap());
             }
             _ => {} // test harness chatter
         }
@@ -245,6 +294,20 @@ async fn kill_9_loses_no_acknowledged_write() {
         r.items.len(),
         "version and items stay consistent (one bump per distinct item here)"
     );
+
+    assert!(archived.len() >= KILL_AFTER - 1, "the writer archived along with its pushes");
+    for (owner, peer) in [("alice@a.example", "bob@a.example"), ("bob@a.example", "alice@a.example")] {
+        let owner = jid(owner);
+        let stored: BTreeMap<ArchiveId, ArchiveEntry> =
+            s.archive.query(&owner, &whole_archive()).await.unwrap().items.into_iter().map(|e| (e.id, e)).collect();
+        for (&id, &i) in &archived {
+            let e = stored.get(&ArchiveId(id)).unwrap_or_else(|| panic!("{owner}: acknowledged archive row {i} lost"));
+            assert_eq!((e.with.as_str(), &e.stanza), (peer, &stanza(i)), "{owner}: archive row {i} intact");
+        }
+        let conv = ArchiveQuery { with: Some(WithFilter { bare: peer.into(), resource: None }), ..whole_archive() };
+        let indexed = s.archive.query(&owner, &conv).await.unwrap();
+        assert_eq!(indexed.items.len(), stored.len(), "{owner}: conversation index matches the archive after a crash");
+    }
 
     let last = *acked.keys().last().unwrap();
     let next = s.offline.push(&alice, Bytes::from_static(b"<after/>")).await.unwrap();

@@ -13,10 +13,21 @@
 //! Contract details the trait docs leave implicit and all backends agree on:
 //! roster items are returned sorted by contact JID, block lists sorted and deduplicated,
 //! offline seqs strictly increasing per user for the life of the store, even after
-//! `remove_up_to` or `delete_all`.
+//! `remove_up_to` or `delete_all`. Archive rules are in [`archive`]'s checks.
 #![allow(clippy::unwrap_used)]
 
-use crate::{Account, LastActivity, OfflineMessage, Roster, RosterItem, Stores, Subscription};
+mod archive;
+
+pub use archive::{
+    check_archive_bounds, check_archive_concurrent, check_archive_count, check_archive_isolation,
+    check_archive_ordering, check_archive_prefs, check_archive_replace, check_archive_retention, check_archive_scale,
+    check_archive_unicode, check_archive_with_and_ids,
+};
+
+use crate::{
+    Account, ArchiveDefault, ArchiveEntry, ArchiveId, ArchivePrefs, ArchiveQuery, ArchiveRow, LastActivity,
+    OfflineMessage, Roster, RosterItem, Stores, Subscription,
+};
 use bytes::Bytes;
 use rookery_jid::BareJid;
 use rookery_sasl::StoredCredentials;
@@ -41,6 +52,17 @@ pub async fn run_all(stores: &Stores) {
     check_delete_user(stores).await;
     check_concurrent_offline(stores).await;
     check_concurrent_roster(stores).await;
+    check_archive_ordering(stores).await;
+    check_archive_replace(stores).await;
+    check_archive_bounds(stores).await;
+    check_archive_with_and_ids(stores).await;
+    check_archive_isolation(stores).await;
+    check_archive_count(stores).await;
+    check_archive_concurrent(stores).await;
+    check_archive_retention(stores).await;
+    check_archive_unicode(stores).await;
+    check_archive_scale(stores).await;
+    check_archive_prefs(stores).await;
 }
 
 fn jid(s: &str) -> BareJid {
@@ -578,6 +600,26 @@ async fn populate(stores: &Stores, user: &BareJid, tag: u8) {
     stores.vcard.set(user, Bytes::from(format!("<vCard tag='{tag}'/>"))).await.unwrap();
     stores.blocking.block(user, &["spam@c-deluser.example".to_owned()]).await.unwrap();
     stores.last.set(user, LastActivity { at: u64::from(tag), status: "away".into() }).await.unwrap();
+    stores.archive.append(&[ArchiveRow { owner: user.clone(), entry: archived(tag) }]).await.unwrap();
+    stores.archive.set_prefs(user, &archive_prefs(tag)).await.unwrap();
+}
+
+fn archived(tag: u8) -> ArchiveEntry {
+    ArchiveEntry {
+        id: ArchiveId(1 << 40 | u64::from(tag)),
+        with: "friend@c-deluser.example".into(),
+        with_resource: String::new(),
+        outgoing: true,
+        stanza: Bytes::from(format!("<message tag='{tag}'/>")),
+    }
+}
+
+fn archive_prefs(tag: u8) -> ArchivePrefs {
+    ArchivePrefs { default: ArchiveDefault::Roster, always: vec![format!("x{tag}@c-deluser.example")], never: vec![] }
+}
+
+fn whole_archive() -> ArchiveQuery {
+    ArchiveQuery { limit: 100, count_cap: 100, ..Default::default() }
 }
 
 async fn assert_populated(stores: &Stores, user: &BareJid, tag: u8) {
@@ -600,6 +642,12 @@ async fn assert_populated(stores: &Stores, user: &BareJid, tag: u8) {
         "{who}: block list kept"
     );
     assert_eq!(stores.last.get(user).await.unwrap().map(|l| l.at), Some(u64::from(tag)), "{who}: last activity kept");
+    assert_eq!(
+        stores.archive.query(user, &whole_archive()).await.unwrap().items,
+        vec![archived(tag)],
+        "{who}: archive kept"
+    );
+    assert_eq!(stores.archive.get_prefs(user).await.unwrap(), Some(archive_prefs(tag)), "{who}: archive prefs kept");
 }
 
 /// Stores::delete_user removes everything of one user and nothing of any other.
@@ -621,6 +669,14 @@ pub async fn check_delete_user(stores: &Stores) {
     assert_eq!(stores.vcard.get(&alice).await.unwrap(), None, "vcard deleted");
     assert!(stores.blocking.list(&alice).await.unwrap().is_empty(), "block list deleted");
     assert_eq!(stores.last.get(&alice).await.unwrap(), None, "last activity deleted");
+    assert_eq!(stores.archive.query(&alice, &whole_archive()).await.unwrap().count, Some(0), "archive deleted");
+    let with_friend = ArchiveQuery {
+        with: Some(crate::WithFilter { bare: "friend@c-deluser.example".into(), resource: None }),
+        ..whole_archive()
+    };
+    assert_eq!(stores.archive.query(&alice, &with_friend).await.unwrap().count, Some(0), "archive index deleted");
+    assert_eq!(stores.archive.bounds(&alice).await.unwrap(), None);
+    assert_eq!(stores.archive.get_prefs(&alice).await.unwrap(), None, "archive prefs deleted");
     assert_eq!(stores.accounts.list("a-deluser.example").await.unwrap(), vec!["bob"]);
 
     assert_populated(stores, &bob, 2).await;

@@ -92,3 +92,58 @@ async fn concurrent_roster() {
 async fn run_all_on_one_store() {
     conformance::run_all(&memory_stores()).await;
 }
+
+#[tokio::test]
+async fn archive_ordering() {
+    conformance::check_archive_ordering(&memory_stores()).await;
+}
+
+#[tokio::test]
+async fn archive_replace() {
+    conformance::check_archive_replace(&memory_stores()).await;
+}
+
+#[tokio::test]
+async fn archive_bounds() {
+    conformance::check_archive_bounds(&memory_stores()).await;
+}
+
+#[tokio::test]
+async fn archive_with_and_ids() {
+    conformance::check_archive_with_and_ids(&memory_stores()).await;
+}
+
+#[tokio::test]
+async fn archive_isolation() {
+    conformance::check_archive_isolation(&memory_stores()).await;
+}
+
+#[tokio::test]
+async fn archive_count() {
+    conformance::check_archive_count(&memory_stores()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn archive_concurrent() {
+    conformance::check_archive_concurrent(&memory_stores()).await;
+}
+
+#[tokio::test]
+async fn archive_retention() {
+    conformance::check_archive_retention(&memory_stores()).await;
+}
+
+#[tokio::test]
+async fn archive_unicode() {
+    conformance::check_archive_unicode(&memory_stores()).await;
+}
+
+#[tokio::test]
+async fn archive_scale() {
+    conformance::check_archive_scale(&memory_stores()).await;
+}
+
+#[tokio::test]
+async fn archive_prefs() {
+    conformance::check_archive_prefs(&memory_stores()).await;
+}
