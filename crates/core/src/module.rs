@@ -94,6 +94,12 @@ pub trait ServerApi: Send + Sync + 'static {
     async fn account_deleted(&self, user: &BareJid);
     /// The user's archiving preferences changed (XEP-0313 §5): drop cached copies.
     fn archive_prefs_changed(&self, user: &BareJid);
+    /// Turns XEP-0280 carbons on or off for one bound resource (§4, §5). Returns false
+    /// when the resource is not bound here; a server without per-session state keeps
+    /// this default and never enables carbons.
+    fn set_carbons(&self, _resource: &FullJid, _on: bool) -> bool {
+        false
+    }
 }
 
 /// What a resource asked to be kept informed about.

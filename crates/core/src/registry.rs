@@ -1,7 +1,7 @@
 //! Session registry: which full JIDs are bound where, with their presence state
 //! (RFC 6121 §4: availability, priority, last presence broadcast, directed presences).
 //! The in-memory implementation serves the single binary; the cluster backs the same
-//! trait with Redis.
+//! trait with Redis. Also per session: whether it enabled XEP-0280 carbons (§4, §5).
 
 use crate::Location;
 use bytes::Bytes;
@@ -25,6 +25,8 @@ pub struct SessionEntry {
     pub blocklist: bool,
     /// Entities that received directed presence (RFC 6121 §4.6) and must get unavailable.
     pub directed: Vec<Jid>,
+    /// Enabled XEP-0280 message carbons (§4); cleared by `<disable/>` (§5).
+    pub carbons: bool,
 }
 
 pub trait SessionRegistry: Send + Sync + 'static {
@@ -36,6 +38,13 @@ pub trait SessionRegistry: Send + Sync + 'static {
     /// Whether `jid` is bound at `loc` (and not replaced by a newer session).
     fn is_current(&self, jid: &FullJid, loc: Location) -> bool;
     fn sessions(&self, user: &BareJid) -> Vec<SessionEntry>;
+    /// The user's sessions that enabled carbons (XEP-0280 §4). Asked for every message a
+    /// local user sends, so implementations should not copy the other sessions.
+    fn carbons_sessions(&self, user: &BareJid) -> Vec<SessionEntry> {
+        let mut all = self.sessions(user);
+        all.retain(|e| e.carbons);
+        all
+    }
     /// Applies `f` to the entry if present; returns its result.
     fn update(&self, jid: &FullJid, f: &mut dyn FnMut(&mut SessionEntry)) -> bool;
     fn count(&self) -> usize;
@@ -92,6 +101,15 @@ impl SessionRegistry for MemoryRegistry {
         self.users.read().ok().and_then(|m| m.get(user).cloned()).unwrap_or_default()
     }
 
+    fn carbons_sessions(&self, user: &BareJid) -> Vec<SessionEntry> {
+        // Nothing is allocated when no session enabled carbons (the common case).
+        self.users
+            .read()
+            .ok()
+            .and_then(|m| m.get(user).map(|l| l.iter().filter(|e| e.carbons).cloned().collect()))
+            .unwrap_or_default()
+    }
+
     fn update(&self, jid: &FullJid, f: &mut dyn FnMut(&mut SessionEntry)) -> bool {
         let Ok(mut m) = self.users.write() else { return false };
         match m.get_mut(&jid.to_bare()).and_then(|l| l.iter_mut().find(|e| &e.jid == jid)) {
@@ -105,5 +123,40 @@ impl SessionRegistry for MemoryRegistry {
 
     fn count(&self) -> usize {
         self.users.read().map(|m| m.values().map(Vec::len).sum()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn entry(jid: &str, conn: u64) -> SessionEntry {
+        SessionEntry {
+            jid: FullJid::parse(jid).unwrap(),
+            loc: Location { edge: 0, conn },
+            priority: 0,
+            available: true,
+            presence: None,
+            interested: false,
+            blocklist: false,
+            directed: Vec::new(),
+            carbons: false,
+        }
+    }
+
+    #[test]
+    fn carbons_sessions_lists_only_enabled_ones() {
+        let r = MemoryRegistry::new();
+        r.insert(entry("u@d/a", 1));
+        r.insert(entry("u@d/b", 2));
+        r.insert(entry("v@d/a", 3));
+        let u = BareJid::parse("u@d").unwrap();
+        assert!(r.carbons_sessions(&u).is_empty());
+        assert!(r.update(&FullJid::parse("u@d/b").unwrap(), &mut |e| e.carbons = true));
+        let on: Vec<_> = r.carbons_sessions(&u).into_iter().map(|e| e.jid.to_string()).collect();
+        assert_eq!(on, ["u@d/b"]);
+        assert!(r.carbons_sessions(&BareJid::parse("v@d").unwrap()).is_empty());
+        assert!(!r.update(&FullJid::parse("u@d/gone").unwrap(), &mut |e| e.carbons = true));
     }
 }

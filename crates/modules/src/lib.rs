@@ -4,15 +4,20 @@
 //!
 //! Owns: the protocol logic of server-answered IQs: service discovery (XEP-0030), ping
 //! (XEP-0199), software version (XEP-0092), entity time (XEP-0202), last activity
-//! (XEP-0012), vcard-temp (XEP-0054), in-band registration (XEP-0077) and the blocking
-//! command (XEP-0191), plus account creation helpers shared with the admin tools.
+//! (XEP-0012), vcard-temp (XEP-0054), in-band registration (XEP-0077), the blocking
+//! command (XEP-0191) and message archive queries and preferences (XEP-0313, XEP-0441),
+//! plus account creation helpers shared with the admin tools and a small data forms
+//! reader/writer (XEP-0004) the modules share.
 //! Must not touch: sockets, concrete storage backends, routing. Modules see only the
 //! `rookery_storage` traits and the `ServerApi` the router hands them.
 
 pub mod accounts;
 pub mod blocking;
+pub mod carbons;
 pub mod disco;
+pub mod forms;
 pub mod last;
+pub mod mam;
 pub mod ping;
 pub mod register;
 pub mod time;
@@ -26,8 +31,10 @@ mod testutil;
 
 pub use accounts::{AccountError, create_account, set_password};
 pub use blocking::Blocking;
+pub use carbons::Carbons;
 pub use disco::Disco;
 pub use last::LastActivity;
+pub use mam::{Mam, MamConfig};
 pub use ping::Ping;
 pub use register::Register;
 pub use time::Time;
@@ -47,6 +54,7 @@ pub fn register_all(r: &mut Registrar) {
     r.add(Arc::new(Vcard));
     r.add(Arc::new(Register));
     r.add(Arc::new(Blocking::new()));
+    r.add(Arc::new(Carbons));
 }
 
 /// docs/compliance.md from the modules' declarations: one table row per specification and
@@ -129,7 +137,7 @@ mod tests {
         for var in [ns::DISCO_INFO, ns::LAST, ns::BLOCKING] {
             assert!(features.account.contains(&var), "{var}");
         }
-        assert_eq!(features.modules.len(), 8);
+        assert_eq!(features.modules.len(), 9);
         assert_eq!(features.identities.len(), 1);
     }
 
@@ -174,7 +182,10 @@ mod tests {
             .collect();
         assert_eq!(
             specs,
-            ["XEP-0012", "XEP-0030", "XEP-0054", "XEP-0077", "XEP-0092", "XEP-0191", "XEP-0199", "XEP-0202"]
+            [
+                "XEP-0012", "XEP-0030", "XEP-0054", "XEP-0077", "XEP-0092", "XEP-0191", "XEP-0199", "XEP-0202",
+                "XEP-0280"
+            ]
         );
     }
 }

@@ -7,11 +7,14 @@
 //! Owns: delivery rules (RFC 6121 §8.5), presence broadcast/probes/directed presence
 //! (RFC 6121 §4), subscriptions (RFC 6121 §3, Appendix A), the roster protocol (RFC 6121 §2
 //! with XEP-0237 versioning), offline storage (XEP-0160), block-list enforcement (XEP-0191
-//! §3.6-§3.7).
+//! §3.6-§3.7), writing user message archives with XEP-0359 stanza-ids (XEP-0313 §3.5,
+//! §6.1.1; XEP-0334 hints), and message carbons on delivery (XEP-0280 §6-§9, §11).
 //! Must not touch: sockets, TLS, SASL, XML framing; the storage backend is only seen
 //! through traits.
 
+mod archive;
 mod blocking;
+mod carbons;
 mod iq;
 mod message;
 mod offline;
@@ -31,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+pub use archive::{ARCHIVE_TIMEOUT, ArchiveSettings, NS_SID, PREFS_TTL};
 pub use blocking::BlockCache;
 
 /// Router settings taken from the configuration.
@@ -40,6 +44,8 @@ pub struct RouterConfig {
     pub allow_registration: bool,
     pub min_password_len: usize,
     pub offline_max_per_user: usize,
+    /// Archiving of 1:1 messages (XEP-0313).
+    pub archive: ArchiveSettings,
 }
 
 /// Everything the router needs, shared by all sessions.
@@ -53,6 +59,10 @@ pub struct LocalRouter {
     blocks: BlockCache,
     started: Instant,
     push_ids: AtomicU64,
+    /// Mints the archive ids that are also the stanza-ids (XEP-0359).
+    archive_ids: rookery_storage::ArchiveIdGen,
+    /// Archiving preferences by user (see archive.rs).
+    prefs: archive::PrefsCache,
     me: OnceLock<std::sync::Weak<LocalRouter>>,
     /// Serialises offline store/flush per user (striped).
     offline_locks: Vec<tokio::sync::Mutex<()>>,
@@ -72,7 +82,10 @@ fn stripe(user: &BareJid) -> usize {
 
 /// The specs implemented by the router itself (not by a module); they are listed in
 /// docs/compliance.md together with the modules'.
-pub struct CoreSpecs;
+pub struct CoreSpecs {
+    /// Archiving is on: accounts advertise `urn:xmpp:sid:0` (XEP-0359 §5).
+    pub archiving: bool,
+}
 
 impl Module for CoreSpecs {
     fn info(&self) -> ModuleInfo {
@@ -109,6 +122,31 @@ impl Module for CoreSpecs {
                     support: Support::Full,
                     note: "enforcement on delivery (the IQ side is the blocking module)",
                 },
+                XepSupport {
+                    spec: "XEP-0280",
+                    version: "1.0.1",
+                    support: Support::Partial,
+                    note: "copies on delivery (§6-§9), forged copies refused (§11); error messages are not copied",
+                },
+                XepSupport {
+                    spec: "XEP-0313",
+                    version: "1.1.3",
+                    support: Support::Partial,
+                    note: "archiving 1:1 chat/normal messages of local users on delivery (§3.5, §6.1.1), \
+                           XEP-0441 preferences applied; queries are the mam module",
+                },
+                XepSupport {
+                    spec: "XEP-0334",
+                    version: "1.0.0",
+                    support: Support::Full,
+                    note: "store, no-store, no-permanent-store (archive and offline), no-copy (carbons)",
+                },
+                XepSupport {
+                    spec: "XEP-0359",
+                    version: "0.7.0",
+                    support: Support::Full,
+                    note: "stanza-id of archived messages; spoofed ids by our accounts or domains removed (§3)",
+                },
             ],
         }
     }
@@ -125,6 +163,9 @@ impl Module for CoreSpecs {
         r.host_feature(rookery_stanza::ns::OFFLINE);
         r.host_feature(rookery_stanza::ns::ROSTER_VER);
         r.host_feature(rookery_stanza::ns::PRE_APPROVAL);
+        if self.archiving {
+            r.account_feature(archive::NS_SID);
+        }
     }
 }
 
@@ -148,10 +189,11 @@ impl LocalRouter {
         register_modules: impl FnOnce(&mut Registrar),
     ) -> Arc<Self> {
         let mut r = Registrar::new();
-        r.add(Arc::new(CoreSpecs));
+        r.add(Arc::new(CoreSpecs { archiving: cfg.archive.enabled }));
         register_modules(&mut r);
         let (dispatch, features) = r.build();
         let blocks = BlockCache::new(stores.blocking.clone());
+        let archive_ids = rookery_storage::ArchiveIdGen::new(cfg.archive.node);
         let router = Arc::new(LocalRouter {
             cfg,
             registry,
@@ -162,6 +204,8 @@ impl LocalRouter {
             blocks,
             started: Instant::now(),
             push_ids: AtomicU64::new(1),
+            archive_ids,
+            prefs: archive::PrefsCache::default(),
             me: OnceLock::new(),
             offline_locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             roster_locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -257,6 +301,7 @@ impl Router for LocalRouter {
             interested: false,
             blocklist: false,
             directed: Vec::new(),
+            carbons: false,
         };
         if let Some(old) = self.registry.insert(entry) {
             // RFC 6120 §7.7.2.2: the new session wins; the old one is told why it ends.
@@ -364,8 +409,11 @@ impl ServerApi for LocalRouter {
         self.blocks.invalidate(user);
         self.on_blocklist_change(user, blocked, unblocked).await;
     }
-    fn archive_prefs_changed(&self, _user: &BareJid) {
-        // The prefs cache arrives with archiving in the router.
+    fn archive_prefs_changed(&self, user: &BareJid) {
+        self.prefs.invalidate(user);
+    }
+    fn set_carbons(&self, resource: &FullJid, on: bool) -> bool {
+        self.registry.update(resource, &mut |e| e.carbons = on)
     }
     async fn account_deleted(&self, user: &BareJid) {
         self.blocks.invalidate(user);

@@ -1,8 +1,12 @@
 //! Message delivery, RFC 6121 §8.5 (local users), §8.5.1 (no such user), §8.5.2 (bare
 //! JID: to the non-negative resource(s) of highest priority, else offline), §8.5.3 (full
-//! JID), plus XEP-0191 §3.6/§3.7 block checks.
+//! JID), plus XEP-0191 §3.6/§3.7 block checks. The order for one message: block checks,
+//! refusing forged carbons (XEP-0280 §11), removing spoofed stanza-ids (XEP-0359 §3),
+//! choosing the resources, archiving (archive.rs, written before anything is delivered),
+//! delivery or offline storage, then carbon copies (carbons.rs) once it was accepted.
 
 use crate::LocalRouter;
+use crate::archive::{Inspect, Outgoing};
 use rookery_core::SessionEntry;
 use rookery_jid::BareJid;
 use rookery_stanza::{Condition, Envelope, StanzaError};
@@ -43,8 +47,22 @@ pub(crate) fn pick_resources(sessions: &[SessionEntry], all_non_negative: bool) 
     candidates.filter(|s| s.priority == top).collect()
 }
 
+/// Where a message handed to the routing comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Sent by a bound session, `from` stamped by the edge.
+    Client,
+    /// Queued earlier for a session that ended (`Router::undelivered`): it was already
+    /// archived, stamped and copied, and only needs a new destination.
+    Requeued,
+}
+
 impl LocalRouter {
     pub(crate) async fn route_message(&self, env: Envelope) {
+        self.route_message_as(env, Origin::Client).await;
+    }
+
+    pub(crate) async fn route_message_as(&self, env: Envelope, origin: Origin) {
         let mtype = MsgType::of(&env);
         let to = env.to.clone();
         if !self.is_local(to.domain()) {
@@ -77,15 +95,27 @@ impl LocalRouter {
             }
             return;
         }
-        let sessions = self.registry.sessions(&user);
-        if let Some(res) = to.resource() {
-            if let Some(s) = sessions.iter().find(|s| s.jid.resource() == res) {
-                // §8.5.3.1: an exact match gets it, whatever its priority.
-                if !self.send(s, env.wire()) {
-                    self.undeliverable(&env, &user, mtype).await;
-                }
-                return;
+        let mut msg = Inspect::new(&env);
+        // XEP-0280 §11: carbon copies come from the server alone. One that reaches this
+        // point was either made here and came back undelivered (the original went its
+        // way already) or was made up by a client.
+        if msg.is_carbon_copy() {
+            if origin == Origin::Client && mtype != MsgType::Error {
+                tracing::debug!(event = "forged_carbon_refused", from = %env.from, to = %env.to);
+                self.bounce(
+                    &env,
+                    StanzaError::new(Condition::NotAcceptable).with_text("carbon copies are made by the server only"),
+                );
             }
+            return;
+        }
+        if origin == Origin::Client {
+            // XEP-0359 §3 rule 2 (XEP-0313 §8.3): nobody outside may speak for our ids.
+            msg.strip_stanza_ids(|by| self.mints_ids_for(by));
+        }
+        let sessions = self.registry.sessions(&user);
+        let exact = to.resource().and_then(|res| sessions.iter().find(|s| s.jid.resource() == res));
+        if to.resource().is_some() && exact.is_none() {
             // §8.5.3.2.1
             match mtype {
                 MsgType::Chat => {}
@@ -96,36 +126,57 @@ impl LocalRouter {
                 }
             }
         }
-        if mtype == MsgType::Groupchat {
+        if exact.is_none() && mtype == MsgType::Groupchat {
             self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable));
             return;
         }
-        let targets = pick_resources(&sessions, mtype == MsgType::Headline);
-        if targets.is_empty() {
-            self.undeliverable(&env, &user, mtype).await;
+        let picked;
+        let targets: &[&SessionEntry] = match &exact {
+            // §8.5.3.1: an exact match gets it, whatever its priority.
+            Some(s) => std::slice::from_ref(s),
+            None => {
+                picked = pick_resources(&sessions, mtype == MsgType::Headline);
+                &picked
+            }
+        };
+        if targets.is_empty() && !self.may_store(&env, &user, mtype).await {
             return;
         }
-        let bytes = env.wire();
-        let mut delivered = false;
-        for s in targets {
-            delivered |= self.send(s, bytes.clone());
-        }
-        if !delivered {
-            self.undeliverable(&env, &user, mtype).await;
+        let mut out = match origin {
+            Origin::Client => self.prepare_outgoing(&mut msg, &user, mtype).await,
+            Origin::Requeued => Outgoing::plain(env.wire()),
+        };
+        let accepted = if targets.is_empty() {
+            self.store_offline(&env, &user, &mut out).await
+        } else {
+            // XEP-0313 §3.5: what a client sees with a stanza-id is in the archive.
+            self.commit_archive(&mut out).await;
+            let mut delivered = false;
+            for s in targets {
+                delivered |= self.send(s, out.delivered.clone());
+            }
+            delivered || (self.may_store(&env, &user, mtype).await && self.store_offline(&env, &user, &mut out).await)
+        };
+        if accepted && origin == Origin::Client {
+            self.send_carbons(&mut msg, mtype, &out, &user, &sessions, targets);
         }
     }
 
-    /// §8.5.2.2 / §8.5.1: nobody to deliver to.
-    async fn undeliverable(&self, env: &Envelope, user: &BareJid, mtype: MsgType) {
+    /// §8.5.2.2 / §8.5.1: nobody to deliver to. True when the message may go to offline
+    /// storage; otherwise it was bounced or dropped as the type asks.
+    async fn may_store(&self, env: &Envelope, user: &BareJid, mtype: MsgType) -> bool {
         match mtype {
-            MsgType::Error | MsgType::Headline => {}
-            MsgType::Groupchat => self.bounce(env, StanzaError::new(Condition::ServiceUnavailable)),
+            MsgType::Error | MsgType::Headline => false,
+            MsgType::Groupchat => {
+                self.bounce(env, StanzaError::new(Condition::ServiceUnavailable));
+                false
+            }
             MsgType::Normal | MsgType::Chat => {
                 if !self.account_exists(user).await {
                     self.bounce(env, StanzaError::new(Condition::ServiceUnavailable));
-                    return;
+                    return false;
                 }
-                self.store_offline(env, user).await;
+                true
             }
         }
     }
@@ -148,6 +199,7 @@ mod tests {
             interested: false,
             blocklist: false,
             directed: vec![],
+            carbons: false,
         }
     }
 

@@ -1,9 +1,14 @@
 //! XEP-0160 offline storage: a chat/normal message with content for a user with no
 //! available resource is stored (durably, before the sender's stanza counts as handled)
 //! and delivered with a XEP-0203 `<delay/>` when the user next sends available presence
-//! with non-negative priority. XEP-0334 `no-store`/`no-permanent-store` hints are honoured.
+//! with non-negative priority. XEP-0334 `no-store`/`no-permanent-store` hints are honoured
+//! and a `<store/>` hint (§4.4) makes a message worth storing. A message that is archived
+//! is written to the archive here, after the quota check and before it is stored, so the
+//! stored copy carries its stanza-id (XEP-0313 §3.5) and a refused one is not archived.
 
 use crate::LocalRouter;
+use crate::archive::Outgoing;
+use crate::message::Origin;
 use bytes::Bytes;
 use rookery_core::SessionEntry;
 use rookery_jid::{BareJid, FullJid, Jid};
@@ -25,7 +30,7 @@ fn worth_storing(env: &Envelope) -> bool {
         if c.ns == HINTS && (c.name == "no-store" || c.name == "no-permanent-store") {
             return false;
         }
-        if c.ns != CHATSTATES && c.ns != HINTS {
+        if (c.ns != CHATSTATES && c.ns != HINTS) || (c.ns == HINTS && c.name == "store") {
             content = true;
         }
     }
@@ -47,24 +52,26 @@ pub(crate) fn with_delay(stanza: &[u8], from: &str, stamp_secs: u64) -> Bytes {
 }
 
 impl LocalRouter {
-    /// Stores a message for a user with no resource to take it. When this returns
-    /// without bouncing, the message is durable.
-    pub(crate) async fn store_offline(&self, env: &Envelope, user: &BareJid) {
+    /// Stores a message for a user with no resource to take it, writing its pending
+    /// archive rows first. When this returns without bouncing, the message is durable.
+    /// Returns false when the message was bounced.
+    pub(crate) async fn store_offline(&self, env: &Envelope, user: &BareJid, out: &mut Outgoing) -> bool {
         if !worth_storing(env) {
-            return;
+            return true;
         }
         let _serial = self.offline_lock(user).await;
         match self.stores.offline.count(user).await {
             Ok(n) if n >= self.cfg.offline_max_per_user => {
                 self.bounce(env, StanzaError::new(Condition::ServiceUnavailable).with_text("offline storage is full"));
-                return;
+                return false;
             }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(event = "offline_count_failed", user = %user, error = %e);
             }
         }
-        let wire = env.wire();
+        self.commit_archive(out).await;
+        let wire = out.delivered.clone();
         // A message coming back from a session that ended already has its stamp.
         let bytes = if contains(&wire, b"urn:xmpp:delay") {
             wire
@@ -74,7 +81,7 @@ impl LocalRouter {
         if let Err(e) = self.stores.offline.push(user, bytes).await {
             tracing::warn!(event = "offline_write_failed", user = %user, error = %e);
             self.bounce(env, StanzaError::new(Condition::InternalServerError));
-            return;
+            return false;
         }
         // The user may have come online while this message was on its way here; its
         // flush has then already run, so deliver now rather than at the next login.
@@ -82,6 +89,7 @@ impl LocalRouter {
         if let Some(s) = crate::message::pick_resources(&sessions, false).first() {
             self.flush_locked(s).await;
         }
+        true
     }
 
     /// Delivers stored messages to a resource that just became available with
@@ -133,7 +141,7 @@ impl LocalRouter {
         let dest = el.to.as_deref().and_then(|t| Jid::parse(t).ok()).unwrap_or_else(|| to.as_jid().clone());
         let env = Envelope { kind, from, to: dest, el };
         match kind {
-            Kind::Message => self.route_message(env).await,
+            Kind::Message => self.route_message_as(env, Origin::Requeued).await,
             Kind::Iq if matches!(env.stanza_type(), Some("get") | Some("set")) => {
                 self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable));
             }

@@ -54,7 +54,19 @@ fn parse_one(xml: &str) -> rookery_xml::RawElement {
 }
 
 async fn world(users: &[&str]) -> World {
-    let stores = memory_stores();
+    world_with(users, ArchiveSettings::default(), None).await
+}
+
+/// A world with chosen archive settings and, optionally, another archive store.
+async fn world_with(
+    users: &[&str],
+    archive: ArchiveSettings,
+    archive_store: Option<Arc<dyn rookery_storage::ArchiveStore>>,
+) -> World {
+    let mut stores = memory_stores();
+    if let Some(a) = archive_store {
+        stores.archive = a;
+    }
     for u in users {
         let creds = rookery_sasl::new_credentials("secret", 64).unwrap();
         stores
@@ -69,8 +81,11 @@ async fn world(users: &[&str]) -> World {
         allow_registration: false,
         min_password_len: 8,
         offline_max_per_user: 3,
+        archive,
     };
-    let router = LocalRouter::new(cfg, Arc::new(rookery_core::MemoryRegistry::new()), cap.clone(), stores, |_| {});
+    let router = LocalRouter::new(cfg, Arc::new(rookery_core::MemoryRegistry::new()), cap.clone(), stores, |r| {
+        r.add(Arc::new(rookery_modules::Carbons))
+    });
     World { router, cap }
 }
 
@@ -412,3 +427,5 @@ async fn subscription_to_a_remote_domain_is_refused() {
     let alice = BareJid::parse("alice@example.com").unwrap();
     assert!(w.router.stores().roster.get(&alice).await.unwrap().items.is_empty());
 }
+
+mod archiving;

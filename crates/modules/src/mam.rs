@@ -1,0 +1,417 @@
+//! XEP-0313: Message Archive Management, the reading side of a user's archive, and its
+//! archiving preferences (XEP-0441).
+//!
+//! - Queries (§4) in `urn:xmpp:mam:2` and the older `urn:xmpp:mam:1`, to the user's own
+//!   bare JID (§3.3.1): data form filters `with`, `start`, `end` (§4.1.1, §4.1.2) and, for
+//!   mam:2, `after-id`, `before-id`, `ids` (§4.1.3); RSM paging with `max`, `after`,
+//!   `before` and empty `before` for the last page (§4.3, XEP-0059 §2); `<flip-page/>`
+//!   (§4.3.4). Each match goes to the requesting resource as a `<result/>` message with
+//!   the stored stanza forwarded (§4.2), then the IQ result carries `<fin/>` with
+//!   `complete`, first/last ids, `count` and the first item's `index` where known.
+//! - Form retrieval (§4.1.5), archive metadata (§5), preferences get/set (XEP-0441 §2.1).
+//! - Another user's archive is `forbidden` (§8.1).
+//! - Features `urn:xmpp:mam:2`, `urn:xmpp:mam:2#extended` and `urn:xmpp:mam:1` on the
+//!   account's bare JID, the archiving JID §7 names (not on the server domain).
+//!
+//! Not supported: the `include-groupchat` field (§4.1.4; the store does not tell groupchat
+//! entries apart, so the field is refused like any unknown one), RSM `<index/>`, MUC and
+//! pubsub archives.
+//!
+//! Must not touch: writing the archive and stamping stanza-ids (the router does that,
+//! §3.5), archiving decisions from preferences (router, XEP-0441 §2.3), retention.
+//! Store calls are bounded by [`MamConfig::store_timeout`]; failures and timeouts are
+//! logged and answered `internal-server-error`, never with internal text.
+
+mod prefs;
+mod query;
+mod results;
+#[cfg(test)]
+mod tests;
+
+use crate::forms::{DataForm, Field, FieldType, FormKind};
+use crate::util::{TargetedHandler, register_at, sender};
+use async_trait::async_trait;
+use query::Request;
+use rookery_core::{Ctx, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport};
+use rookery_jid::{BareJid, FullJid};
+use rookery_stanza::{Condition, StanzaError};
+use rookery_storage::{ArchiveId, ArchivePage, ArchiveQuery};
+use rookery_xml::Element;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const MODULE: &str = "mam";
+
+/// `urn:xmpp:mam:2`.
+pub const NS_MAM2: &str = "urn:xmpp:mam:2";
+/// `urn:xmpp:mam:2#extended` (§7): before-id/after-id/ids, flipped pages, metadata.
+pub const NS_MAM2_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+/// `urn:xmpp:mam:1`, still sent by some clients.
+pub const NS_MAM1: &str = "urn:xmpp:mam:1";
+const XDATA_VALIDATE: &str = "http://jabber.org/protocol/xdata-validate";
+
+/// Limits of the MAM module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MamConfig {
+    /// Largest page sent for one query; a larger RSM `<max/>` is clamped (§4.3.1).
+    pub max_page: usize,
+    /// Page size when the query has no `<max/>`.
+    pub default_page: usize,
+    /// `<count/>` is reported only for result sets up to this size (XEP-0059 §2.1 lets
+    /// the server omit a count that is expensive); 0 never counts.
+    pub count_cap: usize,
+    /// Bound on each store call.
+    pub store_timeout: Duration,
+}
+
+impl Default for MamConfig {
+    fn default() -> Self {
+        MamConfig { max_page: 250, default_page: 50, count_cap: 10_000, store_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// The query namespace a request used; answers use the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    V1,
+    V2,
+}
+
+impl Version {
+    fn of(ns: &str) -> Option<Version> {
+        match ns {
+            NS_MAM2 => Some(Version::V2),
+            NS_MAM1 => Some(Version::V1),
+            _ => None,
+        }
+    }
+    fn ns(self) -> &'static str {
+        match self {
+            Version::V2 => NS_MAM2,
+            Version::V1 => NS_MAM1,
+        }
+    }
+}
+
+/// Serves MAM queries, form retrieval, metadata and preferences.
+pub struct Mam {
+    config: MamConfig,
+    /// Ids of result messages: a counter seeded from the clock, so ids do not repeat
+    /// across restarts.
+    msg_ids: AtomicU64,
+}
+
+impl Mam {
+    pub fn new(config: MamConfig) -> Self {
+        Mam { config, msg_ids: AtomicU64::new(rookery_storage::archive::now_micros()) }
+    }
+}
+
+impl Module for Mam {
+    fn info(&self) -> ModuleInfo {
+        ModuleInfo {
+            name: MODULE,
+            specs: &[
+                XepSupport {
+                    spec: "XEP-0313",
+                    version: "1.1.3",
+                    support: Support::Full,
+                    note: "user archives (mam:2 and mam:1 queries): with/start/end, #extended \
+                           (after-id, before-id, ids, flip-page, metadata), RSM paging; no \
+                           include-groupchat field",
+                },
+                XepSupport {
+                    spec: "XEP-0441",
+                    version: "0.2.0",
+                    support: Support::Full,
+                    note: "preferences get/set in mam:2 and mam:1",
+                },
+                XepSupport {
+                    spec: "XEP-0059",
+                    version: "1.0",
+                    support: Support::Partial,
+                    note: "in MAM: max, after, before (incl. last page), count, first index; \
+                           no paging by index",
+                },
+                XepSupport {
+                    spec: "XEP-0004",
+                    version: "2.13.2",
+                    support: Support::Partial,
+                    note: "forms in MAM: submitted query forms and the offered query form",
+                },
+            ],
+        }
+    }
+
+    fn register(self: Arc<Self>, r: &mut Registrar) {
+        r.account_feature(NS_MAM2);
+        r.account_feature(NS_MAM2_EXTENDED);
+        r.account_feature(NS_MAM1);
+        let targets = [Target::Own, Target::OtherUser];
+        for ns in [NS_MAM2, NS_MAM1] {
+            register_at(r, &self, "query", ns, IqType::Set, &targets);
+            register_at(r, &self, "query", ns, IqType::Get, &targets);
+            register_at(r, &self, "prefs", ns, IqType::Get, &targets);
+            register_at(r, &self, "prefs", ns, IqType::Set, &targets);
+        }
+        register_at(r, &self, "metadata", NS_MAM2, IqType::Get, &targets);
+    }
+}
+
+#[async_trait]
+impl TargetedHandler for Mam {
+    async fn handle_at(&self, ctx: &Ctx, req: IqRequest, target: Target) -> IqResult {
+        // §8.1: a user archive is the user's alone.
+        if target != Target::Own {
+            return Err(StanzaError::new(Condition::Forbidden).with_text("only your own archive can be accessed"));
+        }
+        let owner = sender(&req)?;
+        let version = Version::of(&req.payload.ns).ok_or_else(|| StanzaError::new(Condition::FeatureNotImplemented))?;
+        match (req.payload.name.as_str(), req.kind) {
+            ("query", IqType::Set) => {
+                let requester = req.from.clone().ok_or_else(|| StanzaError::new(Condition::NotAuthorized))?;
+                self.query(ctx, &owner, &requester, &req.payload, version).await
+            }
+            ("query", IqType::Get) => Ok(Some(query_form(version))),
+            ("prefs", IqType::Get) => {
+                let stored = self.store(&owner, "get_prefs", ctx.stores.archive.get_prefs(&owner)).await?;
+                Ok(Some(prefs::to_element(version.ns(), &stored.unwrap_or_default())))
+            }
+            ("prefs", IqType::Set) => {
+                let wanted = prefs::parse(&req.payload)?;
+                self.store(&owner, "set_prefs", ctx.stores.archive.set_prefs(&owner, &wanted)).await?;
+                ctx.server.archive_prefs_changed(&owner);
+                Ok(Some(prefs::to_element(version.ns(), &wanted)))
+            }
+            ("metadata", IqType::Get) => {
+                let bounds = self.store(&owner, "bounds", ctx.stores.archive.bounds(&owner)).await?;
+                Ok(Some(results::metadata(version.ns(), bounds)))
+            }
+            _ => Err(StanzaError::new(Condition::FeatureNotImplemented)),
+        }
+    }
+}
+
+impl Mam {
+    /// Runs one store call under the timeout; errors become `internal-server-error`.
+    async fn store<T>(
+        &self,
+        owner: &BareJid,
+        op: &'static str,
+        fut: impl Future<Output = rookery_storage::Result<T>>,
+    ) -> Result<T, StanzaError> {
+        match tokio::time::timeout(self.config.store_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                tracing::warn!(event = "mam_store_failed", user = %owner, op, error = %e);
+                Err(StanzaError::new(Condition::InternalServerError))
+            }
+            Err(_) => {
+                tracing::warn!(
+                    event = "mam_store_timeout",
+                    user = %owner,
+                    op,
+                    timeout_ms = u64::try_from(self.config.store_timeout.as_millis()).unwrap_or(u64::MAX)
+                );
+                Err(StanzaError::new(Condition::InternalServerError))
+            }
+        }
+    }
+
+    /// §4: checks the named ids exist, fetches one page, sends it, answers with `<fin/>`.
+    async fn query(
+        &self,
+        ctx: &Ctx,
+        owner: &BareJid,
+        requester: &FullJid,
+        payload: &Element,
+        version: Version,
+    ) -> IqResult {
+        let req = query::parse(payload, version)?;
+        self.check_ids_exist(ctx, owner, &req).await?;
+
+        let limit = req.max.unwrap_or(self.config.default_page).min(self.config.max_page);
+        let filter = ArchiveQuery {
+            with: req.with.clone(),
+            after: req.after,
+            before: req.before,
+            ids: req.ids.clone(),
+            limit,
+            from_end: false,
+            count_cap: self.config.count_cap,
+        };
+        // RSM ids page within the result set the form defines (§9): they narrow the same
+        // bounds, and `before` pages backwards from the end of what remains.
+        let rsm_before = req.rsm_before.flatten();
+        let page_query = ArchiveQuery {
+            after: bound(filter.after, req.rsm_after, Ord::max),
+            before: bound(filter.before, rsm_before, Ord::min),
+            from_end: req.rsm_before.is_some(),
+            ..filter.clone()
+        };
+        let page = self.store(owner, "query", ctx.stores.archive.query(owner, &page_query)).await?;
+        // With RSM ids the page's count covers only the window they leave; the full set
+        // needs its own count.
+        let paged_by_id = req.rsm_after.is_some() || rsm_before.is_some();
+        let total = if !paged_by_id {
+            page.count
+        } else if self.config.count_cap > 0 {
+            let count_query = ArchiveQuery { limit: 0, ..filter };
+            self.store(owner, "count", ctx.stores.archive.query(owner, &count_query)).await?.count
+        } else {
+            None
+        };
+
+        self.send_page(ctx, owner, requester, &req, version, &page);
+        let fin = results::Fin {
+            complete: !page.more,
+            first_last: page.items.first().zip(page.items.last()).map(|(f, l)| (f.id, l.id)),
+            index: first_index(&req, &page, total),
+            count: total,
+        };
+        Ok(Some(results::fin(version.ns(), &fin)))
+    }
+
+    /// §4.1.3, §4.3.2: every id the client named must be in the archive.
+    async fn check_ids_exist(&self, ctx: &Ctx, owner: &BareJid, req: &Request) -> Result<(), StanzaError> {
+        if req.must_exist.is_empty() {
+            return Ok(());
+        }
+        let mut ids: Vec<ArchiveId> = req.must_exist.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let q = ArchiveQuery { limit: ids.len(), ids: Some(ids), ..ArchiveQuery::default() };
+        let found = self.store(owner, "lookup_ids", ctx.stores.archive.query(owner, &q)).await?;
+        match req.must_exist.iter().find(|(id, _)| !found.items.iter().any(|e| e.id == *id)) {
+            Some((_, field)) => Err(field.not_found()),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends the page's items to the requester (§4.2), oldest first unless flipped.
+    fn send_page(
+        &self,
+        ctx: &Ctx,
+        owner: &BareJid,
+        requester: &FullJid,
+        req: &Request,
+        version: Version,
+        page: &ArchivePage,
+    ) {
+        let items: Box<dyn Iterator<Item = _>> =
+            if req.flip { Box::new(page.items.iter().rev()) } else { Box::new(page.items.iter()) };
+        for entry in items {
+            let stanza = results::forwardable(&entry.stanza);
+            if stanza.is_none() {
+                tracing::warn!(event = "mam_stored_stanza_unreadable", user = %owner, id = %entry.id);
+            }
+            let msg_id = format!("mam-{:x}", self.msg_ids.fetch_add(1, Ordering::Relaxed));
+            let bytes = results::result_message(
+                requester,
+                owner,
+                &msg_id,
+                version.ns(),
+                req.queryid.as_deref(),
+                entry,
+                stanza.as_deref(),
+            );
+            if !ctx.server.send_to_resource(requester, bytes) {
+                tracing::debug!(event = "mam_requester_gone", to = %requester);
+                return;
+            }
+        }
+    }
+}
+
+/// Narrows an optional bound with another optional one.
+fn bound(a: Option<ArchiveId>, b: Option<ArchiveId>, pick: fn(ArchiveId, ArchiveId) -> ArchiveId) -> Option<ArchiveId> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(pick(a, b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// XEP-0059 §2.2: position of the page's first item in the full result set, given only
+/// when it follows exactly from what the store reported.
+fn first_index(req: &Request, page: &ArchivePage, total: Option<u64>) -> Option<u64> {
+    if page.items.is_empty() {
+        return None;
+    }
+    let n = page.items.len() as u64;
+    match (req.rsm_after, req.rsm_before) {
+        // The first page forwards starts the set.
+        (None, None) => Some(0),
+        // Forwards after an id: the page's count is the window after it.
+        (Some(_), None) => total?.checked_sub(page.count?),
+        // Backwards (the window ends at `before` or at the end of the set): the page is
+        // the window's tail.
+        (None, Some(_)) => page.count?.checked_sub(n),
+        // Both: the window's start is unknown.
+        (Some(_), Some(_)) => None,
+    }
+}
+
+/// §4.1.5: the fields a query may use; mam:2 adds the #extended ones (§7), with the
+/// XEP-0122 `<validate/>` that marks `ids` as open.
+fn query_form(version: Version) -> Element {
+    let mut form = DataForm::with_form_type(FormKind::Form, version.ns())
+        .field(Field::new("with", FieldType::JidSingle))
+        .field(Field::new("start", FieldType::TextSingle))
+        .field(Field::new("end", FieldType::TextSingle));
+    if version == Version::V2 {
+        let validate = Element::new("validate", XDATA_VALIDATE)
+            .attr("datatype", "xs:string")
+            .child(Element::new("open", XDATA_VALIDATE));
+        form = form
+            .field(Field::new("before-id", FieldType::TextSingle))
+            .field(Field::new("after-id", FieldType::TextSingle))
+            .field(Field::new("ids", FieldType::ListMulti).child(validate));
+    }
+    Element::new("query", version.ns()).child(form.to_element())
+}
+
+#[cfg(test)]
+mod index_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use bytes::Bytes;
+    use rookery_storage::ArchiveEntry;
+
+    fn page(ids: &[u64], count: Option<u64>) -> ArchivePage {
+        let items = ids
+            .iter()
+            .map(|&i| ArchiveEntry {
+                id: ArchiveId(i),
+                with: "a@b".into(),
+                with_resource: String::new(),
+                outgoing: false,
+                stanza: Bytes::new(),
+            })
+            .collect();
+        ArchivePage { items, more: true, count }
+    }
+
+    #[test]
+    fn index_only_when_exact() {
+        let fwd = Request::default();
+        assert_eq!(first_index(&fwd, &page(&[1, 2], None), None), Some(0));
+        assert_eq!(first_index(&fwd, &page(&[], Some(0)), Some(0)), None);
+
+        let after = Request { rsm_after: Some(ArchiveId(9)), ..Request::default() };
+        assert_eq!(first_index(&after, &page(&[10, 11], Some(30)), Some(100)), Some(70));
+        assert_eq!(first_index(&after, &page(&[10, 11], None), Some(100)), None);
+        assert_eq!(first_index(&after, &page(&[10, 11], Some(30)), None), None);
+
+        let last = Request { rsm_before: Some(None), ..Request::default() };
+        assert_eq!(first_index(&last, &page(&[5, 6, 7], Some(100)), Some(100)), Some(97));
+        let before = Request { rsm_before: Some(Some(ArchiveId(50))), ..Request::default() };
+        assert_eq!(first_index(&before, &page(&[40, 41], Some(20)), Some(100)), Some(18));
+        assert_eq!(first_index(&before, &page(&[40, 41], None), Some(100)), None);
+
+        let both =
+            Request { rsm_after: Some(ArchiveId(1)), rsm_before: Some(Some(ArchiveId(50))), ..Request::default() };
+        assert_eq!(first_index(&both, &page(&[40, 41], Some(20)), Some(100)), None);
+    }
+}
