@@ -179,9 +179,11 @@ pub struct Storage {
     pub backend: StorageBackend,
     /// When a write counts as done.
     pub durability: Durability,
+    /// The ScyllaDB (or Cassandra) cluster, for `backend = "scylla"`.
+    pub scylla: Scylla,
 }
 
-/// Storage backends available in a single node.
+/// Storage backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageBackend {
@@ -190,17 +192,20 @@ pub enum StorageBackend {
     Embedded,
     /// Nothing survives a restart; for tests and demos.
     Memory,
+    /// A ScyllaDB (or Cassandra) cluster shared by every node (`[storage.scylla]`).
+    Scylla,
 }
 
 impl StorageBackend {
     /// Spelling in TOML and in the environment.
-    pub const NAMES: &'static [&'static str] = &["embedded", "memory"];
+    pub const NAMES: &'static [&'static str] = &["embedded", "memory", "scylla"];
 
     /// The name as written in TOML.
     pub fn as_str(self) -> &'static str {
         match self {
             StorageBackend::Embedded => "embedded",
             StorageBackend::Memory => "memory",
+            StorageBackend::Scylla => "scylla",
         }
     }
 
@@ -208,8 +213,65 @@ impl StorageBackend {
         match s {
             "embedded" => Some(StorageBackend::Embedded),
             "memory" => Some(StorageBackend::Memory),
+            "scylla" => Some(StorageBackend::Scylla),
             _ => None,
         }
+    }
+}
+
+/// ScyllaDB (or Cassandra) connection and keyspace settings (`[storage.scylla]`).
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scylla {
+    /// Contact points, `"host:port"`; the driver discovers the other nodes from them.
+    pub nodes: Vec<String>,
+    /// Keyspace holding all tables.
+    pub keyspace: String,
+    /// Replicas per data center when `rookery migrate` creates the keyspace.
+    pub replication_factor: u32,
+    /// The data center this node talks to (LOCAL_QUORUM); unset: one data center (QUORUM).
+    #[serde(with = "opt_string", skip_serializing_if = "Option::is_none")]
+    pub local_dc: Option<String>,
+    /// Login for password authentication.
+    #[serde(with = "opt_string", skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password for `username`. Never printed: `check-config --print` output ends up in
+    /// tickets and logs.
+    #[serde(deserialize_with = "opt_string::deserialize", skip_serializing)]
+    pub password: Option<String>,
+    /// Timeout of one request to the cluster, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Offline messages expire after this many days; 0 keeps them until delivered.
+    pub offline_ttl_days: u32,
+}
+
+impl Default for Scylla {
+    fn default() -> Self {
+        Scylla {
+            nodes: Vec::new(),
+            keyspace: "rookery".to_owned(),
+            replication_factor: 3,
+            local_dc: None,
+            username: None,
+            password: None,
+            request_timeout_ms: 5000,
+            offline_ttl_days: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for Scylla {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scylla")
+            .field("nodes", &self.nodes)
+            .field("keyspace", &self.keyspace)
+            .field("replication_factor", &self.replication_factor)
+            .field("local_dc", &self.local_dc)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("offline_ttl_days", &self.offline_ttl_days)
+            .finish()
     }
 }
 
@@ -390,6 +452,20 @@ mod listener {
                 "invalid listener address {s:?}: expected IP:port such as \"0.0.0.0:5222\", or \"off\""
             ))
         })
+    }
+}
+
+/// An optional string in TOML: absent or `""` means unset.
+mod opt_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.as_deref().unwrap_or_default())
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let v = String::deserialize(d)?;
+        Ok((!v.is_empty()).then_some(v))
     }
 }
 

@@ -23,9 +23,15 @@ pub(crate) enum Kind {
     OptPath,
     Listener,
     Bool,
-    UInt { max: u64 },
+    UInt {
+        max: u64,
+    },
     Enum(&'static [&'static str]),
     Str,
+    /// Optional string: absent or empty means unset.
+    OptStr,
+    /// `"host:port"` strings (format checked by validation); comma-separated in the environment.
+    HostPorts,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +77,14 @@ pub(crate) const FIELDS: &[Field] = &[
     f("limits.offline_max_per_user", "ROOKERY_LIMITS_OFFLINE_MAX_PER_USER", USIZE, "1000"),
     f("storage.backend", "ROOKERY_STORAGE_BACKEND", Kind::Enum(StorageBackend::NAMES), r#""embedded""#),
     f("storage.durability", "ROOKERY_STORAGE_DURABILITY", Kind::Enum(Durability::NAMES), r#""os""#),
+    f("storage.scylla.nodes", "ROOKERY_SCYLLA_NODES", Kind::HostPorts, r#"["10.0.0.1:9042", "10.0.0.2:9042"]"#),
+    f("storage.scylla.keyspace", "ROOKERY_SCYLLA_KEYSPACE", Kind::Str, r#""rookery""#),
+    f("storage.scylla.replication_factor", "ROOKERY_SCYLLA_REPLICATION_FACTOR", U32, "3"),
+    f("storage.scylla.local_dc", "ROOKERY_SCYLLA_LOCAL_DC", Kind::OptStr, r#""dc1""#),
+    f("storage.scylla.username", "ROOKERY_SCYLLA_USERNAME", Kind::OptStr, r#""rookery""#),
+    f("storage.scylla.password", "ROOKERY_SCYLLA_PASSWORD", Kind::OptStr, r#""(prefer ROOKERY_SCYLLA_PASSWORD)""#),
+    f("storage.scylla.request_timeout_ms", "ROOKERY_SCYLLA_REQUEST_TIMEOUT_MS", U64, "5000"),
+    f("storage.scylla.offline_ttl_days", "ROOKERY_SCYLLA_OFFLINE_TTL_DAYS", U32, "0"),
     f("log.level", "ROOKERY_LOG_LEVEL", Kind::Str, r#""info""#),
     f("log.format", "ROOKERY_LOG_FORMAT", Kind::Enum(LogFormat::NAMES), r#""text""#),
     f("admin.token_file", "ROOKERY_ADMIN_TOKEN_FILE", Kind::OptPath, r#""/etc/rookery/admin.token""#),
@@ -117,8 +131,23 @@ fn valid_keys(section: &str) -> Vec<&'static str> {
         out.extend(sections());
         out
     } else {
-        FIELDS.iter().filter_map(|f| f.key.split_once('.').filter(|(s, _)| *s == section).map(|(_, l)| l)).collect()
+        let mut out: Vec<&'static str> = Vec::new();
+        for f in FIELDS {
+            if let Some(rest) = f.key.strip_prefix(section).and_then(|r| r.strip_prefix('.')) {
+                // A nested section (`storage.scylla`) shows up once, under its own name.
+                let next = rest.split_once('.').map_or(rest, |(s, _)| s);
+                if !out.contains(&next) {
+                    out.push(next);
+                }
+            }
+        }
+        out
     }
+}
+
+/// Whether `key` names a section (a table of keys) rather than a value.
+fn is_section(key: &str) -> bool {
+    FIELDS.iter().any(|f| f.key.strip_prefix(key).is_some_and(|rest| rest.starts_with('.')))
 }
 
 fn unknown_key(section: &str, name: &str) -> ConfigError {
@@ -158,6 +187,8 @@ impl Kind {
                 format!("one of {}", names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", "))
             }
             Kind::Str => "a string".to_owned(),
+            Kind::OptStr => "a string (or leave the key out)".to_owned(),
+            Kind::HostPorts => "an array of \"host:port\" strings such as [\"10.0.0.1:9042\"]".to_owned(),
         }
     }
 
@@ -171,14 +202,16 @@ impl Kind {
             Kind::UInt { max } => uint_range(max),
             Kind::Enum(names) => format!("one of {}", names.join(", ")),
             Kind::Str => "a string".to_owned(),
+            Kind::OptStr => "a string, or an empty value to unset".to_owned(),
+            Kind::HostPorts => "comma-separated host:port pairs, e.g. 10.0.0.1:9042,10.0.0.2:9042".to_owned(),
         }
     }
 
     fn accepts(self, v: &toml::Value) -> bool {
         use toml::Value as V;
         match (self, v) {
-            (Kind::Domains, V::Array(items)) => items.iter().all(|i| matches!(i, V::String(_))),
-            (Kind::Path | Kind::OptPath | Kind::Str, V::String(_)) => true,
+            (Kind::Domains | Kind::HostPorts, V::Array(items)) => items.iter().all(|i| matches!(i, V::String(_))),
+            (Kind::Path | Kind::OptPath | Kind::Str | Kind::OptStr, V::String(_)) => true,
             (Kind::Listener, V::String(s)) => listener::parse(s).is_ok(),
             (Kind::Bool, V::Boolean(_)) => true,
             (Kind::UInt { max }, V::Integer(i)) => u64::try_from(*i).is_ok_and(|i| i <= max),
@@ -211,28 +244,26 @@ fn check_value(field: &Field, v: &toml::Value) -> Result<(), ConfigError> {
 /// Walks a parsed document against the schema: unknown keys and wrongly typed values are
 /// reported with their full dotted path before serde sees the document.
 pub(crate) fn check_table(table: &toml::Table) -> Result<(), ConfigError> {
-    let sections = sections();
+    check_level("", table)
+}
+
+fn check_level(prefix: &str, table: &toml::Table) -> Result<(), ConfigError> {
     for (name, value) in table {
-        if sections.contains(&name.as_str()) {
+        let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        if let Some(f) = field(&key) {
+            check_value(f, value)?;
+        } else if is_section(&key) {
             let Some(inner) = value.as_table() else {
                 return Err(ConfigError::BadValue {
-                    key: name.clone(),
                     found: describe(value),
-                    expected: format!("a table (a `[{name}]` section)"),
-                    example: format!("[{name}]"),
+                    expected: format!("a table (a `[{key}]` section)"),
+                    example: format!("[{key}]"),
+                    key,
                 });
             };
-            for (sub, v) in inner {
-                match field(&format!("{name}.{sub}")) {
-                    Some(f) => check_value(f, v)?,
-                    None => return Err(unknown_key(name, sub)),
-                }
-            }
+            check_level(&key, inner)?;
         } else {
-            match field(name) {
-                Some(f) => check_value(f, value)?,
-                None => return Err(unknown_key("", name)),
-            }
+            return Err(unknown_key(prefix, name));
         }
     }
     Ok(())
@@ -282,6 +313,15 @@ fn opt_path(s: &str) -> Option<PathBuf> {
     (!s.is_empty()).then(|| PathBuf::from(s))
 }
 
+fn opt_string(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+fn list(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|d| !d.is_empty()).map(str::to_owned).collect()
+}
+
 /// Sets one key from its environment-variable spelling.
 fn set(cfg: &mut Config, key: &str, raw: &str) -> Result<(), Malformed> {
     let l = &mut cfg.limits;
@@ -313,6 +353,15 @@ fn set(cfg: &mut Config, key: &str, raw: &str) -> Result<(), Malformed> {
         "storage.durability" => {
             cfg.storage.durability = Durability::parse(raw.trim()).ok_or(Malformed)?;
         }
+        "storage.scylla.nodes" => cfg.storage.scylla.nodes = list(raw),
+        "storage.scylla.keyspace" => cfg.storage.scylla.keyspace = raw.trim().to_owned(),
+        "storage.scylla.replication_factor" => cfg.storage.scylla.replication_factor = uint(raw)?,
+        "storage.scylla.local_dc" => cfg.storage.scylla.local_dc = opt_string(raw),
+        "storage.scylla.username" => cfg.storage.scylla.username = opt_string(raw),
+        // Not trimmed: a password may end in a space.
+        "storage.scylla.password" => cfg.storage.scylla.password = (!raw.is_empty()).then(|| raw.to_owned()),
+        "storage.scylla.request_timeout_ms" => cfg.storage.scylla.request_timeout_ms = uint(raw)?,
+        "storage.scylla.offline_ttl_days" => cfg.storage.scylla.offline_ttl_days = uint(raw)?,
         "log.level" => cfg.log.level = raw.trim().to_owned(),
         "log.format" => cfg.log.format = LogFormat::parse(raw.trim()).ok_or(Malformed)?,
         "admin.token_file" => cfg.admin.token_file = opt_path(raw),

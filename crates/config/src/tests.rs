@@ -55,6 +55,13 @@ fn defaults() {
     assert_eq!(l.offline_max_per_user, 1000);
     assert_eq!(c.storage.backend, StorageBackend::Embedded);
     assert_eq!(c.storage.durability, Durability::Os);
+    let sc = &c.storage.scylla;
+    assert!(sc.nodes.is_empty());
+    assert_eq!(sc.keyspace, "rookery");
+    assert_eq!(sc.replication_factor, 3);
+    assert_eq!((&sc.local_dc, &sc.username, &sc.password), (&None, &None, &None));
+    assert_eq!(sc.request_timeout_ms, 5000);
+    assert_eq!(sc.offline_ttl_days, 0);
     assert_eq!(c.log.level, "info");
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(c.admin.token_file, None);
@@ -99,10 +106,9 @@ fn example_file_parses_and_validates() {
 fn example_file_sets_every_key() {
     let table: toml::Table = EXAMPLE.parse().unwrap();
     for f in FIELDS {
-        let found = match f.key.split_once('.') {
-            Some((s, k)) => table.get(s).and_then(|t| t.get(k)).is_some(),
-            None => table.contains_key(f.key),
-        };
+        let mut parts = f.key.split('.');
+        let first = table.get(parts.next().unwrap());
+        let found = parts.try_fold(first, |at, part| Some(at?.get(part))).flatten().is_some();
         assert!(found, "example file lacks `{}`", f.key);
     }
 }
@@ -136,6 +142,15 @@ offline_max_per_user = 0
 [storage]
 backend = "memory"
 durability = "fsync"
+[storage.scylla]
+nodes = ["10.0.0.1:9042", "scylla-1.scylla.svc:9042", "[fd00::1]:19042"]
+keyspace = "chat_prod"
+replication_factor = 5
+local_dc = "eu-west-1"
+username = "rookery"
+password = "pw"
+request_timeout_ms = 2500
+offline_ttl_days = 30
 [log]
 level = "debug,rookery_edge=trace"
 format = "json"
@@ -154,11 +169,20 @@ token_file = "/run/secrets/token"
     assert_eq!(c.limits.offline_max_per_user, 0);
     assert_eq!(c.storage.backend, StorageBackend::Memory);
     assert_eq!(c.storage.durability, Durability::Fsync);
+    let sc = &c.storage.scylla;
+    assert_eq!(sc.nodes, ["10.0.0.1:9042", "scylla-1.scylla.svc:9042", "[fd00::1]:19042"]);
+    assert_eq!((sc.keyspace.as_str(), sc.replication_factor), ("chat_prod", 5));
+    assert_eq!((sc.local_dc.as_deref(), sc.username.as_deref()), (Some("eu-west-1"), Some("rookery")));
+    assert_eq!((sc.request_timeout_ms, sc.offline_ttl_days), (2500, 30));
+    assert_eq!(sc.password.as_deref(), Some("pw"));
     assert_eq!(c.log.format, LogFormat::Json);
     assert_eq!(c.admin_token_path(), PathBuf::from("/run/secrets/token"));
 
     let printed = c.to_toml_string();
-    assert_eq!(Config::from_toml_str(&printed).unwrap(), c, "{printed}");
+    // Everything but the password, which is never printed.
+    let mut expected = c.clone();
+    expected.storage.scylla.password = None;
+    assert_eq!(Config::from_toml_str(&printed).unwrap(), expected, "{printed}");
 }
 
 #[test]
@@ -224,7 +248,7 @@ fn unknown_key_without_close_match_lists_valid_keys() {
         ConfigError::UnknownKey { key, suggestion, valid } => {
             assert_eq!(key, "storage.zzzzzzzzzz");
             assert_eq!(suggestion, &None);
-            assert_eq!(valid, &vec!["backend", "durability"]);
+            assert_eq!(valid, &vec!["backend", "durability", "scylla"]);
         }
         other => panic!("{other:?}"),
     }
@@ -265,6 +289,16 @@ fn bad_types_name_key_and_expected_type() {
     bad_value("[listen]\nhttp = \"127.0.0.1\"\n", "listen.http", "IP:port");
     bad_value("[storage]\nbackend = \"redis\"\n", "storage.backend", "\"embedded\", \"memory\"");
     bad_value("[storage]\ndurability = \"Fsync\"\n", "storage.durability", "\"os\", \"fsync\"");
+    bad_value("[storage]\nbackend = \"cassandra\"\n", "storage.backend", "\"embedded\", \"memory\", \"scylla\"");
+    bad_value(
+        "[storage.scylla]\nnodes = \"10.0.0.1:9042\"\n",
+        "storage.scylla.nodes",
+        "array of \"host:port\" strings",
+    );
+    bad_value("[storage.scylla]\nnodes = [9042]\n", "storage.scylla.nodes", "array of \"host:port\" strings");
+    bad_value("[storage.scylla]\nreplication_factor = \"3\"\n", "storage.scylla.replication_factor", "whole number");
+    bad_value("[storage.scylla]\nlocal_dc = 1\n", "storage.scylla.local_dc", "a string");
+    bad_value("[storage]\nscylla = \"yes\"\n", "storage.scylla", "a table (a `[storage.scylla]` section)");
     bad_value("[log]\nformat = \"yaml\"\n", "log.format", "\"text\", \"json\"");
     bad_value("[log]\nlevel = 3\n", "log.level", "a string");
     bad_value("limits = 5\n", "limits", "a table");
@@ -305,6 +339,16 @@ const ENV_CASES: &[EnvCase] = &[
     ("ROOKERY_LIMITS_OFFLINE_MAX_PER_USER", " 5 ", |c| c.limits.offline_max_per_user == 5),
     ("ROOKERY_STORAGE_BACKEND", "memory", |c| c.storage.backend == StorageBackend::Memory),
     ("ROOKERY_STORAGE_DURABILITY", "fsync", |c| c.storage.durability == Durability::Fsync),
+    ("ROOKERY_SCYLLA_NODES", " 10.0.0.1:9042, ,scylla-1:9042 ", |c| {
+        c.storage.scylla.nodes == ["10.0.0.1:9042", "scylla-1:9042"]
+    }),
+    ("ROOKERY_SCYLLA_KEYSPACE", "chat", |c| c.storage.scylla.keyspace == "chat"),
+    ("ROOKERY_SCYLLA_REPLICATION_FACTOR", "1", |c| c.storage.scylla.replication_factor == 1),
+    ("ROOKERY_SCYLLA_LOCAL_DC", "dc2", |c| c.storage.scylla.local_dc.as_deref() == Some("dc2")),
+    ("ROOKERY_SCYLLA_USERNAME", "rk", |c| c.storage.scylla.username.as_deref() == Some("rk")),
+    ("ROOKERY_SCYLLA_PASSWORD", "s3cret ", |c| c.storage.scylla.password.as_deref() == Some("s3cret ")),
+    ("ROOKERY_SCYLLA_REQUEST_TIMEOUT_MS", "750", |c| c.storage.scylla.request_timeout_ms == 750),
+    ("ROOKERY_SCYLLA_OFFLINE_TTL_DAYS", "14", |c| c.storage.scylla.offline_ttl_days == 14),
     ("ROOKERY_LOG_LEVEL", "debug", |c| c.log.level == "debug"),
     ("ROOKERY_LOG_FORMAT", "json", |c| c.log.format == LogFormat::Json),
     ("ROOKERY_ADMIN_TOKEN_FILE", "/t", |c| c.admin.token_file.as_deref() == Some(Path::new("/t"))),
@@ -437,7 +481,8 @@ fn bad_env_values_name_variable_value_and_form() {
         ("ROOKERY_LIMITS_STANZA_RATE_PER_SEC", "4294967296", "limits.stanza_rate_per_sec", "4294967295"),
         ("ROOKERY_ALLOW_REGISTRATION", "maybe", "registration.allow", "true, false"),
         ("ROOKERY_C2S", "localhost:5222", "listen.c2s", "IP:port"),
-        ("ROOKERY_STORAGE_BACKEND", "redis", "storage.backend", "embedded, memory"),
+        ("ROOKERY_STORAGE_BACKEND", "redis", "storage.backend", "embedded, memory, scylla"),
+        ("ROOKERY_SCYLLA_REPLICATION_FACTOR", "three", "storage.scylla.replication_factor", "whole number"),
         ("ROOKERY_STORAGE_DURABILITY", "sync", "storage.durability", "os, fsync"),
         ("ROOKERY_LOG_FORMAT", "xml", "log.format", "text, json"),
         ("ROOKERY_DATA_DIR", "", "data_dir", "non-empty path"),
@@ -498,6 +543,81 @@ fn validation_failures_name_their_key() {
     expect_invalid(|c| c.listen.c2s_tls = c.listen.c2s, "listen.c2s_tls");
     expect_invalid(|c| c.listen.http = addr("127.0.0.1:5222"), "listen.http");
     expect_invalid(|c| c.log.level = " ".into(), "log.level");
+    expect_invalid(|c| c.storage.backend = StorageBackend::Scylla, "storage.scylla.nodes");
+    expect_invalid(|c| c.storage.scylla.nodes = vec!["10.0.0.1".into()], "storage.scylla.nodes");
+    expect_invalid(|c| c.storage.scylla.keyspace = "rookery-prod".into(), "storage.scylla.keyspace");
+    expect_invalid(|c| c.storage.scylla.keyspace = String::new(), "storage.scylla.keyspace");
+    expect_invalid(|c| c.storage.scylla.keyspace = "9lives".into(), "storage.scylla.keyspace");
+    expect_invalid(|c| c.storage.scylla.replication_factor = 0, "storage.scylla.replication_factor");
+    expect_invalid(|c| c.storage.scylla.local_dc = Some("dc 1".into()), "storage.scylla.local_dc");
+    expect_invalid(|c| c.storage.scylla.username = Some("u".into()), "storage.scylla.password");
+    expect_invalid(|c| c.storage.scylla.password = Some("p".into()), "storage.scylla.username");
+    expect_invalid(|c| c.storage.scylla.request_timeout_ms = 0, "storage.scylla.request_timeout_ms");
+    expect_invalid(|c| c.storage.scylla.offline_ttl_days = 24_856, "storage.scylla.offline_ttl_days");
+}
+
+#[test]
+fn scylla_contact_points() {
+    for ok in ["10.0.0.1:9042", "scylla-0.scylla.rookery.svc:9042", "localhost:1", "[::1]:9042", "[fd00::1]:65535"] {
+        assert_eq!(validate::host_port_error(ok), None, "{ok}");
+    }
+    for bad in ["10.0.0.1", "10.0.0.1:", ":9042", "host:0", "host:65536", "host:port", "::1:9042", "[::1]", "[x]:9042"]
+    {
+        assert!(validate::host_port_error(bad).is_some(), "{bad}");
+    }
+    for bad in ["h st:9042", "host/x:9042"] {
+        assert!(validate::host_port_error(bad).is_some(), "{bad}");
+    }
+    let mut c = Config::default();
+    c.storage.backend = StorageBackend::Scylla;
+    c.storage.scylla.nodes = vec!["10.0.0.1:9042".into(), "bad".into(), "[::1]:9042".into()];
+    let msg = c.validate().unwrap_err().to_string();
+    assert!(msg.contains("\"bad\" is not a host:port contact point: the port is missing"), "{msg}");
+    assert!(!msg.contains("10.0.0.1:9042\" is not"), "{msg}");
+    c.storage.scylla.nodes.remove(1);
+    c.validate().unwrap();
+    let msg = {
+        let mut c = Config::default();
+        c.storage.backend = StorageBackend::Scylla;
+        c.validate().unwrap_err().to_string()
+    };
+    assert!(msg.contains("storage.backend is \"scylla\" but no nodes are listed"), "{msg}");
+    assert!(msg.contains("ROOKERY_SCYLLA_NODES"), "{msg}");
+}
+
+#[test]
+fn scylla_section_keys_are_checked_with_their_full_path() {
+    let e = Config::from_toml_str("[storage.scylla]\nnode = [\"a:1\"]\n").unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("unknown key `storage.scylla.node`; did you mean `nodes`?"), "{msg}");
+    assert!(msg.contains("valid keys in [storage.scylla]: nodes, keyspace,"), "{msg}");
+    assert_eq!(e.keys(), vec!["storage.scylla.node"]);
+    let msg = Config::from_toml_str("[storage]\nkeyspace = \"x\"\n").unwrap_err().to_string();
+    assert!(msg.contains("did you mean `storage.scylla.keyspace`?"), "{msg}");
+    let msg = Config::from_toml_str("[storage.scylla.extra]\nx = 1\n").unwrap_err().to_string();
+    assert!(msg.contains("unknown key `storage.scylla.extra`"), "{msg}");
+    // Inline and dotted forms are the same table.
+    let c = Config::from_toml_str("[storage]\nbackend = \"scylla\"\nscylla = { nodes = [\"n:9042\"] }\n").unwrap();
+    assert_eq!(c.storage.scylla.nodes, ["n:9042"]);
+    c.validate().unwrap();
+    let c = Config::from_toml_str("storage.scylla.local_dc = \"\"\n").unwrap();
+    assert_eq!(c.storage.scylla.local_dc, None, "an empty optional string is unset");
+}
+
+#[test]
+fn scylla_password_is_never_printed() {
+    let mut c = Config::default();
+    c.storage.scylla.username = Some("rookery".into());
+    c.storage.scylla.password = Some("hunter2".into());
+    c.validate().unwrap();
+    let printed = c.to_toml_string();
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(printed.contains("[storage.scylla]") && printed.contains("username = \"rookery\""), "{printed}");
+    assert!(!format!("{c:?}").contains("hunter2"));
+    let back = Config::from_toml_str(&printed).unwrap();
+    assert_eq!(back.storage.scylla.password, None, "the printed form leaves the password out");
+    let c = Config::from_toml_str("[storage.scylla]\nusername = \"u\"\npassword = \"p w\"\n").unwrap();
+    assert_eq!(c.storage.scylla.password.as_deref(), Some("p w"), "the file may still set it");
 }
 
 #[test]

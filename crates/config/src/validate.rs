@@ -3,8 +3,8 @@
 
 use std::net::SocketAddr;
 
-use crate::Config;
 use crate::error::Problem;
+use crate::{Config, StorageBackend};
 
 /// RFC 6120 §13.12: a server must accept stanzas of at least 10000 bytes.
 pub(crate) const MIN_STANZA_BYTES: usize = 10_000;
@@ -13,6 +13,9 @@ pub(crate) const DEPTH_RANGE: std::ops::RangeInclusive<usize> = 8..=256;
 pub(crate) const NEGOTIATION_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=600;
 pub(crate) const MIN_OUTBOUND_QUEUE: usize = 16;
 pub(crate) const PASSWORD_LEN_RANGE: std::ops::RangeInclusive<usize> = 1..=1024;
+pub(crate) const SCYLLA_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 1..=600_000;
+/// CQL `USING TTL` takes an i32 of seconds.
+pub(crate) const SCYLLA_MAX_TTL_DAYS: u32 = (i32::MAX / 86_400) as u32;
 
 fn problem(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Problem {
     Problem { key: key.into(), problem: problem.into(), fix: fix.into() }
@@ -47,6 +50,128 @@ pub(crate) fn domain_error(name: &str) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// Why `s` is not a `host:port` contact point, if it is not. Hosts are names, IPv4
+/// addresses, or IPv6 addresses in brackets (`[::1]:9042`).
+pub(crate) fn host_port_error(s: &str) -> Option<&'static str> {
+    let port = if let Some(rest) = s.strip_prefix('[') {
+        let Some((v6, port)) = rest.split_once("]:") else {
+            return Some("an IPv6 address needs the form [address]:port");
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Some("the address in brackets is not an IPv6 address");
+        }
+        port
+    } else {
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Some("the port is missing (write host:port, e.g. 10.0.0.1:9042)");
+        };
+        if host.contains(':') {
+            return Some("write IPv6 addresses in brackets, e.g. [::1]:9042");
+        }
+        if host.is_empty() {
+            return Some("the host is empty");
+        }
+        if !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
+            return Some("the host contains characters other than letters, digits, '-', '_' and '.'");
+        }
+        port
+    };
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Some("the port is not a number from 1 to 65535"),
+        Ok(_) => None,
+    }
+}
+
+/// Why a keyspace name is refused: it must be a plain CQL identifier.
+fn keyspace_error(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > 48 {
+        Some("it is longer than 48 characters")
+    } else if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        Some("it does not start with a letter")
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        Some("it contains characters other than letters, digits and '_'")
+    } else {
+        None
+    }
+}
+
+fn scylla_problems(cfg: &Config, out: &mut Vec<Problem>) {
+    let s = &cfg.storage.scylla;
+    if cfg.storage.backend == StorageBackend::Scylla && s.nodes.is_empty() {
+        out.push(problem(
+            "storage.scylla.nodes",
+            "storage.backend is \"scylla\" but no nodes are listed",
+            "set `storage.scylla.nodes = [\"10.0.0.1:9042\"]` (or ROOKERY_SCYLLA_NODES=10.0.0.1:9042,10.0.0.2:9042) \
+             to one or more nodes of the cluster",
+        ));
+    }
+    for node in &s.nodes {
+        if let Some(why) = host_port_error(node) {
+            out.push(problem(
+                "storage.scylla.nodes",
+                format!("{node:?} is not a host:port contact point: {why}"),
+                "list nodes as \"host:port\", e.g. \"10.0.0.1:9042\", \"scylla-0.scylla:9042\" or \"[fd00::1]:9042\"",
+            ));
+        }
+    }
+    if let Some(why) = keyspace_error(&s.keyspace) {
+        out.push(problem(
+            "storage.scylla.keyspace",
+            format!("{:?} is not a valid keyspace name: {why}", s.keyspace),
+            "use letters, digits and '_' starting with a letter, at most 48 characters (default \"rookery\")",
+        ));
+    }
+    if s.replication_factor == 0 {
+        out.push(problem(
+            "storage.scylla.replication_factor",
+            "0 would store no copy of anything",
+            "use at least 1 (default 3; 1 only for a single test node)",
+        ));
+    }
+    if let Some(dc) = &s.local_dc
+        && !dc.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        out.push(problem(
+            "storage.scylla.local_dc",
+            format!("{dc:?} is not a data center name"),
+            "write the data center name as `nodetool status` shows it (letters, digits, '-', '_', '.')",
+        ));
+    }
+    match (&s.username, &s.password) {
+        (Some(_), None) => out.push(problem(
+            "storage.scylla.password",
+            "storage.scylla.username is set but no password",
+            "set ROOKERY_SCYLLA_PASSWORD (or `storage.scylla.password`), or remove the username",
+        )),
+        (None, Some(_)) => out.push(problem(
+            "storage.scylla.username",
+            "storage.scylla.password is set but no username",
+            "set `storage.scylla.username` (ROOKERY_SCYLLA_USERNAME), or remove the password",
+        )),
+        _ => {}
+    }
+    if !SCYLLA_TIMEOUT_MS_RANGE.contains(&s.request_timeout_ms) {
+        out.push(problem(
+            "storage.scylla.request_timeout_ms",
+            format!("{} is out of range", s.request_timeout_ms),
+            format!(
+                "use a value from {} to {} milliseconds (default 5000)",
+                SCYLLA_TIMEOUT_MS_RANGE.start(),
+                SCYLLA_TIMEOUT_MS_RANGE.end()
+            ),
+        ));
+    }
+    if s.offline_ttl_days > SCYLLA_MAX_TTL_DAYS {
+        out.push(problem(
+            "storage.scylla.offline_ttl_days",
+            format!("{} days is longer than a CQL TTL can be", s.offline_ttl_days),
+            format!("use at most {SCYLLA_MAX_TTL_DAYS} days, or 0 to keep offline messages until delivered"),
+        ));
+    }
 }
 
 /// Whether two listeners cannot both bind: same non-zero port and the same address, or a
@@ -179,6 +304,8 @@ pub(crate) fn problems(cfg: &Config) -> Vec<Problem> {
             }
         }
     }
+
+    scylla_problems(cfg, &mut out);
 
     if cfg.log.level.trim().is_empty() {
         out.push(problem(

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod node;
+pub mod stores;
 
 pub use node::{Server, start};
 
@@ -21,6 +22,7 @@ pub fn compliance() -> String {
             allow_registration: false,
             min_password_len: 8,
             offline_max_per_user: 1,
+            archive: Default::default(),
         },
         std::sync::Arc::new(rookery_core::MemoryRegistry::new()),
         std::sync::Arc::new(rookery_core::LocalHub::new()),

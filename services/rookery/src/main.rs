@@ -1,7 +1,8 @@
 //! `rookery`: the XMPP server binary. `serve` runs edge and router in one process on
 //! embedded defaults; `user` manages accounts (through the admin API of a running server,
 //! or directly in a stopped server's data directory); `check-config` validates a
-//! configuration; `compliance` prints the supported-specifications table.
+//! configuration; `migrate` creates or upgrades the ScyllaDB schema; `compliance` prints
+//! the supported-specifications table.
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -34,6 +35,12 @@ enum Cmd {
         /// Print the effective configuration.
         #[arg(long)]
         print: bool,
+    },
+    /// Create or upgrade the database schema (ScyllaDB/Cassandra keyspace); run once per
+    /// deploy, before the new version starts. Nothing to do for the embedded store.
+    Migrate {
+        #[command(flatten)]
+        common: Common,
     },
     /// Print the table of supported specifications (docs/compliance.md).
     Compliance,
@@ -273,7 +280,7 @@ fn report(cmd: &UserCmd, status: u16, json: &serde_json::Value) -> anyhow::Resul
 
 /// The same operations on a stopped server's store.
 async fn offline_user(cfg: &Config, cmd: UserCmd) -> anyhow::Result<()> {
-    let stores = rookery::node::open_stores(cfg)?;
+    let stores = rookery::stores::open_stores(cfg).await?;
     let parse = |jid: &str| -> anyhow::Result<rookery_jid::BareJid> {
         let j = rookery_jid::BareJid::parse(jid).map_err(|e| anyhow::anyhow!("invalid JID {jid}: {e}"))?;
         if j.node().is_none() {
@@ -347,6 +354,12 @@ fn main() {
                     print!("{}", cfg.to_toml_string());
                 }
                 eprintln!("configuration is valid");
+                Ok(())
+            }
+            Cmd::Migrate { common } => {
+                let cfg = load(&common)?;
+                init_logging(&cfg);
+                println!("{}", rookery::stores::migrate(&cfg).await?);
                 Ok(())
             }
             Cmd::Compliance => {

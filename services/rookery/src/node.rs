@@ -2,11 +2,10 @@
 //! bind listeners, serve until shutdown.
 
 use anyhow::Context;
-use rookery_config::{Config, StorageBackend};
+use rookery_config::Config;
 use rookery_core::{LocalHub, MemoryRegistry};
 use rookery_edge::{Edge, EdgeConfig, ListenKind};
 use rookery_router::{LocalRouter, RouterConfig};
-use rookery_storage::Stores;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -61,30 +60,12 @@ pub fn secret_file(path: &Path, bytes: usize) -> anyhow::Result<String> {
     Ok(hex)
 }
 
-/// Opens the configured store.
-pub fn open_stores(cfg: &Config) -> anyhow::Result<Stores> {
-    Ok(match cfg.storage.backend {
-        StorageBackend::Memory => rookery_storage::memory_stores(),
-        StorageBackend::Embedded => {
-            let dir = cfg.data_dir.join("store");
-            let durability = match cfg.storage.durability {
-                rookery_config::Durability::Os => rookery_storage_embedded::Durability::Os,
-                rookery_config::Durability::Fsync => rookery_storage_embedded::Durability::Fsync,
-            };
-            let store = rookery_storage_embedded::EmbeddedStore::open(&dir, durability).with_context(|| {
-                format!("cannot open the store in {} (is another rookery using it?)", dir.display())
-            })?;
-            rookery_storage_embedded::embedded_stores(Arc::new(store))
-        }
-    })
-}
-
 /// Starts a node from a validated configuration.
 pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
-    let stores = open_stores(&cfg)?;
+    let stores = crate::stores::open_stores(&cfg).await?;
     let hub = Arc::new(LocalHub::new());
     let router = LocalRouter::new(
         RouterConfig {
@@ -92,6 +73,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
             allow_registration: cfg.registration.allow,
             min_password_len: cfg.registration.min_password_len,
             offline_max_per_user: cfg.limits.offline_max_per_user,
+            archive: Default::default(),
         },
         Arc::new(MemoryRegistry::new()),
         hub.clone(),
