@@ -51,6 +51,8 @@ pub struct Config {
     pub limits: Limits,
     /// Storage backend.
     pub storage: Storage,
+    /// Message archive (XEP-0313).
+    pub mam: Mam,
     /// Logging.
     pub log: Log,
     /// Admin API access.
@@ -67,6 +69,7 @@ impl Default for Config {
             registration: Registration::default(),
             limits: Limits::default(),
             storage: Storage::default(),
+            mam: Mam::default(),
             log: Log::default(),
             admin: Admin::default(),
         }
@@ -167,6 +170,85 @@ impl Default for Limits {
             stanza_rate_per_sec: 200,
             outbound_queue: 4096,
             offline_max_per_user: 1000,
+        }
+    }
+}
+
+/// Message archive (XEP-0313) settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mam {
+    /// Archive 1:1 messages and answer archive queries.
+    pub enabled: bool,
+    /// What is archived for users who never set preferences (XEP-0441 §2.1).
+    pub default_policy: ArchivePolicy,
+    /// Largest page a client gets, whatever `<max/>` it asks for.
+    pub max_page: usize,
+    /// Page size when a query has no `<max/>`.
+    pub default_page: usize,
+    /// Results are counted up to this many (RSM `<count/>`); larger sets get no count.
+    pub count_limit: usize,
+    /// Messages older than this many days are deleted; 0 keeps them forever.
+    pub retention_days: u32,
+    /// Per-domain overrides of `retention_days` (domain → days, 0 = forever).
+    pub retention_days_by_domain: std::collections::BTreeMap<String, u32>,
+    /// Seconds between retention sweeps.
+    pub retention_interval_secs: u64,
+}
+
+impl Default for Mam {
+    fn default() -> Self {
+        Mam {
+            enabled: true,
+            default_policy: ArchivePolicy::Always,
+            max_page: 250,
+            default_page: 50,
+            count_limit: 2000,
+            retention_days: 0,
+            retention_days_by_domain: std::collections::BTreeMap::new(),
+            retention_interval_secs: 3600,
+        }
+    }
+}
+
+impl Mam {
+    /// Days messages of `domain` are kept; 0 means forever.
+    pub fn retention_for(&self, domain: &str) -> u32 {
+        self.retention_days_by_domain.get(domain).copied().unwrap_or(self.retention_days)
+    }
+}
+
+/// XEP-0441 default archiving policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchivePolicy {
+    /// Archive every conversation.
+    #[default]
+    Always,
+    /// Archive nothing unless the user lists a contact under `always`.
+    Never,
+    /// Archive conversations with roster contacts only.
+    Roster,
+}
+
+impl ArchivePolicy {
+    /// Spelling in TOML and in the environment.
+    pub const NAMES: &'static [&'static str] = &["always", "never", "roster"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArchivePolicy::Always => "always",
+            ArchivePolicy::Never => "never",
+            ArchivePolicy::Roster => "roster",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "always" => Some(ArchivePolicy::Always),
+            "never" => Some(ArchivePolicy::Never),
+            "roster" => Some(ArchivePolicy::Roster),
+            _ => None,
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crate::error::ConfigError;
-use crate::{Config, Durability, LogFormat, StorageBackend, listener, suggest};
+use crate::{ArchivePolicy, Config, Durability, LogFormat, StorageBackend, listener, suggest};
 
 pub(crate) const ENV_PREFIX: &str = "ROOKERY_";
 
@@ -32,6 +32,8 @@ pub(crate) enum Kind {
     OptStr,
     /// `"host:port"` strings (format checked by validation); comma-separated in the environment.
     HostPorts,
+    /// A table of domain name → whole number of days.
+    DomainDays,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +87,19 @@ pub(crate) const FIELDS: &[Field] = &[
     f("storage.scylla.password", "ROOKERY_SCYLLA_PASSWORD", Kind::OptStr, r#""(prefer ROOKERY_SCYLLA_PASSWORD)""#),
     f("storage.scylla.request_timeout_ms", "ROOKERY_SCYLLA_REQUEST_TIMEOUT_MS", U64, "5000"),
     f("storage.scylla.offline_ttl_days", "ROOKERY_SCYLLA_OFFLINE_TTL_DAYS", U32, "0"),
+    f("mam.enabled", "ROOKERY_MAM_ENABLED", Kind::Bool, "true"),
+    f("mam.default_policy", "ROOKERY_MAM_DEFAULT_POLICY", Kind::Enum(ArchivePolicy::NAMES), r#""always""#),
+    f("mam.max_page", "ROOKERY_MAM_MAX_PAGE", USIZE, "250"),
+    f("mam.default_page", "ROOKERY_MAM_DEFAULT_PAGE", USIZE, "50"),
+    f("mam.count_limit", "ROOKERY_MAM_COUNT_LIMIT", USIZE, "2000"),
+    f("mam.retention_days", "ROOKERY_MAM_RETENTION_DAYS", U32, "365"),
+    f(
+        "mam.retention_days_by_domain",
+        "ROOKERY_MAM_RETENTION_DAYS_BY_DOMAIN",
+        Kind::DomainDays,
+        r#"{ "students.example.org" = 180 }"#,
+    ),
+    f("mam.retention_interval_secs", "ROOKERY_MAM_RETENTION_INTERVAL_SECS", U64, "3600"),
     f("log.level", "ROOKERY_LOG_LEVEL", Kind::Str, r#""info""#),
     f("log.format", "ROOKERY_LOG_FORMAT", Kind::Enum(LogFormat::NAMES), r#""text""#),
     f("admin.token_file", "ROOKERY_ADMIN_TOKEN_FILE", Kind::OptPath, r#""/etc/rookery/admin.token""#),
@@ -189,6 +204,7 @@ impl Kind {
             Kind::Str => "a string".to_owned(),
             Kind::OptStr => "a string (or leave the key out)".to_owned(),
             Kind::HostPorts => "an array of \"host:port\" strings such as [\"10.0.0.1:9042\"]".to_owned(),
+            Kind::DomainDays => "a table of domain = days, e.g. { \"example.org\" = 365 }".to_owned(),
         }
     }
 
@@ -204,6 +220,9 @@ impl Kind {
             Kind::Str => "a string".to_owned(),
             Kind::OptStr => "a string, or an empty value to unset".to_owned(),
             Kind::HostPorts => "comma-separated host:port pairs, e.g. 10.0.0.1:9042,10.0.0.2:9042".to_owned(),
+            Kind::DomainDays => {
+                "comma-separated domain=days pairs, e.g. example.org=365,students.example.org=180".to_owned()
+            }
         }
     }
 
@@ -216,6 +235,9 @@ impl Kind {
             (Kind::Bool, V::Boolean(_)) => true,
             (Kind::UInt { max }, V::Integer(i)) => u64::try_from(*i).is_ok_and(|i| i <= max),
             (Kind::Enum(names), V::String(s)) => names.contains(&s.as_str()),
+            (Kind::DomainDays, V::Table(t)) => {
+                t.values().all(|v| matches!(v, V::Integer(i) if u32::try_from(*i).is_ok()))
+            }
             _ => false,
         }
     }
@@ -322,6 +344,19 @@ fn list(s: &str) -> Vec<String> {
     s.split(',').map(str::trim).filter(|d| !d.is_empty()).map(str::to_owned).collect()
 }
 
+fn domain_days(s: &str) -> Result<std::collections::BTreeMap<String, u32>, Malformed> {
+    let mut out = std::collections::BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (domain, days) = pair.split_once('=').ok_or(Malformed)?;
+        let domain = domain.trim();
+        if domain.is_empty() {
+            return Err(Malformed);
+        }
+        out.insert(domain.to_owned(), uint(days)?);
+    }
+    Ok(out)
+}
+
 /// Sets one key from its environment-variable spelling.
 fn set(cfg: &mut Config, key: &str, raw: &str) -> Result<(), Malformed> {
     let l = &mut cfg.limits;
@@ -353,6 +388,14 @@ fn set(cfg: &mut Config, key: &str, raw: &str) -> Result<(), Malformed> {
         "storage.durability" => {
             cfg.storage.durability = Durability::parse(raw.trim()).ok_or(Malformed)?;
         }
+        "mam.enabled" => cfg.mam.enabled = boolean(raw)?,
+        "mam.default_policy" => cfg.mam.default_policy = ArchivePolicy::parse(raw.trim()).ok_or(Malformed)?,
+        "mam.max_page" => cfg.mam.max_page = uint(raw)?,
+        "mam.default_page" => cfg.mam.default_page = uint(raw)?,
+        "mam.count_limit" => cfg.mam.count_limit = uint(raw)?,
+        "mam.retention_days" => cfg.mam.retention_days = uint(raw)?,
+        "mam.retention_days_by_domain" => cfg.mam.retention_days_by_domain = domain_days(raw)?,
+        "mam.retention_interval_secs" => cfg.mam.retention_interval_secs = uint(raw)?,
         "storage.scylla.nodes" => cfg.storage.scylla.nodes = list(raw),
         "storage.scylla.keyspace" => cfg.storage.scylla.keyspace = raw.trim().to_owned(),
         "storage.scylla.replication_factor" => cfg.storage.scylla.replication_factor = uint(raw)?,

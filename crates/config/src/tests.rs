@@ -349,6 +349,16 @@ const ENV_CASES: &[EnvCase] = &[
     ("ROOKERY_SCYLLA_PASSWORD", "s3cret ", |c| c.storage.scylla.password.as_deref() == Some("s3cret ")),
     ("ROOKERY_SCYLLA_REQUEST_TIMEOUT_MS", "750", |c| c.storage.scylla.request_timeout_ms == 750),
     ("ROOKERY_SCYLLA_OFFLINE_TTL_DAYS", "14", |c| c.storage.scylla.offline_ttl_days == 14),
+    ("ROOKERY_MAM_ENABLED", "no", |c| !c.mam.enabled),
+    ("ROOKERY_MAM_DEFAULT_POLICY", "roster", |c| c.mam.default_policy == crate::ArchivePolicy::Roster),
+    ("ROOKERY_MAM_MAX_PAGE", "100", |c| c.mam.max_page == 100),
+    ("ROOKERY_MAM_DEFAULT_PAGE", "20", |c| c.mam.default_page == 20),
+    ("ROOKERY_MAM_COUNT_LIMIT", "0", |c| c.mam.count_limit == 0),
+    ("ROOKERY_MAM_RETENTION_DAYS", "30", |c| c.mam.retention_days == 30),
+    ("ROOKERY_MAM_RETENTION_DAYS_BY_DOMAIN", "a.org=7, b.example = 0", |c| {
+        c.mam.retention_for("a.org") == 7 && c.mam.retention_for("b.example") == 0
+    }),
+    ("ROOKERY_MAM_RETENTION_INTERVAL_SECS", "60", |c| c.mam.retention_interval_secs == 60),
     ("ROOKERY_LOG_LEVEL", "debug", |c| c.log.level == "debug"),
     ("ROOKERY_LOG_FORMAT", "json", |c| c.log.format == LogFormat::Json),
     ("ROOKERY_ADMIN_TOKEN_FILE", "/t", |c| c.admin.token_file.as_deref() == Some(Path::new("/t"))),
@@ -695,4 +705,30 @@ fn docs_example_parses_and_matches_shipped_example() {
     let from_docs = Config::from_toml_str(&DOCS[start..start + len]).unwrap();
     from_docs.validate().unwrap();
     assert_eq!(from_docs, Config::from_toml_str(EXAMPLE).unwrap());
+}
+
+#[test]
+fn mam_section_parses_and_validates() {
+    let cfg = Config::from_toml_str(
+        "domains = [\"example.org\", \"students.example.org\"]\n[mam]\nretention_days = 365\n\
+         [mam.retention_days_by_domain]\n\"students.example.org\" = 180\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.mam.retention_for("students.example.org"), 180);
+    assert_eq!(cfg.mam.retention_for("example.org"), 365);
+    assert!(cfg.validate().is_ok());
+
+    let bad = Config::from_toml_str("[mam.retention_days_by_domain]\n\"elsewhere.org\" = 1\n").unwrap();
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.contains("mam.retention_days_by_domain") && err.contains("elsewhere.org"), "{err}");
+
+    let err =
+        Config::from_toml_str("[mam.retention_days_by_domain]\n\"example.org\" = \"long\"\n").unwrap_err().to_string();
+    assert!(err.contains("mam.retention_days_by_domain"), "{err}");
+
+    let bad = Config::from_toml_str("[mam]\nmax_page = 10\ndefault_page = 50\n").unwrap();
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.contains("mam.default_page"), "{err}");
+
+    assert!(ENV_KEYS.iter().any(|(v, _)| *v == "ROOKERY_MAM_RETENTION_DAYS_BY_DOMAIN"));
 }

@@ -99,6 +99,36 @@ fn keyspace_error(name: &str) -> Option<&'static str> {
     }
 }
 
+fn mam_problems(cfg: &Config, out: &mut Vec<Problem>) {
+    let m = &cfg.mam;
+    if m.max_page == 0 {
+        out.push(problem("mam.max_page", "0 would make every archive page empty", "use at least 1 (default 250)"));
+    }
+    if m.default_page == 0 || m.default_page > m.max_page.max(1) {
+        out.push(problem(
+            "mam.default_page",
+            format!("{} is not between 1 and mam.max_page ({})", m.default_page, m.max_page),
+            "use a page size from 1 to mam.max_page (default 50)",
+        ));
+    }
+    if m.retention_interval_secs == 0 {
+        out.push(problem(
+            "mam.retention_interval_secs",
+            "0 would sweep the archive without pause",
+            "use a number of seconds such as 3600 (the sweep only matters when a retention is set)",
+        ));
+    }
+    for domain in m.retention_days_by_domain.keys() {
+        if !cfg.domains.iter().any(|d| d == domain) {
+            out.push(problem(
+                "mam.retention_days_by_domain",
+                format!("{domain:?} is not one of the served domains ({})", cfg.domains.join(", ")),
+                "list only domains from `domains`, or add the domain there",
+            ));
+        }
+    }
+}
+
 fn scylla_problems(cfg: &Config, out: &mut Vec<Problem>) {
     let s = &cfg.storage.scylla;
     if cfg.storage.backend == StorageBackend::Scylla && s.nodes.is_empty() {
@@ -306,6 +336,7 @@ pub(crate) fn problems(cfg: &Config) -> Vec<Problem> {
     }
 
     scylla_problems(cfg, &mut out);
+    mam_problems(cfg, &mut out);
 
     if cfg.log.level.trim().is_empty() {
         out.push(problem(

@@ -141,6 +141,28 @@ async fn delete_user(State(st): State<AdminState>, headers: HeaderMap, Path(jid)
     }
 }
 
+#[derive(serde::Deserialize)]
+struct PurgeQuery {
+    older_than_days: Option<u32>,
+}
+
+/// Deletes a user's archived messages (all, or those older than `older_than_days`); the
+/// archiving preferences stay.
+async fn purge_archive(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path(jid): Path<String>,
+    Query(q): Query<PurgeQuery>,
+) -> Answer {
+    authorized(&st, &headers)?;
+    let jid = user_jid(&st, &jid)?;
+    let before = crate::retention::purge_bound(q.older_than_days);
+    match st.stores.archive.remove_before(&jid, before).await {
+        Ok(n) => Ok(Json(serde_json::json!({ "removed": n })).into_response()),
+        Err(e) => Err(err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
 async fn list_users(State(st): State<AdminState>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Answer {
     authorized(&st, &headers)?;
     let domains: Vec<String> = match q.domain {
@@ -172,6 +194,7 @@ pub fn app(st: AdminState) -> Router {
         .route("/admin/users", get(list_users).post(add_user))
         .route("/admin/users/{jid}", axum::routing::delete(delete_user))
         .route("/admin/users/{jid}/password", put(set_password))
+        .route("/admin/users/{jid}/archive", axum::routing::delete(purge_archive))
         .route("/admin/stats", get(stats))
         .with_state(st)
 }

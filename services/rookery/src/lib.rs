@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod node;
+pub mod retention;
 pub mod stores;
 
 pub use node::{Server, start};
@@ -16,18 +17,13 @@ pub use node::{Server, start};
 /// The supported-specifications table (docs/compliance.md), generated from what the
 /// router and the modules declare, so what we claim is what the code registers.
 pub fn compliance() -> String {
+    let cfg = rookery_config::Config::default();
     let router = rookery_router::LocalRouter::new(
-        rookery_router::RouterConfig {
-            domains: vec!["localhost".into()],
-            allow_registration: false,
-            min_password_len: 8,
-            offline_max_per_user: 1,
-            archive: Default::default(),
-        },
+        node::router_config(&cfg),
         std::sync::Arc::new(rookery_core::MemoryRegistry::new()),
         std::sync::Arc::new(rookery_core::LocalHub::new()),
         rookery_storage::memory_stores(),
-        rookery_modules::register_all,
+        node::modules(&cfg),
     );
     let mut infos = router.features().modules.clone();
     infos.push(rookery_edge::SPECS);

@@ -101,6 +101,13 @@ enum UserCmd {
     Del { jid: String },
     /// List accounts (of one domain, or all served domains).
     List { domain: Option<String> },
+    /// Delete a user's archived messages (XEP-0313), all or only older ones.
+    PurgeArchive {
+        jid: String,
+        /// Keep messages from the last N days.
+        #[arg(long)]
+        older_than_days: Option<u32>,
+    },
 }
 
 fn listener(v: &str, flag: &str) -> anyhow::Result<Option<SocketAddr>> {
@@ -231,6 +238,14 @@ async fn user(common: Common, cmd: UserCmd) -> anyhow::Result<()> {
             ("PUT", format!("/admin/users/{}/password", encode(jid)), Some(serde_json::json!({ "password": password })))
         }
         UserCmd::Del { jid } => ("DELETE", format!("/admin/users/{}", encode(jid)), None),
+        UserCmd::PurgeArchive { jid, older_than_days } => (
+            "DELETE",
+            match older_than_days {
+                Some(d) => format!("/admin/users/{}/archive?older_than_days={d}", encode(jid)),
+                None => format!("/admin/users/{}/archive", encode(jid)),
+            },
+            None,
+        ),
         UserCmd::List { domain } => (
             "GET",
             match domain {
@@ -265,6 +280,9 @@ fn report(cmd: &UserCmd, status: u16, json: &serde_json::Value) -> anyhow::Resul
         (UserCmd::Add { jid, .. }, 201) => println!("created {jid}"),
         (UserCmd::Passwd { jid, .. }, 204) => println!("password of {jid} changed"),
         (UserCmd::Del { jid }, 204) => println!("deleted {jid}"),
+        (UserCmd::PurgeArchive { jid, .. }, 200) => {
+            println!("removed {} archived messages of {jid}", json.get("removed").and_then(|n| n.as_u64()).unwrap_or(0))
+        }
         (UserCmd::List { .. }, 200) => {
             for u in json.get("users").and_then(|u| u.as_array()).into_iter().flatten() {
                 println!("{}", u.as_str().unwrap_or_default());
@@ -322,6 +340,12 @@ async fn offline_user(cfg: &Config, cmd: UserCmd) -> anyhow::Result<()> {
                 bail!("{j} does not exist");
             }
             println!("deleted {j}");
+        }
+        UserCmd::PurgeArchive { jid, older_than_days } => {
+            let j = parse(&jid)?;
+            let before = rookery::retention::purge_bound(older_than_days);
+            let n = stores.archive.remove_before(&j, before).await?;
+            println!("removed {n} archived messages of {j}");
         }
         UserCmd::List { domain } => {
             let domains = domain.map(|d| vec![d]).unwrap_or_else(|| cfg.domains.clone());

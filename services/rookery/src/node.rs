@@ -2,7 +2,8 @@
 //! bind listeners, serve until shutdown.
 
 use anyhow::Context;
-use rookery_config::Config;
+use rookery_config::{ArchivePolicy, Config};
+use rookery_core::Registrar;
 use rookery_core::{LocalHub, MemoryRegistry};
 use rookery_edge::{Edge, EdgeConfig, ListenKind};
 use rookery_router::{LocalRouter, RouterConfig};
@@ -60,6 +61,42 @@ pub fn secret_file(path: &Path, bytes: usize) -> anyhow::Result<String> {
     Ok(hex)
 }
 
+/// The router's settings from the configuration.
+pub fn router_config(cfg: &Config) -> RouterConfig {
+    RouterConfig {
+        domains: cfg.domains.clone(),
+        allow_registration: cfg.registration.allow,
+        min_password_len: cfg.registration.min_password_len,
+        offline_max_per_user: cfg.limits.offline_max_per_user,
+        archive: rookery_router::ArchiveSettings {
+            enabled: cfg.mam.enabled,
+            default: match cfg.mam.default_policy {
+                ArchivePolicy::Always => rookery_storage::ArchiveDefault::Always,
+                ArchivePolicy::Never => rookery_storage::ArchiveDefault::Never,
+                ArchivePolicy::Roster => rookery_storage::ArchiveDefault::Roster,
+            },
+            // A single node mints every id itself; cluster routers get distinct numbers.
+            node: 0,
+        },
+    }
+}
+
+/// The modules a node runs: the crate's standard set, plus MAM queries when archiving is on.
+pub fn modules(cfg: &Config) -> impl FnOnce(&mut Registrar) + use<> {
+    let mam = cfg.mam.enabled.then(|| rookery_modules::MamConfig {
+        max_page: cfg.mam.max_page,
+        default_page: cfg.mam.default_page,
+        count_cap: cfg.mam.count_limit,
+        ..rookery_modules::MamConfig::default()
+    });
+    move |r: &mut Registrar| {
+        rookery_modules::register_all(r);
+        if let Some(m) = mam {
+            r.add(Arc::new(rookery_modules::Mam::new(m)));
+        }
+    }
+}
+
 /// Starts a node from a validated configuration.
 pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -68,17 +105,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     let stores = crate::stores::open_stores(&cfg).await?;
     let hub = Arc::new(LocalHub::new());
     let router = LocalRouter::new(
-        RouterConfig {
-            domains: cfg.domains.clone(),
-            allow_registration: cfg.registration.allow,
-            min_password_len: cfg.registration.min_password_len,
-            offline_max_per_user: cfg.limits.offline_max_per_user,
-            archive: Default::default(),
-        },
+        router_config(&cfg),
         Arc::new(MemoryRegistry::new()),
         hub.clone(),
         stores.clone(),
-        rookery_modules::register_all,
+        modules(&cfg),
     );
     let tls = rookery_edge::tls::load_or_generate(
         cfg.tls.cert.as_deref(),
@@ -106,6 +137,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     let edge = Edge::new(edge_cfg, tls, router.clone(), hub, stores.accounts.clone());
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    if cfg.mam.enabled {
+        tasks.spawn(crate::retention::run(stores.clone(), cfg.mam.clone(), cfg.domains.clone(), rx.clone()));
+    }
     let bound = |addr: Option<SocketAddr>| async move {
         match addr {
             Some(a) => rookery_edge::bind(a).await.map(Some),
