@@ -21,7 +21,7 @@ pub use module::{
     Ctx, Dispatch, Features, Identity, Interest, IqHandler, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar,
     ServerApi, Support, Target, XepSupport,
 };
-pub use registry::{MemoryRegistry, SessionEntry, SessionRegistry};
+pub use registry::{MemoryRegistry, RegistryError, SessionEntry, SessionRegistry};
 
 /// Identifies one client connection on one edge.
 pub type ConnId = u64;

@@ -76,13 +76,13 @@ pub trait ServerApi: Send + Sync + 'static {
     fn domains(&self) -> &[String];
     fn is_local_domain(&self, domain: &str) -> bool;
     /// Queues bytes for one bound resource; false if it is not connected.
-    fn send_to_resource(&self, to: &FullJid, bytes: Bytes) -> bool;
+    async fn send_to_resource(&self, to: &FullJid, bytes: Bytes) -> bool;
     /// Full JIDs of the user's connected resources that have `interest`.
-    fn resources(&self, user: &BareJid, interest: Interest) -> Vec<FullJid>;
+    async fn resources(&self, user: &BareJid, interest: Interest) -> Vec<FullJid>;
     /// Records that a resource asked for something it must now get pushes of.
-    fn mark_interest(&self, resource: &FullJid, interest: Interest);
+    async fn mark_interest(&self, resource: &FullJid, interest: Interest);
     /// Whether the user has at least one available resource.
-    fn is_online(&self, user: &BareJid) -> bool;
+    async fn is_online(&self, user: &BareJid) -> bool;
     /// Seconds since the server started.
     fn uptime_secs(&self) -> u64;
     fn registration_allowed(&self) -> bool;
@@ -97,7 +97,7 @@ pub trait ServerApi: Send + Sync + 'static {
     /// Turns XEP-0280 carbons on or off for one bound resource (§4, §5). Returns false
     /// when the resource is not bound here; a server without per-session state keeps
     /// this default and never enables carbons.
-    fn set_carbons(&self, _resource: &FullJid, _on: bool) -> bool {
+    async fn set_carbons(&self, _resource: &FullJid, _on: bool) -> bool {
         false
     }
 }

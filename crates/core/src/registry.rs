@@ -29,25 +29,32 @@ pub struct SessionEntry {
     pub carbons: bool,
 }
 
+/// Why the registry could not record a session.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("session registry unavailable: {0}")]
+pub struct RegistryError(pub String);
+
+/// Where sessions are. Reads never fail: a backend that cannot answer logs it and answers
+/// "no sessions", so a message goes to offline storage instead of being lost. Writes that
+/// decide whether a session exists (`insert`) report failure, so a bind is refused rather
+/// than leaving an unregistered session.
+#[async_trait::async_trait]
 pub trait SessionRegistry: Send + Sync + 'static {
     /// Inserts the session; returns the entry it replaced (same full JID), if any.
-    fn insert(&self, entry: SessionEntry) -> Option<SessionEntry>;
+    async fn insert(&self, entry: SessionEntry) -> Result<Option<SessionEntry>, RegistryError>;
     /// Removes the session if it is still at `loc`; returns it.
-    fn remove(&self, jid: &FullJid, loc: Location) -> Option<SessionEntry>;
-    fn get(&self, jid: &FullJid) -> Option<SessionEntry>;
+    async fn remove(&self, jid: &FullJid, loc: Location) -> Option<SessionEntry>;
+    async fn get(&self, jid: &FullJid) -> Option<SessionEntry>;
     /// Whether `jid` is bound at `loc` (and not replaced by a newer session).
-    fn is_current(&self, jid: &FullJid, loc: Location) -> bool;
-    fn sessions(&self, user: &BareJid) -> Vec<SessionEntry>;
-    /// The user's sessions that enabled carbons (XEP-0280 §4). Asked for every message a
-    /// local user sends, so implementations should not copy the other sessions.
-    fn carbons_sessions(&self, user: &BareJid) -> Vec<SessionEntry> {
-        let mut all = self.sessions(user);
-        all.retain(|e| e.carbons);
-        all
-    }
-    /// Applies `f` to the entry if present; returns its result.
-    fn update(&self, jid: &FullJid, f: &mut dyn FnMut(&mut SessionEntry)) -> bool;
-    fn count(&self) -> usize;
+    async fn is_current(&self, jid: &FullJid, loc: Location) -> bool;
+    async fn sessions(&self, user: &BareJid) -> Vec<SessionEntry>;
+    /// The user's sessions that enabled carbons (XEP-0280); empty without allocating in
+    /// the common case where none did.
+    async fn carbons_sessions(&self, user: &BareJid) -> Vec<SessionEntry>;
+    /// Applies `f` to the entry if present; returns whether it was.
+    async fn update(&self, jid: &FullJid, f: &mut (dyn for<'e> FnMut(&'e mut SessionEntry) + Send)) -> bool;
+    /// Sessions this registry knows of (all of the cluster's for a shared backend).
+    async fn count(&self) -> usize;
 }
 
 #[derive(Default)]
@@ -61,18 +68,19 @@ impl MemoryRegistry {
     }
 }
 
+#[async_trait::async_trait]
 impl SessionRegistry for MemoryRegistry {
-    fn insert(&self, entry: SessionEntry) -> Option<SessionEntry> {
-        let Ok(mut m) = self.users.write() else { return None };
+    async fn insert(&self, entry: SessionEntry) -> Result<Option<SessionEntry>, RegistryError> {
+        let mut m = self.users.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let list = m.entry(entry.jid.to_bare()).or_default();
         if let Some(pos) = list.iter().position(|e| e.jid == entry.jid) {
-            return Some(std::mem::replace(&mut list[pos], entry));
+            return Ok(Some(std::mem::replace(&mut list[pos], entry)));
         }
         list.push(entry);
-        None
+        Ok(None)
     }
 
-    fn remove(&self, jid: &FullJid, loc: Location) -> Option<SessionEntry> {
+    async fn remove(&self, jid: &FullJid, loc: Location) -> Option<SessionEntry> {
         let Ok(mut m) = self.users.write() else { return None };
         let bare = jid.to_bare();
         let list = m.get_mut(&bare)?;
@@ -84,12 +92,12 @@ impl SessionRegistry for MemoryRegistry {
         Some(e)
     }
 
-    fn get(&self, jid: &FullJid) -> Option<SessionEntry> {
+    async fn get(&self, jid: &FullJid) -> Option<SessionEntry> {
         let m = self.users.read().ok()?;
         m.get(&jid.to_bare())?.iter().find(|e| &e.jid == jid).cloned()
     }
 
-    fn is_current(&self, jid: &FullJid, loc: Location) -> bool {
+    async fn is_current(&self, jid: &FullJid, loc: Location) -> bool {
         self.users
             .read()
             .ok()
@@ -97,11 +105,11 @@ impl SessionRegistry for MemoryRegistry {
             .unwrap_or(false)
     }
 
-    fn sessions(&self, user: &BareJid) -> Vec<SessionEntry> {
+    async fn sessions(&self, user: &BareJid) -> Vec<SessionEntry> {
         self.users.read().ok().and_then(|m| m.get(user).cloned()).unwrap_or_default()
     }
 
-    fn carbons_sessions(&self, user: &BareJid) -> Vec<SessionEntry> {
+    async fn carbons_sessions(&self, user: &BareJid) -> Vec<SessionEntry> {
         // Nothing is allocated when no session enabled carbons (the common case).
         self.users
             .read()
@@ -110,7 +118,7 @@ impl SessionRegistry for MemoryRegistry {
             .unwrap_or_default()
     }
 
-    fn update(&self, jid: &FullJid, f: &mut dyn FnMut(&mut SessionEntry)) -> bool {
+    async fn update(&self, jid: &FullJid, f: &mut (dyn for<'e> FnMut(&'e mut SessionEntry) + Send)) -> bool {
         let Ok(mut m) = self.users.write() else { return false };
         match m.get_mut(&jid.to_bare()).and_then(|l| l.iter_mut().find(|e| &e.jid == jid)) {
             Some(e) => {
@@ -121,7 +129,7 @@ impl SessionRegistry for MemoryRegistry {
         }
     }
 
-    fn count(&self) -> usize {
+    async fn count(&self) -> usize {
         self.users.read().map(|m| m.values().map(Vec::len).sum()).unwrap_or(0)
     }
 }
@@ -145,18 +153,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn carbons_sessions_lists_only_enabled_ones() {
+    #[tokio::test]
+    async fn carbons_sessions_lists_only_enabled_ones() {
         let r = MemoryRegistry::new();
-        r.insert(entry("u@d/a", 1));
-        r.insert(entry("u@d/b", 2));
-        r.insert(entry("v@d/a", 3));
+        r.insert(entry("u@d/a", 1)).await.unwrap();
+        r.insert(entry("u@d/b", 2)).await.unwrap();
+        r.insert(entry("v@d/a", 3)).await.unwrap();
         let u = BareJid::parse("u@d").unwrap();
-        assert!(r.carbons_sessions(&u).is_empty());
-        assert!(r.update(&FullJid::parse("u@d/b").unwrap(), &mut |e| e.carbons = true));
-        let on: Vec<_> = r.carbons_sessions(&u).into_iter().map(|e| e.jid.to_string()).collect();
+        assert!(r.carbons_sessions(&u).await.is_empty());
+        assert!(r.update(&FullJid::parse("u@d/b").unwrap(), &mut |e| e.carbons = true).await);
+        let on: Vec<_> = r.carbons_sessions(&u).await.into_iter().map(|e| e.jid.to_string()).collect();
         assert_eq!(on, ["u@d/b"]);
-        assert!(r.carbons_sessions(&BareJid::parse("v@d").unwrap()).is_empty());
-        assert!(!r.update(&FullJid::parse("u@d/gone").unwrap(), &mut |e| e.carbons = true));
+        assert!(r.carbons_sessions(&BareJid::parse("v@d").unwrap()).await.is_empty());
+        assert!(!r.update(&FullJid::parse("u@d/gone").unwrap(), &mut |e| e.carbons = true).await);
     }
 }

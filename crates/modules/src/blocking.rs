@@ -69,7 +69,7 @@ impl TargetedHandler for Blocking {
                 let list = ctx.stores.blocking.list(&user).await.map_err(store)?;
                 // §3.3: from now on this resource gets the pushes.
                 if let Some(from) = &req.from {
-                    ctx.server.mark_interest(from, Interest::Blocklist);
+                    ctx.server.mark_interest(from, Interest::Blocklist).await;
                 }
                 Ok(Some(with_items("blocklist", &list)))
             }
@@ -82,7 +82,7 @@ impl TargetedHandler for Blocking {
                 ctx.stores.blocking.block(&user, &jids).await.map_err(store)?;
                 let added: Vec<String> = jids.iter().filter(|j| !before.contains(j)).cloned().collect();
                 ctx.server.blocklist_changed(&user, &added, &[]).await;
-                self.push(ctx, &user, &with_items("block", &jids));
+                self.push(ctx, &user, &with_items("block", &jids)).await;
                 Ok(None)
             }
             _ => {
@@ -96,7 +96,7 @@ impl TargetedHandler for Blocking {
                     jids.iter().filter(|j| before.contains(j)).cloned().collect()
                 };
                 ctx.server.blocklist_changed(&user, &[], &removed).await;
-                self.push(ctx, &user, &with_items("unblock", &jids));
+                self.push(ctx, &user, &with_items("unblock", &jids)).await;
                 Ok(None)
             }
         }
@@ -106,11 +106,11 @@ impl TargetedHandler for Blocking {
 impl Blocking {
     /// Sends `payload` as an IQ-set to each resource of `user` that requested the block
     /// list (§3.3–§3.5).
-    fn push(&self, ctx: &Ctx, user: &BareJid, payload: &Element) {
-        for full in ctx.server.resources(user, Interest::Blocklist) {
+    async fn push(&self, ctx: &Ctx, user: &BareJid, payload: &Element) {
+        for full in ctx.server.resources(user, Interest::Blocklist).await {
             let id = format!("push-{}", self.push_ids.fetch_add(1, Ordering::Relaxed) + 1);
             let bytes = rookery_stanza::iq_request("set", None, &full, &id, payload);
-            if !ctx.server.send_to_resource(&full, bytes) {
+            if !ctx.server.send_to_resource(&full, bytes).await {
                 tracing::debug!(event = "block_push_undelivered", to = %full);
             }
         }
@@ -155,7 +155,7 @@ mod tests {
         el.elements().map(|e| e.get_attr("jid").unwrap().to_owned()).collect()
     }
 
-    fn harness() -> Harness {
+    async fn harness() -> Harness {
         let h = Harness::new(|r| r.add(Arc::new(Blocking::new())));
         // Two resources asked for the block list (so they get pushes), one did not.
         h.server.connect("juliet@example.com/chamber", true, true);
@@ -163,24 +163,24 @@ mod tests {
         h.server.connect("juliet@example.com/bot", true, true);
         for r in ["chamber", "balcony"] {
             let full = FullJid::parse(&format!("juliet@example.com/{r}")).unwrap();
-            h.server.mark_interest(&full, Interest::Blocklist);
+            h.server.mark_interest(&full, Interest::Blocklist).await;
         }
         h
     }
 
     #[tokio::test]
     async fn requesting_the_list_subscribes_to_pushes() {
-        let h = harness();
+        let h = harness().await;
         let bot = FullJid::parse("juliet@example.com/bot").unwrap();
         let juliet = bare("juliet@example.com");
-        assert!(!h.server.resources(&juliet, Interest::Blocklist).contains(&bot));
+        assert!(!h.server.resources(&juliet, Interest::Blocklist).await.contains(&bot));
         h.get_own("juliet@example.com/bot", LIST).await.unwrap().unwrap();
-        assert!(h.server.resources(&juliet, Interest::Blocklist).contains(&bot));
+        assert!(h.server.resources(&juliet, Interest::Blocklist).await.contains(&bot));
     }
 
     #[tokio::test]
     async fn empty_list_then_block_and_push() {
-        let h = harness();
+        let h = harness().await;
         let l = h.get_own("juliet@example.com/chamber", LIST).await.unwrap().unwrap();
         assert!(l.is("blocklist", ns::BLOCKING));
         assert_eq!(l.elements().count(), 0);
@@ -223,7 +223,7 @@ mod tests {
 
     #[tokio::test]
     async fn block_errors() {
-        let h = harness();
+        let h = harness().await;
         let e = h.set_own("juliet@example.com/chamber", "<block xmlns='urn:xmpp:blocking'/>").await.unwrap_err();
         assert_eq!(e.condition, Condition::BadRequest);
         let e = h
@@ -247,7 +247,7 @@ mod tests {
 
     #[tokio::test]
     async fn unblock_some_and_all() {
-        let h = harness();
+        let h = harness().await;
         let juliet = bare("juliet@example.com");
         let all = ["a@example.com".to_owned(), "b@example.com".to_owned(), "c@example.com".to_owned()];
         h.ctx.stores.blocking.block(&juliet, &all).await.unwrap();
@@ -285,7 +285,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_own_list() {
-        let h = harness();
+        let h = harness().await;
         let e = h.get("romeo@example.com/r", "juliet@example.com", LIST).await.unwrap_err();
         assert_eq!(e.condition, Condition::FeatureNotImplemented);
     }

@@ -54,7 +54,7 @@ impl IqHandler for Carbons {
             return Err(StanzaError::new(Condition::NotAllowed));
         };
         let on = req.payload.name == "enable";
-        if ctx.server.set_carbons(from, on) { Ok(None) } else { Err(StanzaError::new(Condition::NotAllowed)) }
+        if ctx.server.set_carbons(from, on).await { Ok(None) } else { Err(StanzaError::new(Condition::NotAllowed)) }
     }
 }
 

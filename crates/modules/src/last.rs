@@ -69,7 +69,7 @@ impl TargetedHandler for LastActivity {
 }
 
 async fn user_last(ctx: &Ctx, user: &BareJid) -> IqResult {
-    if ctx.server.is_online(user) {
+    if ctx.server.is_online(user).await {
         return Ok(Some(query(0, None)));
     }
     let last = ctx

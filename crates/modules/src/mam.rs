@@ -264,7 +264,7 @@ impl Mam {
             None
         };
 
-        self.send_page(ctx, owner, requester, &req, version, &page);
+        self.send_page(ctx, owner, requester, &req, version, &page).await;
         let fin = results::Fin {
             complete: !page.more,
             first_last: page.items.first().zip(page.items.last()).map(|(f, l)| (f.id, l.id)),
@@ -291,7 +291,7 @@ impl Mam {
     }
 
     /// Sends the page's items to the requester (§4.2), oldest first unless flipped.
-    fn send_page(
+    async fn send_page(
         &self,
         ctx: &Ctx,
         owner: &BareJid,
@@ -300,8 +300,10 @@ impl Mam {
         version: Version,
         page: &ArchivePage,
     ) {
-        let items: Box<dyn Iterator<Item = _>> =
-            if req.flip { Box::new(page.items.iter().rev()) } else { Box::new(page.items.iter()) };
+        let mut items: Vec<&rookery_storage::ArchiveEntry> = page.items.iter().collect();
+        if req.flip {
+            items.reverse();
+        }
         for entry in items {
             let stanza = results::forwardable(&entry.stanza);
             if stanza.is_none() {
@@ -317,7 +319,7 @@ impl Mam {
                 entry,
                 stanza.as_deref(),
             );
-            if !ctx.server.send_to_resource(requester, bytes) {
+            if !ctx.server.send_to_resource(requester, bytes).await {
                 tracing::debug!(event = "mam_requester_gone", to = %requester);
                 return;
             }

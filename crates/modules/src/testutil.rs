@@ -83,14 +83,14 @@ impl ServerApi for FakeServer {
     fn is_local_domain(&self, domain: &str) -> bool {
         self.domains.iter().any(|d| d == domain)
     }
-    fn send_to_resource(&self, to: &FullJid, bytes: Bytes) -> bool {
+    async fn send_to_resource(&self, to: &FullJid, bytes: Bytes) -> bool {
         let connected = self.sessions.lock().unwrap().iter().any(|s| &s.jid == to);
         if connected {
             self.sent.lock().unwrap().push((to.clone(), bytes));
         }
         connected
     }
-    fn resources(&self, user: &BareJid, interest: Interest) -> Vec<FullJid> {
+    async fn resources(&self, user: &BareJid, interest: Interest) -> Vec<FullJid> {
         self.sessions
             .lock()
             .unwrap()
@@ -104,7 +104,7 @@ impl ServerApi for FakeServer {
             .map(|s| s.jid.clone())
             .collect()
     }
-    fn mark_interest(&self, resource: &FullJid, interest: Interest) {
+    async fn mark_interest(&self, resource: &FullJid, interest: Interest) {
         for s in self.sessions.lock().unwrap().iter_mut().filter(|s| &s.jid == resource) {
             match interest {
                 Interest::Any => {}
@@ -113,7 +113,7 @@ impl ServerApi for FakeServer {
             }
         }
     }
-    fn is_online(&self, user: &BareJid) -> bool {
+    async fn is_online(&self, user: &BareJid) -> bool {
         self.sessions.lock().unwrap().iter().any(|s| &s.jid.to_bare() == user && s.available)
     }
     fn uptime_secs(&self) -> u64 {

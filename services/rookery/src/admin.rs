@@ -181,7 +181,7 @@ async fn list_users(State(st): State<AdminState>, headers: HeaderMap, Query(q): 
 async fn stats(State(st): State<AdminState>, headers: HeaderMap) -> Answer {
     authorized(&st, &headers)?;
     Ok(Json(serde_json::json!({
-        "sessions": st.router.registry().count(),
+        "sessions": st.router.registry().count().await,
         "uptime_secs": st.router.uptime_secs(),
     }))
     .into_response())

@@ -78,7 +78,7 @@ pub fn matches(item: &str, jid: &Jid) -> bool {
 
 impl LocalRouter {
     pub(crate) async fn on_blocklist_change(&self, user: &BareJid, blocked: &[String], unblocked: &[String]) {
-        let sessions = self.registry.sessions(user);
+        let sessions = self.registry.sessions(user).await;
         // §3.3: a newly blocked contact that could see the user's presence gets
         // unavailable from every available resource.
         for item in blocked {

@@ -69,7 +69,7 @@ impl LocalRouter {
     /// Sends the carbon copies of a message that was accepted (delivered or stored).
     /// `recipient_sessions` are the recipient's sessions, `got_original` those the
     /// delivery rules chose.
-    pub(crate) fn send_carbons(
+    pub(crate) async fn send_carbons(
         &self,
         msg: &mut Inspect<'_>,
         mtype: MsgType,
@@ -88,7 +88,7 @@ impl LocalRouter {
             .collect();
         let sent = match &sender {
             Some(s) if !own => {
-                let mut list = self.registry.carbons_sessions(s);
+                let mut list = self.registry.carbons_sessions(s).await;
                 list.retain(|e| e.jid.as_str() != env.from.as_str());
                 list
             }

@@ -28,18 +28,19 @@ impl LocalRouter {
                 self.bounce(
                     &env,
                     StanzaError::new(Condition::BadRequest).with_text("iq type must be get, set, result or error"),
-                );
+                )
+                .await;
                 return;
             }
         };
         // RFC 6120 §8.1.3: an IQ get/set needs an id.
         let Some(id) = env.id().map(str::to_owned) else {
-            self.bounce(&env, StanzaError::new(Condition::BadRequest).with_text("iq without id"));
+            self.bounce(&env, StanzaError::new(Condition::BadRequest).with_text("iq without id")).await;
             return;
         };
         let to = env.to.clone();
         if !self.is_local(to.domain()) {
-            self.bounce(&env, StanzaError::new(Condition::RemoteServerNotFound));
+            self.bounce(&env, StanzaError::new(Condition::RemoteServerNotFound)).await;
             return;
         }
         let sender = from.to_bare();
@@ -48,7 +49,7 @@ impl LocalRouter {
         }
         let target = if to.node().is_none() {
             if to.resource().is_some() {
-                self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable));
+                self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable)).await;
                 return;
             }
             Target::Host
@@ -61,11 +62,11 @@ impl LocalRouter {
             let Some(user) = crate::user_of(&to) else { return };
             // XEP-0191 §3.3: the sender blocked the addressee.
             if self.blocks.blocks(&sender, &to).await {
-                self.bounce(&env, blocked_error());
+                self.bounce(&env, blocked_error()).await;
                 return;
             }
             if self.blocks.blocks(&user, &env.from).await || !self.account_exists(&user).await {
-                self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable));
+                self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable)).await;
                 return;
             }
         }
@@ -80,13 +81,14 @@ impl LocalRouter {
                             &env,
                             StanzaError::new(Condition::BadRequest)
                                 .with_text("an iq get/set carries exactly one payload"),
-                        );
+                        )
+                        .await;
                         return;
                     }
                 }
             }
             Err(_) => {
-                self.bounce(&env, StanzaError::new(Condition::BadRequest));
+                self.bounce(&env, StanzaError::new(Condition::BadRequest)).await;
                 return;
             }
         };
@@ -117,7 +119,7 @@ impl LocalRouter {
                 None => return,
             },
         };
-        self.send_full(&from, reply);
+        self.send_full(&from, reply).await;
     }
 
     /// §8.5.3: deliver to the exact resource, or answer service-unavailable.
@@ -125,31 +127,31 @@ impl LocalRouter {
         let Ok(to) = FullJid::try_from(env.to.clone()) else { return };
         let user = to.to_bare();
         if self.blocks.blocks(&user, &env.from).await {
-            self.bounce(env, StanzaError::new(Condition::ServiceUnavailable));
+            self.bounce(env, StanzaError::new(Condition::ServiceUnavailable)).await;
             return;
         }
         if user != from.to_bare() && self.blocks.blocks(&from.to_bare(), &env.to).await {
-            self.bounce(env, blocked_error());
+            self.bounce(env, blocked_error()).await;
             return;
         }
         // RFC 6121 §8.5.3.1: a get/set reaches a resource only from someone it shares
         // presence with (subscription from/both, or directed presence); otherwise it
         // would reveal which resources are online.
         if user != from.to_bare() && !self.shares_presence(&to, from).await {
-            self.bounce(env, StanzaError::new(Condition::ServiceUnavailable));
+            self.bounce(env, StanzaError::new(Condition::ServiceUnavailable)).await;
             return;
         }
-        if !self.send_full(&to, env.wire()) {
-            self.bounce(env, StanzaError::new(Condition::ServiceUnavailable));
+        if !self.send_full(&to, env.wire()).await {
+            self.bounce(env, StanzaError::new(Condition::ServiceUnavailable)).await;
         }
     }
 
     /// Whether the session `to` shares presence with `from` (RFC 6121 §8.5.3.1).
     async fn shares_presence(&self, to: &FullJid, from: &FullJid) -> bool {
-        let directed = self
-            .registry
-            .get(to)
-            .is_some_and(|e| e.directed.iter().any(|d| d.as_str() == from.as_str() || d.as_str() == from.bare_str()));
+        let directed =
+            self.registry.get(to).await.is_some_and(|e| {
+                e.directed.iter().any(|d| d.as_str() == from.as_str() || d.as_str() == from.bare_str())
+            });
         directed || self.contact_sees_presence(&to.to_bare(), &from.to_bare()).await
     }
 
@@ -162,7 +164,7 @@ impl LocalRouter {
             if self.blocks.blocks(&to.to_bare(), &env.from).await {
                 return;
             }
-            self.send_full(&to, env.wire());
+            self.send_full(&to, env.wire()).await;
         }
     }
 }

@@ -258,25 +258,25 @@ impl LocalRouter {
     }
 
     /// Sends bytes to a local full JID if bound.
-    pub(crate) fn send_full(&self, to: &FullJid, bytes: Bytes) -> bool {
-        match self.registry.get(to) {
+    pub(crate) async fn send_full(&self, to: &FullJid, bytes: Bytes) -> bool {
+        match self.registry.get(to).await {
             Some(e) => self.send(&e, bytes),
             None => false,
         }
     }
 
     /// Replies to the sender of `env` with a stanza error.
-    pub(crate) fn bounce(&self, env: &Envelope, err: rookery_stanza::StanzaError) {
+    pub(crate) async fn bounce(&self, env: &Envelope, err: rookery_stanza::StanzaError) {
         if let Some(reply) = env.error_reply(&err)
             && let Ok(full) = FullJid::try_from(env.from.clone())
         {
-            self.send_full(&full, reply);
+            self.send_full(&full, reply).await;
         }
     }
 
     pub(crate) async fn account_exists(&self, user: &BareJid) -> bool {
         // A bound session proves the account exists without a store read.
-        if !self.registry.sessions(user).is_empty() {
+        if !self.registry.sessions(user).await.is_empty() {
             return true;
         }
         match self.stores.accounts.get(user).await {
@@ -303,7 +303,11 @@ impl Router for LocalRouter {
             directed: Vec::new(),
             carbons: false,
         };
-        if let Some(old) = self.registry.insert(entry) {
+        let replaced = self.registry.insert(entry).await.map_err(|e| {
+            tracing::warn!(event = "bind_registry_failed", jid = %jid, error = %e);
+            BindError::Internal
+        })?;
+        if let Some(old) = replaced {
             // RFC 6120 §7.7.2.2: the new session wins; the old one is told why it ends.
             tracing::info!(event = "resource_conflict", jid = %jid);
             self.link.deliver(old.loc, Outbound::Close(StreamCondition::Conflict));
@@ -319,7 +323,10 @@ impl Router for LocalRouter {
     async fn route(&self, from: Location, env: Envelope) {
         // RFC 6120 §7.7.2.2: a session replaced by a newer one with the same full JID
         // may still have stanzas in flight; they must not act for the new session.
-        let current = FullJid::try_from(env.from.clone()).is_ok_and(|f| self.registry.is_current(&f, from));
+        let current = match FullJid::try_from(env.from.clone()) {
+            Ok(f) => self.registry.is_current(&f, from).await,
+            Err(_) => false,
+        };
         if !current {
             tracing::debug!(event = "stanza_from_replaced_session", from = %env.from);
             return;
@@ -345,13 +352,13 @@ impl Router for LocalRouter {
     }
 
     async fn unbind(&self, jid: &FullJid, loc: Location) {
-        let Some(entry) = self.registry.remove(jid, loc) else { return };
+        let Some(entry) = self.registry.remove(jid, loc).await else { return };
         // RFC 6121 §4.6.3: directed-presence targets hear about it even if the
         // session never sent broadcast presence.
         if entry.available || !entry.directed.is_empty() {
             self.broadcast_unavailable(&entry, None).await;
         }
-        if self.registry.sessions(&jid.to_bare()).is_empty() {
+        if self.registry.sessions(&jid.to_bare()).await.is_empty() {
             let status = entry.presence.as_ref().map(presence::status_text).unwrap_or_default();
             let last = rookery_storage::LastActivity { at: rookery_storage::now_secs(), status };
             if let Err(e) = self.stores.last.set(&jid.to_bare(), last).await {
@@ -369,13 +376,14 @@ impl ServerApi for LocalRouter {
     fn is_local_domain(&self, domain: &str) -> bool {
         self.is_local(domain)
     }
-    fn send_to_resource(&self, to: &FullJid, bytes: Bytes) -> bool {
-        self.send_full(to, bytes)
+    async fn send_to_resource(&self, to: &FullJid, bytes: Bytes) -> bool {
+        self.send_full(to, bytes).await
     }
-    fn resources(&self, user: &BareJid, interest: rookery_core::Interest) -> Vec<FullJid> {
+    async fn resources(&self, user: &BareJid, interest: rookery_core::Interest) -> Vec<FullJid> {
         use rookery_core::Interest;
         self.registry
             .sessions(user)
+            .await
             .into_iter()
             .filter(|e| match interest {
                 Interest::Any => true,
@@ -385,16 +393,18 @@ impl ServerApi for LocalRouter {
             .map(|e| e.jid)
             .collect()
     }
-    fn mark_interest(&self, resource: &FullJid, interest: rookery_core::Interest) {
+    async fn mark_interest(&self, resource: &FullJid, interest: rookery_core::Interest) {
         use rookery_core::Interest;
-        self.registry.update(resource, &mut |e| match interest {
-            Interest::Any => {}
-            Interest::Roster => e.interested = true,
-            Interest::Blocklist => e.blocklist = true,
-        });
+        self.registry
+            .update(resource, &mut |e| match interest {
+                Interest::Any => {}
+                Interest::Roster => e.interested = true,
+                Interest::Blocklist => e.blocklist = true,
+            })
+            .await;
     }
-    fn is_online(&self, user: &BareJid) -> bool {
-        self.registry.sessions(user).iter().any(|e| e.available)
+    async fn is_online(&self, user: &BareJid) -> bool {
+        self.registry.sessions(user).await.iter().any(|e| e.available)
     }
     fn uptime_secs(&self) -> u64 {
         self.started.elapsed().as_secs()
@@ -412,15 +422,15 @@ impl ServerApi for LocalRouter {
     fn archive_prefs_changed(&self, user: &BareJid) {
         self.prefs.invalidate(user);
     }
-    fn set_carbons(&self, resource: &FullJid, on: bool) -> bool {
-        self.registry.update(resource, &mut |e| e.carbons = on)
+    async fn set_carbons(&self, resource: &FullJid, on: bool) -> bool {
+        self.registry.update(resource, &mut |e| e.carbons = on).await
     }
     async fn account_deleted(&self, user: &BareJid) {
         self.blocks.invalidate(user);
         // XEP-0077 §3.2: the client first gets the result of its <remove/>, which the
         // caller sends after this returns; close the sessions a moment later so the
         // result is written before the stream error.
-        let sessions = self.registry.sessions(user);
+        let sessions = self.registry.sessions(user).await;
         let link = self.link.clone();
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;

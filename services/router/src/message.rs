@@ -68,14 +68,14 @@ impl LocalRouter {
         if !self.is_local(to.domain()) {
             // Federation is not enabled on this node yet.
             if mtype != MsgType::Error {
-                self.bounce(&env, StanzaError::new(Condition::RemoteServerNotFound));
+                self.bounce(&env, StanzaError::new(Condition::RemoteServerNotFound)).await;
             }
             return;
         }
         let Some(user) = crate::user_of(&to) else {
             // Messages to the server itself: nothing handles them (yet).
             if mtype != MsgType::Error && mtype != MsgType::Headline {
-                self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable));
+                self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable)).await;
             }
             return;
         };
@@ -84,14 +84,14 @@ impl LocalRouter {
             && mtype != MsgType::Error
             && self.blocks.blocks(&sender, &to).await
         {
-            self.bounce(&env, crate::iq::blocked_error());
+            self.bounce(&env, crate::iq::blocked_error()).await;
             return;
         }
         // §3.7: the recipient blocked the sender; answered like an unknown user so the
         // block is not revealed.
         if self.blocks.blocks(&user, &env.from).await {
             if mtype != MsgType::Error && mtype != MsgType::Headline {
-                self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable));
+                self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable)).await;
             }
             return;
         }
@@ -105,7 +105,8 @@ impl LocalRouter {
                 self.bounce(
                     &env,
                     StanzaError::new(Condition::NotAcceptable).with_text("carbon copies are made by the server only"),
-                );
+                )
+                .await;
             }
             return;
         }
@@ -113,7 +114,7 @@ impl LocalRouter {
             // XEP-0359 §3 rule 2 (XEP-0313 §8.3): nobody outside may speak for our ids.
             msg.strip_stanza_ids(|by| self.mints_ids_for(by));
         }
-        let sessions = self.registry.sessions(&user);
+        let sessions = self.registry.sessions(&user).await;
         let exact = to.resource().and_then(|res| sessions.iter().find(|s| s.jid.resource() == res));
         if to.resource().is_some() && exact.is_none() {
             // §8.5.3.2.1
@@ -121,13 +122,13 @@ impl LocalRouter {
                 MsgType::Chat => {}
                 MsgType::Error | MsgType::Headline => return,
                 MsgType::Normal | MsgType::Groupchat => {
-                    self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable));
+                    self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable)).await;
                     return;
                 }
             }
         }
         if exact.is_none() && mtype == MsgType::Groupchat {
-            self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable));
+            self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable)).await;
             return;
         }
         let picked;
@@ -158,7 +159,7 @@ impl LocalRouter {
             delivered || (self.may_store(&env, &user, mtype).await && self.store_offline(&env, &user, &mut out).await)
         };
         if accepted && origin == Origin::Client {
-            self.send_carbons(&mut msg, mtype, &out, &user, &sessions, targets);
+            self.send_carbons(&mut msg, mtype, &out, &user, &sessions, targets).await;
         }
     }
 
@@ -168,12 +169,12 @@ impl LocalRouter {
         match mtype {
             MsgType::Error | MsgType::Headline => false,
             MsgType::Groupchat => {
-                self.bounce(env, StanzaError::new(Condition::ServiceUnavailable));
+                self.bounce(env, StanzaError::new(Condition::ServiceUnavailable)).await;
                 false
             }
             MsgType::Normal | MsgType::Chat => {
                 if !self.account_exists(user).await {
-                    self.bounce(env, StanzaError::new(Condition::ServiceUnavailable));
+                    self.bounce(env, StanzaError::new(Condition::ServiceUnavailable)).await;
                     return false;
                 }
                 true

@@ -62,7 +62,8 @@ impl LocalRouter {
         let _serial = self.offline_lock(user).await;
         match self.stores.offline.count(user).await {
             Ok(n) if n >= self.cfg.offline_max_per_user => {
-                self.bounce(env, StanzaError::new(Condition::ServiceUnavailable).with_text("offline storage is full"));
+                self.bounce(env, StanzaError::new(Condition::ServiceUnavailable).with_text("offline storage is full"))
+                    .await;
                 return false;
             }
             Ok(_) => {}
@@ -80,12 +81,12 @@ impl LocalRouter {
         };
         if let Err(e) = self.stores.offline.push(user, bytes).await {
             tracing::warn!(event = "offline_write_failed", user = %user, error = %e);
-            self.bounce(env, StanzaError::new(Condition::InternalServerError));
+            self.bounce(env, StanzaError::new(Condition::InternalServerError)).await;
             return false;
         }
         // The user may have come online while this message was on its way here; its
         // flush has then already run, so deliver now rather than at the next login.
-        let sessions = self.registry.sessions(user);
+        let sessions = self.registry.sessions(user).await;
         if let Some(s) = crate::message::pick_resources(&sessions, false).first() {
             self.flush_locked(s).await;
         }
@@ -143,7 +144,7 @@ impl LocalRouter {
         match kind {
             Kind::Message => self.route_message_as(env, Origin::Requeued).await,
             Kind::Iq if matches!(env.stanza_type(), Some("get") | Some("set")) => {
-                self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable));
+                self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable)).await;
             }
             _ => {}
         }

@@ -59,7 +59,7 @@ impl LocalRouter {
             }
             // Probes are the server's business (RFC 6121 §4.3); a client's is ignored.
             Some("probe") => {}
-            Some(_) => self.bounce(&env, StanzaError::new(Condition::BadRequest)),
+            Some(_) => self.bounce(&env, StanzaError::new(Condition::BadRequest)).await,
         }
     }
 
@@ -93,7 +93,7 @@ impl LocalRouter {
         if self.blocks.blocks(&user, from).await {
             return;
         }
-        let sessions = self.registry.sessions(&user);
+        let sessions = self.registry.sessions(&user).await;
         match to.resource() {
             Some(res) => {
                 if let Some(s) = sessions.iter().find(|s| s.jid.resource() == res) {
@@ -113,12 +113,14 @@ impl LocalRouter {
         let stored = env.el.rewrite_attrs(&[("from", Some(from.as_str())), ("to", None)]);
         if env.stanza_type() == Some("unavailable") {
             let mut before = None;
-            self.registry.update(from, &mut |e| {
-                before = Some(e.clone());
-                e.available = false;
-                e.presence = None;
-                e.directed.clear();
-            });
+            self.registry
+                .update(from, &mut |e| {
+                    before = Some(e.clone());
+                    e.available = false;
+                    e.presence = None;
+                    e.directed.clear();
+                })
+                .await;
             if let Some(entry) = before
                 && (entry.available || !entry.directed.is_empty())
             {
@@ -130,14 +132,16 @@ impl LocalRouter {
         let mut was_available = false;
         let mut old_priority = 0;
         let mut snapshot = None;
-        self.registry.update(from, &mut |e| {
-            was_available = e.available;
-            old_priority = e.priority;
-            e.available = true;
-            e.priority = priority;
-            e.presence = Some(stored.clone());
-            snapshot = Some(e.clone());
-        });
+        self.registry
+            .update(from, &mut |e| {
+                was_available = e.available;
+                old_priority = e.priority;
+                e.available = true;
+                e.priority = priority;
+                e.presence = Some(stored.clone());
+                snapshot = Some(e.clone());
+            })
+            .await;
         let Some(entry) = snapshot else { return };
         // §4.2.2 / §4.4.2: to subscribed contacts, and to all of the user's own
         // available resources including this one.
@@ -147,7 +151,7 @@ impl LocalRouter {
             }
             self.deliver_presence_from(from.as_jid(), &contact, readdress(&stored, &contact)).await;
         }
-        let own = self.registry.sessions(&user);
+        let own = self.registry.sessions(&user).await;
         for s in own.iter().filter(|s| s.available) {
             self.send(s, readdress(&stored, s.jid.as_jid()));
         }
@@ -189,7 +193,7 @@ impl LocalRouter {
             if !self.contact_sees_presence(&cbare, &user).await {
                 continue;
             }
-            for s in self.registry.sessions(&cbare).iter().filter(|s| s.available) {
+            for s in self.registry.sessions(&cbare).await.iter().filter(|s| s.available) {
                 if let Some(p) = &s.presence {
                     self.send(entry, readdress(p, entry.jid.as_jid()));
                 }
@@ -219,11 +223,11 @@ impl LocalRouter {
                 self.deliver_presence_from(entry.jid.as_jid(), &contact, readdress(&stored, &contact)).await;
                 sent.push(contact);
             }
-            for s in self.registry.sessions(&user).iter().filter(|s| s.available && s.jid != entry.jid) {
+            for s in self.registry.sessions(&user).await.iter().filter(|s| s.available && s.jid != entry.jid) {
                 self.send(s, readdress(&stored, s.jid.as_jid()));
             }
             // The resource itself, if still connected (explicit unavailable).
-            if let Some(me) = self.registry.get(&entry.jid).filter(|m| m.loc == entry.loc) {
+            if let Some(me) = self.registry.get(&entry.jid).await.filter(|m| m.loc == entry.loc) {
                 self.send(&me, readdress(&stored, entry.jid.as_jid()));
             }
         }
@@ -241,7 +245,7 @@ impl LocalRouter {
         let user = from.to_bare();
         if !self.is_local(to.domain()) {
             if env.stanza_type() != Some("error") {
-                self.bounce(&env, StanzaError::new(Condition::RemoteServerNotFound));
+                self.bounce(&env, StanzaError::new(Condition::RemoteServerNotFound)).await;
             }
             return;
         }
@@ -251,17 +255,19 @@ impl LocalRouter {
         let unavailable = env.stanza_type() == Some("unavailable");
         if env.stanza_type() != Some("error") {
             let target = to.clone();
-            self.registry.update(from, &mut |e| {
-                e.directed.retain(|d| d != &target);
-                if !unavailable {
-                    // Bounded: the oldest target is forgotten (it may then miss the
-                    // final unavailable, which beats unbounded memory per session).
-                    if e.directed.len() >= MAX_DIRECTED {
-                        e.directed.remove(0);
+            self.registry
+                .update(from, &mut |e| {
+                    e.directed.retain(|d| d != &target);
+                    if !unavailable {
+                        // Bounded: the oldest target is forgotten (it may then miss the
+                        // final unavailable, which beats unbounded memory per session).
+                        if e.directed.len() >= MAX_DIRECTED {
+                            e.directed.remove(0);
+                        }
+                        e.directed.push(target.clone());
                     }
-                    e.directed.push(target.clone());
-                }
-            });
+                })
+                .await;
         }
         self.deliver_presence_from(from.as_jid(), &to, env.wire()).await;
     }
@@ -281,7 +287,7 @@ impl LocalRouter {
         // Federation is not enabled yet: say so instead of recording a request that can
         // never be answered.
         if !self.is_local(contact.domain()) {
-            self.bounce(&env, StanzaError::new(Condition::RemoteServerNotFound));
+            self.bounce(&env, StanzaError::new(Condition::RemoteServerNotFound)).await;
             return;
         }
         let kind = env.stanza_type().unwrap_or_default().to_owned();

@@ -108,7 +108,7 @@ impl LocalRouter {
     async fn save_item(&self, user: &BareJid, item: RosterItem, was_visible: bool) {
         if is_empty(&item) {
             match self.stores.roster.remove_item(user, &item.jid).await {
-                Ok(Some(ver)) if was_visible => self.push_item(user, &item, ver, true),
+                Ok(Some(ver)) if was_visible => self.push_item(user, &item, ver, true).await,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(event = "roster_write_failed", user = %user, error = %e),
             }
@@ -116,14 +116,14 @@ impl LocalRouter {
         }
         let visible = !item.hidden;
         match self.stores.roster.put_item(user, item.clone()).await {
-            Ok(ver) if visible => self.push_item(user, &item, ver, false),
+            Ok(ver) if visible => self.push_item(user, &item, ver, false).await,
             Ok(_) => {}
             Err(e) => tracing::warn!(event = "roster_write_failed", user = %user, error = %e),
         }
     }
 
     /// §2.1.6 roster push to every interested resource.
-    fn push_item(&self, user: &BareJid, item: &RosterItem, ver: u64, removed: bool) {
+    async fn push_item(&self, user: &BareJid, item: &RosterItem, ver: u64, removed: bool) {
         let mut el = item_element(item);
         if removed {
             el.set_attr("subscription", "remove");
@@ -131,15 +131,15 @@ impl LocalRouter {
             el.remove_attr("approved");
         }
         let query = Element::new("query", ns::ROSTER).attr("ver", ver.to_string()).child(el);
-        for s in self.registry.sessions(user).iter().filter(|s| s.interested) {
+        for s in self.registry.sessions(user).await.iter().filter(|s| s.interested) {
             let bytes = rookery_stanza::iq_request("set", None, &s.jid, &self.next_push_id(), &query);
             self.send(s, bytes);
         }
     }
 
     /// Sends `bytes` to every available resource of a local user.
-    fn to_available(&self, user: &BareJid, bytes: &Bytes) {
-        for s in self.registry.sessions(user).iter().filter(|s| s.available) {
+    async fn to_available(&self, user: &BareJid, bytes: &Bytes) {
+        for s in self.registry.sessions(user).await.iter().filter(|s| s.available) {
             self.send(s, bytes.clone());
         }
     }
@@ -206,7 +206,7 @@ impl LocalRouter {
                 }
                 if had_from {
                     // §3.2.2: the contact stops seeing the user.
-                    for s in self.registry.sessions(user).iter().filter(|s| s.available) {
+                    for s in self.registry.sessions(user).await.iter().filter(|s| s.available) {
                         let p = rookery_stanza::presence(s.jid.as_jid(), contact.as_jid(), Some("unavailable"));
                         self.deliver_presence_from(s.jid.as_jid(), contact.as_jid(), p).await;
                     }
@@ -252,7 +252,7 @@ impl LocalRouter {
                 } else {
                     item.pending_in = Some(stanza.to_vec());
                     self.save_item(contact, item, was_visible).await;
-                    self.to_available(contact, &stanza);
+                    self.to_available(contact, &stanza).await;
                 }
             }
             "subscribed"
@@ -261,7 +261,7 @@ impl LocalRouter {
                     item.subscription = gain_to(item.subscription);
                     item.ask = false;
                     self.save_item(contact, item, was_visible).await;
-                    self.to_available(contact, &stanza);
+                    self.to_available(contact, &stanza).await;
                     // §3.1.6: the approver's presence follows.
                     self.send_current_presence(user, contact).await;
                 }
@@ -273,11 +273,11 @@ impl LocalRouter {
                 item.pending_in = None;
                 if existing.is_some() && item != before {
                     self.save_item(contact, item, was_visible).await;
-                    self.to_available(contact, &stanza);
+                    self.to_available(contact, &stanza).await;
                 }
                 if had_from {
                     // §3.3.3: the user no longer sees the contact.
-                    for s in self.registry.sessions(contact).iter().filter(|s| s.available) {
+                    for s in self.registry.sessions(contact).await.iter().filter(|s| s.available) {
                         let p = rookery_stanza::presence(s.jid.as_jid(), user.as_jid(), Some("unavailable"));
                         self.deliver_presence_from(s.jid.as_jid(), user.as_jid(), p).await;
                     }
@@ -290,7 +290,7 @@ impl LocalRouter {
                 item.ask = false;
                 if existing.is_some() && item != before {
                     self.save_item(contact, item, was_visible).await;
-                    self.to_available(contact, &stanza);
+                    self.to_available(contact, &stanza).await;
                 }
             }
             _ => {}
@@ -310,7 +310,7 @@ impl LocalRouter {
 
     /// §3.1.5: after approving, the contact gets the user's current presence.
     async fn send_current_presence(&self, user: &BareJid, to: &BareJid) {
-        for s in self.registry.sessions(user).iter().filter(|s| s.available) {
+        for s in self.registry.sessions(user).await.iter().filter(|s| s.available) {
             if let Some(p) = &s.presence {
                 let bytes = crate::presence::readdress(p, to.as_jid());
                 self.deliver_presence_from(s.jid.as_jid(), to.as_jid(), bytes).await;
@@ -344,7 +344,7 @@ impl LocalRouter {
         let user = from.to_bare();
         match kind {
             IqType::Get => {
-                self.registry.update(from, &mut |e| e.interested = true);
+                self.registry.update(from, &mut |e| e.interested = true).await;
                 let roster = self.stores.roster.get(&user).await.map_err(|e| {
                     tracing::warn!(event = "roster_read_failed", user = %user, error = %e);
                     StanzaError::new(Condition::InternalServerError)
@@ -407,7 +407,7 @@ impl LocalRouter {
                 item.groups = groups;
                 item.hidden = false;
                 match self.stores.roster.put_item(&user, item.clone()).await {
-                    Ok(ver) => self.push_item(&user, &item, ver, false),
+                    Ok(ver) => self.push_item(&user, &item, ver, false).await,
                     Err(e) => {
                         tracing::warn!(event = "roster_write_failed", user = %user, error = %e);
                         return Err(StanzaError::new(Condition::InternalServerError));
@@ -428,7 +428,7 @@ impl LocalRouter {
         if had_from {
             // Only a contact that saw the user's presence is told it ends (§11: a
             // pending requester must not learn the user's resources).
-            for s in self.registry.sessions(user).iter().filter(|s| s.available) {
+            for s in self.registry.sessions(user).await.iter().filter(|s| s.available) {
                 let p = rookery_stanza::presence(s.jid.as_jid(), contact.as_jid(), Some("unavailable"));
                 self.deliver_presence_from(s.jid.as_jid(), contact.as_jid(), p).await;
             }
@@ -443,7 +443,7 @@ impl LocalRouter {
         }
         let _serial = self.roster_lock(user).await;
         match self.stores.roster.remove_item(user, contact.as_str()).await {
-            Ok(Some(ver)) => self.push_item(user, &item, ver, true),
+            Ok(Some(ver)) => self.push_item(user, &item, ver, true).await,
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(event = "roster_write_failed", user = %user, error = %e);

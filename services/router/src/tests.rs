@@ -101,7 +101,7 @@ impl World {
             None => from.to_bare().into(),
         };
         let kind = Kind::from_name(&el.name).unwrap();
-        let loc = self.router.registry().get(&FullJid::try_from(from.clone()).unwrap()).unwrap().loc;
+        let loc = self.router.registry().get(&FullJid::try_from(from.clone()).unwrap()).await.unwrap().loc;
         self.router.route(loc, Envelope { kind, from, to, el }).await;
     }
 }
@@ -232,7 +232,7 @@ async fn conflict_replaces_old_session() {
     assert_eq!(w.cap.take(1), vec!["CLOSE conflict".to_string()]);
     // The old session's late unbind does not remove the new one.
     w.router.unbind(&FullJid::parse("alice@example.com/a").unwrap(), Location { edge: 0, conn: 1 }).await;
-    assert_eq!(w.router.registry().count(), 1);
+    assert_eq!(w.router.registry().count().await, 1);
 }
 
 #[tokio::test]
