@@ -53,6 +53,8 @@ pub struct Config {
     pub storage: Storage,
     /// Message archive (XEP-0313).
     pub mam: Mam,
+    /// Cluster mode (`rookery edge` / `rookery router`); unused by `rookery serve`.
+    pub cluster: Cluster,
     /// Logging.
     pub log: Log,
     /// Admin API access.
@@ -70,6 +72,7 @@ impl Default for Config {
             limits: Limits::default(),
             storage: Storage::default(),
             mam: Mam::default(),
+            cluster: Cluster::default(),
             log: Log::default(),
             admin: Admin::default(),
         }
@@ -170,6 +173,43 @@ impl Default for Limits {
             stanza_rate_per_sec: 200,
             outbound_queue: 4096,
             offline_max_per_user: 1000,
+        }
+    }
+}
+
+/// Cluster mode: edges and routers as separate processes (docs/cluster.md).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// This process's number, unique among the cluster's edges (its connections are
+    /// addressed by it) and among its routers (archive ids carry it). 0–1023.
+    pub node_id: u32,
+    /// Where a router accepts the edges' gRPC streams.
+    #[serde(with = "listener")]
+    pub grpc: Option<std::net::SocketAddr>,
+    /// The routers an edge connects to (static membership), as "host:port".
+    pub routers: Vec<String>,
+    /// Redis holding the session registry: one URL, or several with `redis_cluster`.
+    pub redis: Vec<String>,
+    /// The URLs are seed nodes of a Redis Cluster.
+    pub redis_cluster: bool,
+    /// How often an edge reports that it is alive.
+    pub heartbeat_ms: u64,
+    /// An edge silent for this long is declared dead: its sessions are purged and their
+    /// contacts get unavailable presence.
+    pub dead_after_ms: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            node_id: 0,
+            grpc: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 7000))),
+            routers: Vec::new(),
+            redis: vec!["redis://127.0.0.1:6379".to_owned()],
+            redis_cluster: false,
+            heartbeat_ms: 1000,
+            dead_after_ms: 5000,
         }
     }
 }

@@ -34,6 +34,8 @@ pub(crate) enum Kind {
     HostPorts,
     /// A table of domain name → whole number of days.
     DomainDays,
+    /// An array of strings (URLs).
+    Strings,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -100,6 +102,18 @@ pub(crate) const FIELDS: &[Field] = &[
         r#"{ "students.example.org" = 180 }"#,
     ),
     f("mam.retention_interval_secs", "ROOKERY_MAM_RETENTION_INTERVAL_SECS", U64, "3600"),
+    f("cluster.node_id", "ROOKERY_NODE_ID", Kind::UInt { max: 1023 }, "1"),
+    f("cluster.grpc", "ROOKERY_CLUSTER_GRPC", Kind::Listener, r#""0.0.0.0:7000""#),
+    f(
+        "cluster.routers",
+        "ROOKERY_CLUSTER_ROUTERS",
+        Kind::HostPorts,
+        r#"["router-0.router:7000", "router-1.router:7000"]"#,
+    ),
+    f("cluster.redis", "ROOKERY_REDIS", Kind::Strings, r#"["redis://127.0.0.1:6379"]"#),
+    f("cluster.redis_cluster", "ROOKERY_REDIS_CLUSTER", Kind::Bool, "false"),
+    f("cluster.heartbeat_ms", "ROOKERY_CLUSTER_HEARTBEAT_MS", U64, "1000"),
+    f("cluster.dead_after_ms", "ROOKERY_CLUSTER_DEAD_AFTER_MS", U64, "5000"),
     f("log.level", "ROOKERY_LOG_LEVEL", Kind::Str, r#""info""#),
     f("log.format", "ROOKERY_LOG_FORMAT", Kind::Enum(LogFormat::NAMES), r#""text""#),
     f("admin.token_file", "ROOKERY_ADMIN_TOKEN_FILE", Kind::OptPath, r#""/etc/rookery/admin.token""#),
@@ -205,6 +219,7 @@ impl Kind {
             Kind::OptStr => "a string (or leave the key out)".to_owned(),
             Kind::HostPorts => "an array of \"host:port\" strings such as [\"10.0.0.1:9042\"]".to_owned(),
             Kind::DomainDays => "a table of domain = days, e.g. { \"example.org\" = 365 }".to_owned(),
+            Kind::Strings => "an array of strings".to_owned(),
         }
     }
 
@@ -220,6 +235,7 @@ impl Kind {
             Kind::Str => "a string".to_owned(),
             Kind::OptStr => "a string, or an empty value to unset".to_owned(),
             Kind::HostPorts => "comma-separated host:port pairs, e.g. 10.0.0.1:9042,10.0.0.2:9042".to_owned(),
+            Kind::Strings => "comma-separated values".to_owned(),
             Kind::DomainDays => {
                 "comma-separated domain=days pairs, e.g. example.org=365,students.example.org=180".to_owned()
             }
@@ -229,7 +245,9 @@ impl Kind {
     fn accepts(self, v: &toml::Value) -> bool {
         use toml::Value as V;
         match (self, v) {
-            (Kind::Domains | Kind::HostPorts, V::Array(items)) => items.iter().all(|i| matches!(i, V::String(_))),
+            (Kind::Domains | Kind::HostPorts | Kind::Strings, V::Array(items)) => {
+                items.iter().all(|i| matches!(i, V::String(_)))
+            }
             (Kind::Path | Kind::OptPath | Kind::Str | Kind::OptStr, V::String(_)) => true,
             (Kind::Listener, V::String(s)) => listener::parse(s).is_ok(),
             (Kind::Bool, V::Boolean(_)) => true,
@@ -388,6 +406,13 @@ fn set(cfg: &mut Config, key: &str, raw: &str) -> Result<(), Malformed> {
         "storage.durability" => {
             cfg.storage.durability = Durability::parse(raw.trim()).ok_or(Malformed)?;
         }
+        "cluster.node_id" => cfg.cluster.node_id = uint::<u32>(raw).ok().filter(|n| *n <= 1023).ok_or(Malformed)?,
+        "cluster.grpc" => cfg.cluster.grpc = listener::parse(raw).map_err(|_| Malformed)?,
+        "cluster.routers" => cfg.cluster.routers = list(raw),
+        "cluster.redis" => cfg.cluster.redis = list(raw),
+        "cluster.redis_cluster" => cfg.cluster.redis_cluster = boolean(raw)?,
+        "cluster.heartbeat_ms" => cfg.cluster.heartbeat_ms = uint(raw)?,
+        "cluster.dead_after_ms" => cfg.cluster.dead_after_ms = uint(raw)?,
         "mam.enabled" => cfg.mam.enabled = boolean(raw)?,
         "mam.default_policy" => cfg.mam.default_policy = ArchivePolicy::parse(raw.trim()).ok_or(Malformed)?,
         "mam.max_page" => cfg.mam.max_page = uint(raw)?,

@@ -359,6 +359,13 @@ const ENV_CASES: &[EnvCase] = &[
         c.mam.retention_for("a.org") == 7 && c.mam.retention_for("b.example") == 0
     }),
     ("ROOKERY_MAM_RETENTION_INTERVAL_SECS", "60", |c| c.mam.retention_interval_secs == 60),
+    ("ROOKERY_NODE_ID", "7", |c| c.cluster.node_id == 7),
+    ("ROOKERY_CLUSTER_GRPC", "127.0.0.1:7100", |c| c.cluster.grpc == Some("127.0.0.1:7100".parse().unwrap())),
+    ("ROOKERY_CLUSTER_ROUTERS", "r1:7000, r2:7000", |c| c.cluster.routers == ["r1:7000", "r2:7000"]),
+    ("ROOKERY_REDIS", "redis://10.0.0.7:6379", |c| c.cluster.redis == ["redis://10.0.0.7:6379"]),
+    ("ROOKERY_REDIS_CLUSTER", "true", |c| c.cluster.redis_cluster),
+    ("ROOKERY_CLUSTER_HEARTBEAT_MS", "500", |c| c.cluster.heartbeat_ms == 500),
+    ("ROOKERY_CLUSTER_DEAD_AFTER_MS", "9000", |c| c.cluster.dead_after_ms == 9000),
     ("ROOKERY_LOG_LEVEL", "debug", |c| c.log.level == "debug"),
     ("ROOKERY_LOG_FORMAT", "json", |c| c.log.format == LogFormat::Json),
     ("ROOKERY_ADMIN_TOKEN_FILE", "/t", |c| c.admin.token_file.as_deref() == Some(Path::new("/t"))),
@@ -731,4 +738,21 @@ fn mam_section_parses_and_validates() {
     assert!(err.contains("mam.default_page"), "{err}");
 
     assert!(ENV_KEYS.iter().any(|(v, _)| *v == "ROOKERY_MAM_RETENTION_DAYS_BY_DOMAIN"));
+}
+
+#[test]
+fn cluster_section_validates_addresses_and_timing() {
+    let cfg = Config::from_toml_str(
+        "[cluster]\nnode_id = 3\nrouters = [\"10.0.0.5:7000\"]\nredis = [\"redis://10.0.0.7:6379\"]\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.cluster.node_id, 3);
+    assert!(cfg.validate().is_ok());
+    let err = Config::from_toml_str("[cluster]\nnode_id = 5000\n").unwrap_err().to_string();
+    assert!(err.contains("cluster.node_id"), "{err}");
+    let bad = Config::from_toml_str("[cluster]\nrouters = [\"nohost\"]\nredis = [\"10.0.0.7:6379\"]\n").unwrap();
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.contains("cluster.routers") && err.contains("cluster.redis"), "{err}");
+    let bad = Config::from_toml_str("[cluster]\nheartbeat_ms = 1000\ndead_after_ms = 1500\n").unwrap();
+    assert!(bad.validate().unwrap_err().to_string().contains("cluster.dead_after_ms"));
 }

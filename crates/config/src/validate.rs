@@ -99,6 +99,38 @@ fn keyspace_error(name: &str) -> Option<&'static str> {
     }
 }
 
+fn cluster_problems(cfg: &Config, out: &mut Vec<Problem>) {
+    let c = &cfg.cluster;
+    for r in &c.routers {
+        if let Some(why) = host_port_error(r) {
+            out.push(problem(
+                "cluster.routers",
+                format!("{r:?} is not a router address: {why}"),
+                "list routers as \"host:port\", e.g. \"10.0.0.5:7000\" or \"router-0.router:7000\"",
+            ));
+        }
+    }
+    for url in &c.redis {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
+            out.push(problem(
+                "cluster.redis",
+                format!("{url:?} is not a Redis URL"),
+                "write redis://HOST:PORT (or rediss:// for TLS), e.g. \"redis://10.0.0.7:6379\"",
+            ));
+        }
+    }
+    if c.heartbeat_ms == 0 || c.dead_after_ms < c.heartbeat_ms.saturating_mul(2) {
+        out.push(problem(
+            "cluster.dead_after_ms",
+            format!(
+                "an edge is declared dead after {} ms but reports every {} ms",
+                c.dead_after_ms, c.heartbeat_ms
+            ),
+            "use a heartbeat of at least 1 ms and dead_after_ms of at least twice the heartbeat (defaults 1000 and 5000)",
+        ));
+    }
+}
+
 fn mam_problems(cfg: &Config, out: &mut Vec<Problem>) {
     let m = &cfg.mam;
     if m.max_page == 0 {
@@ -337,6 +369,7 @@ pub(crate) fn problems(cfg: &Config) -> Vec<Problem> {
 
     scylla_problems(cfg, &mut out);
     mam_problems(cfg, &mut out);
+    cluster_problems(cfg, &mut out);
 
     if cfg.log.level.trim().is_empty() {
         out.push(problem(
