@@ -303,6 +303,8 @@ pub struct Storage {
     pub durability: Durability,
     /// The ScyllaDB (or Cassandra) cluster, for `backend = "scylla"`.
     pub scylla: Scylla,
+    /// The SQLite database file, for `backend = "sqlite"`.
+    pub sqlite: Sqlite,
 }
 
 /// Storage backends.
@@ -316,11 +318,13 @@ pub enum StorageBackend {
     Memory,
     /// A ScyllaDB (or Cassandra) cluster shared by every node (`[storage.scylla]`).
     Scylla,
+    /// A SQLite database shared by the processes of one host (`[storage.sqlite]`).
+    Sqlite,
 }
 
 impl StorageBackend {
     /// Spelling in TOML and in the environment.
-    pub const NAMES: &'static [&'static str] = &["embedded", "memory", "scylla"];
+    pub const NAMES: &'static [&'static str] = &["embedded", "memory", "scylla", "sqlite"];
 
     /// The name as written in TOML.
     pub fn as_str(self) -> &'static str {
@@ -328,6 +332,7 @@ impl StorageBackend {
             StorageBackend::Embedded => "embedded",
             StorageBackend::Memory => "memory",
             StorageBackend::Scylla => "scylla",
+            StorageBackend::Sqlite => "sqlite",
         }
     }
 
@@ -336,6 +341,7 @@ impl StorageBackend {
             "embedded" => Some(StorageBackend::Embedded),
             "memory" => Some(StorageBackend::Memory),
             "scylla" => Some(StorageBackend::Scylla),
+            "sqlite" => Some(StorageBackend::Sqlite),
             _ => None,
         }
     }
@@ -395,6 +401,16 @@ impl std::fmt::Debug for Scylla {
             .field("offline_ttl_days", &self.offline_ttl_days)
             .finish()
     }
+}
+
+/// SQLite settings (`[storage.sqlite]`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sqlite {
+    /// The database file; `None` means `<data_dir>/rookery.sqlite3`. Every process of a
+    /// cluster on one host points at the same file.
+    #[serde(with = "opt_path", skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
 }
 
 /// When the embedded store considers a write durable.
@@ -539,6 +555,11 @@ impl Config {
     /// Where the admin API token lives: `admin.token_file`, or `<data_dir>/admin.token`.
     pub fn admin_token_path(&self) -> PathBuf {
         self.admin.token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"))
+    }
+
+    /// The SQLite database file: `storage.sqlite.path`, or `<data_dir>/rookery.sqlite3`.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.storage.sqlite.path.clone().unwrap_or_else(|| self.data_dir.join("rookery.sqlite3"))
     }
 
     /// The configuration as TOML that [`Config::from_toml_str`] reads back unchanged.

@@ -62,6 +62,8 @@ fn defaults() {
     assert_eq!((&sc.local_dc, &sc.username, &sc.password), (&None, &None, &None));
     assert_eq!(sc.request_timeout_ms, 5000);
     assert_eq!(sc.offline_ttl_days, 0);
+    assert_eq!(c.storage.sqlite.path, None);
+    assert_eq!(c.sqlite_path(), Path::new("./rookery-data").join("rookery.sqlite3"));
     assert_eq!(c.log.level, "info");
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(c.admin.token_file, None);
@@ -151,6 +153,8 @@ username = "rookery"
 password = "pw"
 request_timeout_ms = 2500
 offline_ttl_days = 30
+[storage.sqlite]
+path = "/srv/rookery/shared.sqlite3"
 [log]
 level = "debug,rookery_edge=trace"
 format = "json"
@@ -175,6 +179,7 @@ token_file = "/run/secrets/token"
     assert_eq!((sc.local_dc.as_deref(), sc.username.as_deref()), (Some("eu-west-1"), Some("rookery")));
     assert_eq!((sc.request_timeout_ms, sc.offline_ttl_days), (2500, 30));
     assert_eq!(sc.password.as_deref(), Some("pw"));
+    assert_eq!(c.sqlite_path(), PathBuf::from("/srv/rookery/shared.sqlite3"));
     assert_eq!(c.log.format, LogFormat::Json);
     assert_eq!(c.admin_token_path(), PathBuf::from("/run/secrets/token"));
 
@@ -248,7 +253,7 @@ fn unknown_key_without_close_match_lists_valid_keys() {
         ConfigError::UnknownKey { key, suggestion, valid } => {
             assert_eq!(key, "storage.zzzzzzzzzz");
             assert_eq!(suggestion, &None);
-            assert_eq!(valid, &vec!["backend", "durability", "scylla"]);
+            assert_eq!(valid, &vec!["backend", "durability", "scylla", "sqlite"]);
         }
         other => panic!("{other:?}"),
     }
@@ -349,6 +354,7 @@ const ENV_CASES: &[EnvCase] = &[
     ("ROOKERY_SCYLLA_PASSWORD", "s3cret ", |c| c.storage.scylla.password.as_deref() == Some("s3cret ")),
     ("ROOKERY_SCYLLA_REQUEST_TIMEOUT_MS", "750", |c| c.storage.scylla.request_timeout_ms == 750),
     ("ROOKERY_SCYLLA_OFFLINE_TTL_DAYS", "14", |c| c.storage.scylla.offline_ttl_days == 14),
+    ("ROOKERY_SQLITE_PATH", "/run/rookery.db", |c| c.sqlite_path() == Path::new("/run/rookery.db")),
     ("ROOKERY_MAM_ENABLED", "no", |c| !c.mam.enabled),
     ("ROOKERY_MAM_DEFAULT_POLICY", "roster", |c| c.mam.default_policy == crate::ArchivePolicy::Roster),
     ("ROOKERY_MAM_MAX_PAGE", "100", |c| c.mam.max_page == 100),
@@ -619,6 +625,37 @@ fn scylla_section_keys_are_checked_with_their_full_path() {
     c.validate().unwrap();
     let c = Config::from_toml_str("storage.scylla.local_dc = \"\"\n").unwrap();
     assert_eq!(c.storage.scylla.local_dc, None, "an empty optional string is unset");
+}
+
+#[test]
+fn sqlite_backend_and_its_path() {
+    let c = Config::from_toml_str("[storage]\nbackend = \"sqlite\"\n").unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.storage.backend, StorageBackend::Sqlite);
+    assert_eq!(c.sqlite_path(), Path::new("./rookery-data/rookery.sqlite3"), "default: a file under data_dir");
+    let c = Config::from_toml_str("data_dir = \"/d\"\nstorage.sqlite.path = \"\"\n").unwrap();
+    assert_eq!(c.storage.sqlite.path, None, "an empty path is unset");
+    assert_eq!(c.sqlite_path(), Path::new("/d/rookery.sqlite3"), "the default follows data_dir");
+
+    let text = "[storage]\nbackend = \"sqlite\"\n[storage.sqlite]\npath = \"/srv/shared/rookery.sqlite3\"\n";
+    let c = Config::from_toml_str(text).unwrap();
+    assert_eq!(c.sqlite_path(), Path::new("/srv/shared/rookery.sqlite3"));
+    let printed = c.to_toml_string();
+    assert!(printed.contains("[storage.sqlite]") && printed.contains("backend = \"sqlite\""), "{printed}");
+    assert_eq!(Config::from_toml_str(&printed).unwrap(), c);
+
+    let mut c = with_env(&[("ROOKERY_STORAGE_BACKEND", "sqlite"), ("ROOKERY_SQLITE_PATH", "/e.db")]).unwrap();
+    assert_eq!((c.storage.backend, c.sqlite_path()), (StorageBackend::Sqlite, PathBuf::from("/e.db")));
+    c.apply_env(env(&[("ROOKERY_SQLITE_PATH", "")])).unwrap();
+    assert_eq!(c.storage.sqlite.path, None, "an empty variable unsets the path");
+
+    bad_value("[storage.sqlite]\npath = 5\n", "storage.sqlite.path", "path string");
+    bad_value("[storage]\nsqlite = \"/x.db\"\n", "storage.sqlite", "a table (a `[storage.sqlite]` section)");
+    let msg = Config::from_toml_str("[storage.sqlite]\nfile = \"x\"\n").unwrap_err().to_string();
+    assert!(
+        msg.contains("unknown key `storage.sqlite.file`") && msg.contains("valid keys in [storage.sqlite]: path"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -34,6 +34,15 @@ impl LocalHub {
             m.remove(&conn);
         }
     }
+    /// Ends every connection with `condition` (the edge lost its place in the cluster:
+    /// its sessions were purged, so its clients must reconnect).
+    pub fn close_all(&self, condition: StreamCondition) -> usize {
+        let conns: Vec<ConnQueues> = match self.conns.read() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(_) => return 0,
+        };
+        conns.iter().filter(|q| q.control.send(Outbound::Close(condition)).is_ok()).count()
+    }
     pub fn len(&self) -> usize {
         self.conns.read().map(|m| m.len()).unwrap_or(0)
     }

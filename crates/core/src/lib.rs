@@ -10,6 +10,7 @@
 pub mod hub;
 pub mod module;
 pub mod registry;
+pub mod registry_conformance;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -93,6 +93,9 @@ pub const SPECS: rookery_core::ModuleInfo = rookery_core::ModuleInfo {
 /// Edge settings taken from the configuration.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
+    /// This edge's number in the cluster (`Location::edge` of its connections); 0 in the
+    /// single binary.
+    pub edge_id: u32,
     pub domains: Vec<String>,
     pub max_stanza_bytes: usize,
     pub max_depth: usize,
@@ -144,7 +147,6 @@ impl Edge {
         let conn_limiter = throttle::ConnLimiter::new(cfg.max_connections_per_ip);
         let auth_throttle = throttle::AuthThrottle::new(cfg.auth_failures_before_delay, cfg.auth_delay_max);
         Arc::new(Edge {
-            cfg,
             tls,
             router,
             hub,
@@ -152,7 +154,8 @@ impl Edge {
             conn_limiter,
             auth_throttle,
             next_conn: AtomicU64::new(1),
-            edge_id: 0,
+            edge_id: cfg.edge_id,
+            cfg,
         })
     }
 

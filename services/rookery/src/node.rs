@@ -121,6 +121,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     let admin_token = secret_file(&cfg.admin_token_path(), 24)?;
     let l = &cfg.limits;
     let edge_cfg = EdgeConfig {
+        edge_id: 0,
         domains: cfg.domains.clone(),
         max_stanza_bytes: l.max_stanza_bytes,
         max_depth: l.max_depth,

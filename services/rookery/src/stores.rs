@@ -1,5 +1,6 @@
-//! Opening the configured store: memory, the embedded fjall store under `data_dir`, or a
-//! ScyllaDB/Cassandra cluster, and the `rookery migrate` step the cluster needs.
+//! Opening the configured store: memory, the embedded fjall store under `data_dir`, a
+//! SQLite file shared by the processes of one host, or a ScyllaDB/Cassandra cluster, and
+//! the `rookery migrate` step the cluster (and SQLite) schemas need.
 //!
 //! Owns: the mapping from `[storage]` configuration to a backend (DESIGN §2: backends are
 //! chosen in `services/` only), and the rule that a node never starts on a cluster whose
@@ -30,6 +31,17 @@ pub async fn open_stores(cfg: &Config) -> anyhow::Result<Stores> {
             })?;
             rookery_storage_embedded::embedded_stores(Arc::new(store))
         }
+        StorageBackend::Sqlite => {
+            let path = cfg.sqlite_path();
+            let durability = sqlite_durability(cfg.storage.durability);
+            // Opening switches the file to WAL mode and applies pending migrations.
+            let store = tokio::task::spawn_blocking(move || {
+                rookery_storage_sqlite::SqliteStore::open(&path, durability)
+                    .with_context(|| format!("storage.backend = \"sqlite\" ({})", path.display()))
+            })
+            .await??;
+            rookery_storage_sqlite::sqlite_stores(Arc::new(store))
+        }
         StorageBackend::Scylla => {
             // Boxed: the driver's connect future nests deep enough that every caller
             // awaiting the node's start-up inline would hit rustc's layout depth limit.
@@ -42,6 +54,13 @@ pub async fn open_stores(cfg: &Config) -> anyhow::Result<Stores> {
             rookery_storage_scylla::scylla_stores(Arc::new(open.await?))
         }
     })
+}
+
+fn sqlite_durability(d: rookery_config::Durability) -> rookery_storage_sqlite::Durability {
+    match d {
+        rookery_config::Durability::Os => rookery_storage_sqlite::Durability::Os,
+        rookery_config::Durability::Fsync => rookery_storage_sqlite::Durability::Fsync,
+    }
 }
 
 /// The storage crate's settings from `[storage.scylla]`.
@@ -71,6 +90,8 @@ pub enum MigrateOutcome {
     /// The backend keeps no schema outside the binary.
     NothingToDo(StorageBackend),
     Scylla(MigrationReport),
+    /// The SQLite file and what was applied to it.
+    Sqlite(std::path::PathBuf, rookery_storage_sqlite::MigrationReport),
 }
 
 impl std::fmt::Display for MigrateOutcome {
@@ -94,11 +115,21 @@ impl std::fmt::Display for MigrateOutcome {
                     write!(f, "keyspace {} is now at schema version {}", r.keyspace, r.version)
                 }
             }
+            MigrateOutcome::Sqlite(path, r) => {
+                for (version, name) in &r.applied {
+                    writeln!(f, "applied migration {version} ({name})")?;
+                }
+                if r.applied.is_empty() {
+                    write!(f, "SQLite database {} is up to date at schema version {}", path.display(), r.to)
+                } else {
+                    write!(f, "SQLite database {} is now at schema version {}", path.display(), r.to)
+                }
+            }
         }
     }
 }
 
-/// Creates or upgrades the cluster schema; a no-op for the other backends.
+/// Creates or upgrades the cluster (or SQLite) schema; a no-op for the other backends.
 pub async fn migrate(cfg: &Config) -> anyhow::Result<MigrateOutcome> {
     match cfg.storage.backend {
         StorageBackend::Memory | StorageBackend::Embedded => Ok(MigrateOutcome::NothingToDo(cfg.storage.backend)),
@@ -106,6 +137,15 @@ pub async fn migrate(cfg: &Config) -> anyhow::Result<MigrateOutcome> {
             let store = connect_scylla(cfg).await?;
             let report = store.migrate().await.with_context(|| format!("migrating keyspace {}", store.keyspace()))?;
             Ok(MigrateOutcome::Scylla(report))
+        }
+        StorageBackend::Sqlite => {
+            let path = cfg.sqlite_path();
+            let report = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || rookery_storage_sqlite::migrate(&path)).await?
+            }
+            .with_context(|| format!("migrating SQLite database {}", path.display()))?;
+            Ok(MigrateOutcome::Sqlite(path, report))
         }
     }
 }
@@ -144,6 +184,29 @@ mod tests {
             assert!(matches!(out, MigrateOutcome::NothingToDo(b) if b == backend));
             assert!(out.to_string().contains("has no schema to migrate"), "{out}");
         }
+    }
+
+    #[tokio::test]
+    async fn sqlite_opens_under_data_dir_and_migrate_applies_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.storage.backend = StorageBackend::Sqlite;
+        cfg.data_dir = dir.path().join("data");
+        let first = migrate(&cfg).await.unwrap();
+        let path = dir.path().join("data/rookery.sqlite3");
+        assert_eq!(
+            first.to_string(),
+            format!("applied migration 1 (initial)\nSQLite database {} is now at schema version 1", path.display())
+        );
+        let again = migrate(&cfg).await.unwrap().to_string();
+        assert_eq!(again, format!("SQLite database {} is up to date at schema version 1", path.display()));
+
+        // Two nodes of one host share the file: what one writes, the other reads.
+        let a = open_stores(&cfg).await.unwrap();
+        let b = open_stores(&cfg).await.unwrap();
+        let alice = rookery_jid::BareJid::parse("alice@localhost").unwrap();
+        a.vcard.set(&alice, bytes::Bytes::from_static(b"<vCard/>")).await.unwrap();
+        assert_eq!(b.vcard.get(&alice).await.unwrap().as_deref(), Some(&b"<vCard/>"[..]));
     }
 
     #[test]
