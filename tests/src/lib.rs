@@ -5,7 +5,10 @@
 //! Owns: test-only helpers. Must not be used by the server itself.
 #![allow(clippy::unwrap_used)]
 
+pub mod cluster;
+pub mod proxy;
 pub mod raw;
+pub mod redis;
 pub mod sasl_client;
 pub mod scenario;
 

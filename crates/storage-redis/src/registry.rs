@@ -325,6 +325,37 @@ impl RedisRegistry {
         Ok(if reset { Heartbeat::RegistryReset } else { Heartbeat::Ok })
     }
 
+    /// Whether Redis lost its data since this registry last looked (true on the first
+    /// call). Routers poll it: on a reset they ask the edges to re-send their live
+    /// sessions (`ClusterLink::request_resync`), which come back through `resync`/`insert`.
+    pub async fn registry_reset(&self) -> Result<bool, Error> {
+        let generation = Self::read_generation(&self.conn).await?;
+        let mut g = lock(&self.generation);
+        let changed = *g != generation;
+        *g = generation;
+        drop(g);
+        if changed {
+            lock(&self.accepted).clear();
+            self.cache.clear();
+        }
+        Ok(changed)
+    }
+
+    /// Whether `edge` is on record as alive or not yet purged (in the edges set). A
+    /// restarted edge process waits until its previous incarnation is purged before it
+    /// heartbeats, so the old connections' sessions cannot linger as ghosts.
+    pub async fn is_registered(&self, edge: u32) -> Result<bool, Error> {
+        let score: Option<f64> = self.conn.query(redis::cmd("ZSCORE").arg(keys::EDGES).arg(edge)).await?;
+        Ok(score.is_some())
+    }
+
+    /// A cleanly stopped edge (all its sessions unbound) leaves the edges set, so nobody
+    /// needs to purge it and a restart does not wait.
+    pub async fn deregister(&self, edge: u32) -> Result<(), Error> {
+        let _: i64 = self.conn.query(redis::cmd("ZREM").arg(keys::EDGES).arg(edge)).await?;
+        Ok(())
+    }
+
     /// Edges whose last heartbeat (by the Redis server's clock) is older than `timeout`.
     pub async fn dead_edges(&self, timeout: Duration) -> Result<Vec<u32>, Error> {
         let ids: Vec<String> = self.conn.eval(&scripts::DEAD_EDGES, &[keys::EDGES], millis(timeout)).await?;

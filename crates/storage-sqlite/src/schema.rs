@@ -120,13 +120,31 @@ pub(crate) fn connect(path: &std::path::Path, durability: Durability) -> Result<
     // WAL lets readers run while one process writes, and lets several processes share the
     // file. The mode is stored in the file; only the first open of a database switches it,
     // so a process opening a database already in WAL mode takes no lock here.
-    let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).map_err(db)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(db)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Backend(format!(
-                "cannot use WAL mode (journal_mode stays {mode:?}); put the database on a local filesystem"
-            )));
+    // Switching the mode needs the database to itself and SQLite answers SQLITE_BUSY at
+    // once (without the busy handler) when another process is opening the new file at
+    // the same moment, so the switch is retried for as long as the busy timeout.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        let attempt = conn.pragma_query_value(None, "journal_mode", |r| r.get::<_, String>(0)).and_then(|mode| {
+            if mode.eq_ignore_ascii_case("wal") {
+                Ok(mode)
+            } else {
+                conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            }
+        });
+        match attempt {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => break,
+            Ok(mode) => {
+                return Err(StoreError::Backend(format!(
+                    "cannot use WAL mode (journal_mode stays {mode:?}); put the database on a local filesystem"
+                )));
+            }
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(db(e)),
         }
     }
     // NORMAL in WAL mode: a commit is in the OS page cache (survives kill -9); FULL also

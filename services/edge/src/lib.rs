@@ -96,6 +96,9 @@ pub struct EdgeConfig {
     /// This edge's number in the cluster (`Location::edge` of its connections); 0 in the
     /// single binary.
     pub edge_id: u32,
+    /// First connection id handed out (ids must not repeat across an edge id's restarts
+    /// in a cluster); 1 in the single binary.
+    pub first_conn_id: u64,
     pub domains: Vec<String>,
     pub max_stanza_bytes: usize,
     pub max_depth: usize,
@@ -153,7 +156,7 @@ impl Edge {
             accounts,
             conn_limiter,
             auth_throttle,
-            next_conn: AtomicU64::new(1),
+            next_conn: AtomicU64::new(cfg.first_conn_id.max(1)),
             edge_id: cfg.edge_id,
             cfg,
         })

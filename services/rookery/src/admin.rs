@@ -25,6 +25,40 @@ pub struct AdminState {
     pub token: String,
     pub min_password_len: usize,
     pub domains: Vec<String>,
+    pub ready: Readiness,
+}
+
+/// Whether the process can do its job now (its dependencies answer): `/health/ready`.
+pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Readiness of a process without outside dependencies.
+pub fn always_ready() -> Readiness {
+    Arc::new(|| true)
+}
+
+async fn ready(State(ready): State<Readiness>) -> Response {
+    if ready() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+/// The health endpoints alone, for processes without an admin API (edges).
+pub fn health_app(r: Readiness) -> Router {
+    Router::new().route("/health/live", get(|| async { "ok" })).route("/health/ready", get(ready)).with_state(r)
+}
+
+/// Serves `app` until shutdown.
+pub async fn serve_app(listener: TcpListener, app: Router, mut shutdown: watch::Receiver<bool>) {
+    let res = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+    if let Err(e) = res {
+        tracing::warn!(event = "http_failed", error = %e);
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -188,26 +222,19 @@ async fn stats(State(st): State<AdminState>, headers: HeaderMap) -> Answer {
 }
 
 pub fn app(st: AdminState) -> Router {
+    let health = health_app(st.ready.clone());
     Router::new()
-        .route("/health/live", get(|| async { "ok" }))
-        .route("/health/ready", get(|| async { "ok" }))
         .route("/admin/users", get(list_users).post(add_user))
         .route("/admin/users/{jid}", axum::routing::delete(delete_user))
         .route("/admin/users/{jid}/password", put(set_password))
         .route("/admin/users/{jid}/archive", axum::routing::delete(purge_archive))
         .route("/admin/stats", get(stats))
         .with_state(st)
+        .merge(health)
 }
 
-pub async fn serve(listener: TcpListener, st: AdminState, mut shutdown: watch::Receiver<bool>) {
-    let res = axum::serve(listener, app(st))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
-    if let Err(e) = res {
-        tracing::warn!(event = "admin_http_failed", error = %e);
-    }
+pub async fn serve(listener: TcpListener, st: AdminState, shutdown: watch::Receiver<bool>) {
+    serve_app(listener, app(st), shutdown).await;
 }
 
 /// Outcome of an admin call made by the CLI.

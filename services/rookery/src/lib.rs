@@ -8,6 +8,7 @@
 //! Must not touch: XMPP semantics (router), stream handling (edge).
 
 pub mod admin;
+pub mod cluster;
 pub mod node;
 pub mod retention;
 pub mod stores;

@@ -1,8 +1,9 @@
 //! `rookery`: the XMPP server binary. `serve` runs edge and router in one process on
 //! embedded defaults; `user` manages accounts (through the admin API of a running server,
 //! or directly in a stopped server's data directory); `check-config` validates a
-//! configuration; `migrate` creates or upgrades the ScyllaDB schema; `compliance` prints
-//! the supported-specifications table.
+//! configuration; `migrate` creates or upgrades the database schema; `compliance` prints
+//! the supported-specifications table. `edge` and `router` are the two roles of cluster
+//! mode (docs/cluster.md).
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -21,6 +22,16 @@ struct Cli {
 enum Cmd {
     /// Run the server (edge and router in one process).
     Serve(ServeArgs),
+    /// Cluster mode: terminate client connections and forward stanzas to the routers.
+    Edge {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Cluster mode: apply XMPP rules for the edges, sessions in Redis ([cluster]).
+    Router {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Manage accounts.
     User {
         #[command(flatten)]
@@ -184,6 +195,40 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
     server.wait().await;
+    Ok(())
+}
+
+/// Runs `rookery edge` or `rookery router` until SIGTERM/SIGINT.
+async fn cluster_role(common: Common, edge: bool) -> anyhow::Result<()> {
+    let cfg = load(&common)?;
+    cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    init_logging(&cfg);
+    let mut process = if edge {
+        rookery::cluster::start_edge(cfg.clone()).await?
+    } else {
+        rookery::cluster::start_router(cfg.clone()).await?
+    };
+    let role = if edge { "edge" } else { "router" };
+    eprintln!("rookery {role} {} is running", cfg.cluster.node_id);
+    if let Some(a) = process.c2s {
+        eprintln!("  c2s (STARTTLS)   {a}");
+    }
+    if let Some(a) = process.c2s_tls {
+        eprintln!("  c2s (direct TLS) {a}");
+    }
+    if let Some(a) = process.grpc {
+        eprintln!("  gRPC (edges)     {a}");
+    }
+    if let Some(a) = process.http {
+        eprintln!("  http             http://{a}");
+    }
+    let stop = process.shutdown_handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(event = "shutdown_requested");
+        let _ = stop.send(true);
+    });
+    process.wait().await;
     Ok(())
 }
 
@@ -371,6 +416,8 @@ fn main() {
     let res: anyhow::Result<()> = rt.block_on(async move {
         match cli.cmd {
             Cmd::Serve(args) => serve(args).await,
+            Cmd::Edge { common } => cluster_role(common, true).await,
+            Cmd::Router { common } => cluster_role(common, false).await,
             Cmd::User { common, cmd } => user(common, cmd).await,
             Cmd::CheckConfig { common, print } => {
                 let cfg = load(&common)?;

@@ -97,6 +97,27 @@ pub fn modules(cfg: &Config) -> impl FnOnce(&mut Registrar) + use<> {
     }
 }
 
+/// The edge's settings from the configuration.
+pub fn edge_config(cfg: &Config, fake_secret: String) -> EdgeConfig {
+    let l = &cfg.limits;
+    EdgeConfig {
+        edge_id: 0,
+        first_conn_id: 1,
+        domains: cfg.domains.clone(),
+        max_stanza_bytes: l.max_stanza_bytes,
+        max_depth: l.max_depth,
+        negotiation_timeout: Duration::from_secs(l.negotiation_timeout_secs),
+        idle_timeout: Duration::from_secs(l.idle_timeout_secs),
+        max_connections_per_ip: l.max_connections_per_ip,
+        auth_failures_before_delay: l.auth_failures_before_delay,
+        auth_delay_max: Duration::from_secs(l.auth_delay_max_secs),
+        stanza_rate_per_sec: l.stanza_rate_per_sec,
+        outbound_queue: l.outbound_queue,
+        allow_registration: cfg.registration.allow,
+        fake_secret: fake_secret.into_bytes(),
+    }
+}
+
 /// Starts a node from a validated configuration.
 pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -119,22 +140,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     )?;
     let fake_secret = secret_file(&cfg.data_dir.join("server.secret"), 32)?;
     let admin_token = secret_file(&cfg.admin_token_path(), 24)?;
-    let l = &cfg.limits;
-    let edge_cfg = EdgeConfig {
-        edge_id: 0,
-        domains: cfg.domains.clone(),
-        max_stanza_bytes: l.max_stanza_bytes,
-        max_depth: l.max_depth,
-        negotiation_timeout: Duration::from_secs(l.negotiation_timeout_secs),
-        idle_timeout: Duration::from_secs(l.idle_timeout_secs),
-        max_connections_per_ip: l.max_connections_per_ip,
-        auth_failures_before_delay: l.auth_failures_before_delay,
-        auth_delay_max: Duration::from_secs(l.auth_delay_max_secs),
-        stanza_rate_per_sec: l.stanza_rate_per_sec,
-        outbound_queue: l.outbound_queue,
-        allow_registration: cfg.registration.allow,
-        fake_secret: fake_secret.into_bytes(),
-    };
+    let edge_cfg = edge_config(&cfg, fake_secret);
     let edge = Edge::new(edge_cfg, tls, router.clone(), hub, stores.accounts.clone());
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -166,6 +172,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
             token: admin_token.clone(),
             min_password_len: cfg.registration.min_password_len,
             domains: cfg.domains.clone(),
+            ready: crate::admin::always_ready(),
         };
         tasks.spawn(crate::admin::serve(l, state, rx.clone()));
     }

@@ -1,0 +1,327 @@
+//! A loopback cluster of real processes for the cluster tests: a real `redis-server`
+//! (session registry), `rookery router` and `rookery edge` processes of the binary under
+//! test, and one SQLite database file shared by every process (accounts, rosters, offline
+//! messages, archives). Processes can be killed with SIGKILL, restarted, and an edge can be
+//! cut off from Redis and the routers through [`Proxy`]s.
+//!
+//! Owns: process lifecycle, per-process configuration files, readiness waits.
+//! Must not be used outside tests.
+
+use crate::proxy::Proxy;
+use crate::redis::RedisServer;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Heartbeat of the test cluster's edges; short so failure tests run in seconds.
+pub const HEARTBEAT_MS: u64 = 200;
+/// An edge silent this long is purged.
+pub const DEAD_AFTER_MS: u64 = 1500;
+
+/// The `rookery` binary next to this test executable (target/<profile>/rookery).
+pub fn rookery_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).expect("test executable is not in target/<profile>/deps");
+    let bin = dir.join(format!("rookery{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first (`cargo build -p rookery`, or run `cargo test --workspace`)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Router,
+    Edge,
+}
+
+/// One `rookery router` or `rookery edge` child process.
+pub struct Proc {
+    pub role: Role,
+    pub node_id: u32,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub http: SocketAddr,
+    /// Edges: the client port.
+    pub c2s: Option<SocketAddr>,
+    /// Routers: the gRPC port edges connect to.
+    pub grpc: Option<SocketAddr>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let sub = match self.role {
+            Role::Router => "router",
+            Role::Edge => "edge",
+        };
+        let child = Command::new(rookery_bin())
+            .args([sub, "--config"])
+            .arg(&self.config)
+            .env_remove("ROOKERY_CONFIG")
+            .env("RUST_LOG", "warn,rookery=info,rookery_cluster=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown handshake, no goodbye to anyone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `/health/ready` answers 200.
+    pub async fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Some(status) = c.try_wait().unwrap()
+            {
+                panic!("{:?} {} exited with {status}; log:\n{}", self.role, self.node_id, self.log_text());
+            }
+            if http_status(self.http, "/health/ready").await == Some(200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{:?} {} not ready within {within:?}; log:\n{}",
+                self.role,
+                self.node_id,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Status code of a plain `GET path` (no auth), or None when nothing answers.
+pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await.ok()?.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Which edges get proxies in front of their peers (so they can be partitioned).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub edges: usize,
+    pub routers: usize,
+    pub partitionable_edges: Vec<usize>,
+}
+
+pub struct Cluster {
+    pub redis: RedisServer,
+    pub routers: Vec<Proc>,
+    pub edges: Vec<Proc>,
+    pub domain: String,
+    /// Per edge: the proxies between it and Redis/the routers (empty when not partitionable).
+    proxies: Vec<Vec<Proxy>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// 2 edges and 2 routers. None (after a notice) when redis-server is missing outside CI.
+    pub async fn start() -> Option<Cluster> {
+        Self::start_with(Options { edges: 2, routers: 2, partitionable_edges: vec![] }).await
+    }
+
+    pub async fn start_with(opts: Options) -> Option<Cluster> {
+        let redis = RedisServer::try_start()?;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("shared.sqlite3");
+        let domain = "localhost".to_owned();
+        let common = |data_dir: &Path| {
+            format!(
+                "domains = [\"{domain}\"]\ndata_dir = {data:?}\n\n[storage]\nbackend = \"sqlite\"\n\n\
+                 [storage.sqlite]\npath = {db:?}\n\n[log]\nlevel = \"warn\"\n",
+                data = data_dir.display().to_string(),
+                db = db.display().to_string(),
+            )
+        };
+        let mut routers = Vec::new();
+        for i in 0..opts.routers {
+            let node_id = 1 + i as u32;
+            let data_dir = dir.path().join(format!("router-{node_id}"));
+            std::fs::create_dir_all(&data_dir).unwrap();
+            let (http, grpc) = (addr(free_port()), addr(free_port()));
+            let cfg = format!(
+                "{}\n[listen]\nc2s = \"off\"\nc2s_tls = \"off\"\nhttp = \"{http}\"\n\n[cluster]\nnode_id = {node_id}\n\
+                 grpc = \"{grpc}\"\nredis = [\"{}\"]\nheartbeat_ms = {HEARTBEAT_MS}\ndead_after_ms = {DEAD_AFTER_MS}\n",
+                common(&data_dir),
+                redis.url()
+            );
+            let config = data_dir.join("rookery.toml");
+            std::fs::write(&config, cfg).unwrap();
+            let log = dir.path().join(format!("router-{node_id}.log"));
+            routers.push(Proc {
+                role: Role::Router,
+                node_id,
+                config,
+                data_dir,
+                http,
+                c2s: None,
+                grpc: Some(grpc),
+                log,
+                child: None,
+            });
+        }
+        for r in &mut routers {
+            r.spawn();
+        }
+        for r in &mut routers {
+            r.wait_ready(Duration::from_secs(20)).await;
+        }
+        let redis_addr = addr(redis.port);
+        let mut edges = Vec::new();
+        let mut proxies = Vec::new();
+        for i in 0..opts.edges {
+            let node_id = 11 + i as u32;
+            let data_dir = dir.path().join(format!("edge-{node_id}"));
+            std::fs::create_dir_all(&data_dir).unwrap();
+            let mut mine = Vec::new();
+            let (redis_url, router_addrs) = if opts.partitionable_edges.contains(&i) {
+                let p = Proxy::start(redis_addr).await;
+                let url = format!("redis://{}", p.addr);
+                mine.push(p);
+                let mut list = Vec::new();
+                for r in &routers {
+                    let p = Proxy::start(r.grpc.unwrap()).await;
+                    list.push(p.addr.to_string());
+                    mine.push(p);
+                }
+                (url, list)
+            } else {
+                (redis.url(), routers.iter().map(|r| r.grpc.unwrap().to_string()).collect())
+            };
+            let (http, c2s) = (addr(free_port()), addr(free_port()));
+            let routers_toml: Vec<String> = router_addrs.iter().map(|a| format!("\"{a}\"")).collect();
+            let cfg = format!(
+                "{}\n[listen]\nc2s = \"{c2s}\"\nc2s_tls = \"off\"\nhttp = \"{http}\"\n\n[cluster]\nnode_id = {node_id}\n\
+                 routers = [{}]\nredis = [\"{redis_url}\"]\nheartbeat_ms = {HEARTBEAT_MS}\ndead_after_ms = {DEAD_AFTER_MS}\n",
+                common(&data_dir),
+                routers_toml.join(", ")
+            );
+            let config = data_dir.join("rookery.toml");
+            std::fs::write(&config, cfg).unwrap();
+            let log = dir.path().join(format!("edge-{node_id}.log"));
+            let mut e = Proc {
+                role: Role::Edge,
+                node_id,
+                config,
+                data_dir,
+                http,
+                c2s: Some(c2s),
+                grpc: None,
+                log,
+                child: None,
+            };
+            e.spawn();
+            edges.push(e);
+            proxies.push(mine);
+        }
+        for e in &mut edges {
+            e.wait_ready(Duration::from_secs(20)).await;
+        }
+        Some(Cluster { redis, routers, edges, domain, proxies, _dir: dir })
+    }
+
+    pub fn edge_c2s(&self, i: usize) -> SocketAddr {
+        self.edges[i].c2s.unwrap()
+    }
+
+    /// Creates an account through the first live router's admin API, as `rookery user add`
+    /// does against a cluster.
+    pub async fn add_user(&self, local: &str, password: &str) {
+        let router = self.routers.iter().find(|r| r.child.is_some()).expect("no router is running");
+        let token = std::fs::read_to_string(router.data_dir.join("admin.token")).unwrap();
+        let body = serde_json::json!({ "jid": format!("{local}@{}", self.domain), "password": password });
+        let (status, json) = rookery::admin::call(router.http, token.trim(), "POST", "/admin/users", Some(body))
+            .await
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        assert_eq!(status, 201, "creating {local}: {json}");
+    }
+
+    pub fn kill_edge(&mut self, i: usize) {
+        self.edges[i].kill();
+    }
+
+    pub fn kill_router(&mut self, i: usize) {
+        self.routers[i].kill();
+    }
+
+    /// Starts a killed process again with the same configuration and waits until ready.
+    pub async fn restart_edge(&mut self, i: usize) {
+        self.edges[i].kill();
+        self.edges[i].spawn();
+        self.edges[i].wait_ready(Duration::from_secs(20)).await;
+    }
+
+    pub async fn restart_router(&mut self, i: usize) {
+        self.routers[i].kill();
+        self.routers[i].spawn();
+        self.routers[i].wait_ready(Duration::from_secs(20)).await;
+    }
+
+    /// Cuts edge `i` off from Redis and every router (it must have been started
+    /// partitionable).
+    pub fn partition_edge(&self, i: usize) {
+        assert!(!self.proxies[i].is_empty(), "edge {i} was not started partitionable");
+        for p in &self.proxies[i] {
+            p.cut();
+        }
+    }
+
+    pub fn heal_edge(&self, i: usize) {
+        for p in &self.proxies[i] {
+            p.heal();
+        }
+    }
+
+    /// Every process log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in self.routers.iter().chain(&self.edges) {
+            out.push_str(&format!("===== {:?} {} =====\n{}\n", p.role, p.node_id, p.log_text()));
+        }
+        out
+    }
+}
