@@ -68,10 +68,17 @@ impl Proc {
             Role::Router => "router",
             Role::Edge => "edge",
         };
-        let child = Command::new(rookery_bin())
+        let mut cmd = Command::new(rookery_bin());
+        // The process reads only its config file: no ROOKERY_* variable of the test run
+        // (ROOKERY_SCENARIO, ...) may leak into it.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ROOKERY_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
             .args([sub, "--config"])
             .arg(&self.config)
-            .env_remove("ROOKERY_CONFIG")
             .env("RUST_LOG", "warn,rookery=info,rookery_cluster=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -84,6 +91,23 @@ impl Proc {
     /// SIGKILL: no shutdown handshake, no goodbye to anyone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (up to 15 s, then SIGKILL): the graceful path, where an edge
+    /// closes its streams and leaves the registry and a router drains.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -316,6 +340,29 @@ impl Cluster {
         }
     }
 
+    /// Stops every process gracefully (edges first) and starts them again on the same
+    /// data (routers first).
+    pub async fn restart_all(&mut self) {
+        for e in &mut self.edges {
+            e.stop();
+        }
+        for r in &mut self.routers {
+            r.stop();
+        }
+        for r in &mut self.routers {
+            r.spawn();
+        }
+        for r in &mut self.routers {
+            r.wait_ready(Duration::from_secs(20)).await;
+        }
+        for e in &mut self.edges {
+            e.spawn();
+        }
+        for e in &mut self.edges {
+            e.wait_ready(Duration::from_secs(20)).await;
+        }
+    }
+
     /// Every process log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -323,5 +370,45 @@ impl Cluster {
             out.push_str(&format!("===== {:?} {} =====\n{}\n", p.role, p.node_id, p.log_text()));
         }
         out
+    }
+}
+
+/// The cluster as a scenario target: clients are spread over the edges in turn, so a
+/// script's conversation crosses edges and routers.
+pub struct ClusterTarget {
+    pub cluster: Cluster,
+    next_edge: std::sync::atomic::AtomicUsize,
+}
+
+impl crate::scenario::Target for ClusterTarget {
+    async fn start() -> Self {
+        let cluster = Cluster::start().await.expect("redis-server is needed for cluster scenarios");
+        ClusterTarget { cluster, next_edge: std::sync::atomic::AtomicUsize::new(0) }
+    }
+
+    async fn restart(&mut self) {
+        self.cluster.restart_all().await;
+    }
+
+    async fn stop(mut self) {
+        for e in &mut self.cluster.edges {
+            e.stop();
+        }
+        for r in &mut self.cluster.routers {
+            r.stop();
+        }
+    }
+
+    fn c2s(&self, _node: usize) -> SocketAddr {
+        let i = self.next_edge.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.cluster.edge_c2s(i % self.cluster.edges.len())
+    }
+
+    fn domain(&self) -> String {
+        self.cluster.domain.clone()
+    }
+
+    async fn add_user(&self, local: &str, password: &str) {
+        self.cluster.add_user(local, password).await;
     }
 }

@@ -1,10 +1,13 @@
-//! Runs every conversation script in `tests/scenarios/` against a fresh single node.
-//! Scripts run concurrently, each on its own node; a failure is reported with the
-//! scenario's file name and step. `ROOKERY_SCENARIO=<file stem>` runs only that script.
+//! Runs every conversation script in `tests/scenarios/` against a fresh single node, and
+//! again against a fresh loopback cluster (2 edges, 2 routers, redis-server, shared SQLite
+//! store; clients spread over both edges). Scripts run concurrently, each on its own node
+//! or cluster; a failure is reported with the scenario's file name and step.
+//! `ROOKERY_SCENARIO=<file stem>` runs only that script.
 #![allow(clippy::unwrap_used)]
 
 use futures::FutureExt;
-use rookery_tests::scenario::{self, SingleNode};
+use rookery_tests::cluster::ClusterTarget;
+use rookery_tests::scenario::{self, SingleNode, Target};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,8 +40,11 @@ fn selected(ignored: bool) -> Vec<PathBuf> {
         .collect()
 }
 
-async fn run_all(files: Vec<PathBuf>) {
-    let results = futures::future::join_all(files.into_iter().map(run_one)).await;
+async fn run_all<T: Target>(files: Vec<PathBuf>, limit: Duration, at_once: usize) {
+    let mut results = Vec::new();
+    for chunk in files.chunks(at_once.max(1)) {
+        results.extend(futures::future::join_all(chunk.iter().cloned().map(|f| run_one::<T>(f, limit))).await);
+    }
     let mut failures = Vec::new();
     for (name, res) in &results {
         match res {
@@ -52,11 +58,11 @@ async fn run_all(files: Vec<PathBuf>) {
     assert!(failures.is_empty(), "{} of {} scenarios failed:\n{}", failures.len(), results.len(), failures.join("\n"));
 }
 
-async fn run_one(path: PathBuf) -> (String, Result<(), String>) {
+async fn run_one<T: Target>(path: PathBuf, limit: Duration) -> (String, Result<(), String>) {
     let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
-    let fut = AssertUnwindSafe(scenario::run_file::<SingleNode>(&path)).catch_unwind();
-    let res = match tokio::time::timeout(PER_SCENARIO, fut).await {
-        Err(_) => Err(format!("did not finish within {PER_SCENARIO:?}")),
+    let fut = AssertUnwindSafe(scenario::run_file::<T>(&path)).catch_unwind();
+    let res = match tokio::time::timeout(limit, fut).await {
+        Err(_) => Err(format!("did not finish within {limit:?}")),
         Ok(Err(p)) => Err(format!("panicked: {}", panic_text(p.as_ref()))),
         Ok(Ok(r)) => r,
     };
@@ -69,14 +75,25 @@ async fn all_scenarios() {
     if std::env::var("ROOKERY_SCENARIO").is_err() {
         assert!(!files.is_empty(), "no scenarios found in {}", scenario_dir().display());
     }
-    run_all(files).await;
+    run_all::<SingleNode>(files, PER_SCENARIO, usize::MAX).await;
+}
+
+/// The same scripts against the loopback cluster: what a user sees must not depend on
+/// how the server is deployed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_scenarios_on_the_cluster() {
+    if rookery_tests::redis::RedisServer::try_start().is_none() {
+        return;
+    }
+    // Each cluster is five processes: a few at a time on a 2-core machine.
+    run_all::<ClusterTarget>(selected(false), PER_SCENARIO * 3, 3).await;
 }
 
 /// Scripts marked `ignore = "..."` (known server bugs); run with `--ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "scripts marked ignore: known server bugs, see each script's `ignore`"]
 async fn ignored_scenarios() {
-    run_all(selected(true)).await;
+    run_all::<SingleNode>(selected(true), PER_SCENARIO, usize::MAX).await;
 }
 
 /// Every script parses and passes the static checks (names, one action per step).

@@ -90,3 +90,34 @@ pub trait Router: Send + Sync + 'static {
     /// nothing accepted from a sender is silently lost.
     async fn undelivered(&self, to: &FullJid, stanza: Bytes);
 }
+
+/// Per-user data that routers cache and that another router may change (cluster mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The user's block list (XEP-0191).
+    Blocklist,
+    /// The user's archiving preferences (XEP-0441).
+    ArchivePrefs,
+}
+
+impl Change {
+    pub fn tag(self) -> char {
+        match self {
+            Change::Blocklist => 'b',
+            Change::ArchivePrefs => 'p',
+        }
+    }
+    pub fn from_tag(c: char) -> Option<Change> {
+        match c {
+            'b' => Some(Change::Blocklist),
+            'p' => Some(Change::ArchivePrefs),
+            _ => None,
+        }
+    }
+}
+
+/// Tells the other routers of a cluster that a user's cached data changed, so they drop
+/// their copies. The single binary has one router and needs none.
+pub trait ChangeBus: Send + Sync + 'static {
+    fn publish(&self, change: Change, user: &rookery_jid::BareJid);
+}

@@ -44,7 +44,8 @@ pub enum Heartbeat {
 }
 
 pub struct RedisRegistry {
-    conn: Conn,
+    listener: crate::subscriber::ChangeListener,
+    conn: Arc<Conn>,
     cache: Arc<Cache>,
     live: watch::Receiver<bool>,
     subscriber: tokio::task::JoinHandle<()>,
@@ -97,15 +98,24 @@ impl RedisRegistry {
         let conn = Conn::connect(&cfg).await?;
         let generation = Self::read_generation(&conn).await?;
         let cache = Arc::new(Cache::new(cfg.cache_capacity));
+        let listener: crate::subscriber::ChangeListener = Arc::default();
         let (tx, mut live) = watch::channel(false);
         let subscriber = tokio::spawn(
-            Subscriber { urls: cfg.urls.clone(), cache: cache.clone(), timeout: cfg.connect_timeout, live: tx }.run(),
+            Subscriber {
+                listener: listener.clone(),
+                urls: cfg.urls.clone(),
+                cache: cache.clone(),
+                timeout: cfg.connect_timeout,
+                live: tx,
+            }
+            .run(),
         );
         if tokio::time::timeout(cfg.connect_timeout, live.wait_for(|v| *v)).await.is_err() {
             tracing::warn!(event = "registry_subscribe_pending", urls = %cfg.urls.join(", "));
         }
         Ok(RedisRegistry {
-            conn,
+            listener,
+            conn: Arc::new(conn),
             cache,
             live,
             subscriber,
@@ -356,6 +366,12 @@ impl RedisRegistry {
         Ok(())
     }
 
+    /// Registers what to do when another router reports a change (cluster-wide cache
+    /// invalidation of per-user data, `rookery_core::ChangeBus`). Set once.
+    pub fn on_change(&self, f: Arc<dyn Fn(rookery_core::Change, &BareJid) + Send + Sync>) {
+        let _ = self.listener.set(f);
+    }
+
     /// Edges whose last heartbeat (by the Redis server's clock) is older than `timeout`.
     pub async fn dead_edges(&self, timeout: Duration) -> Result<Vec<u32>, Error> {
         let ids: Vec<String> = self.conn.eval(&scripts::DEAD_EDGES, &[keys::EDGES], millis(timeout)).await?;
@@ -483,5 +499,21 @@ impl SessionRegistry for RedisRegistry {
                 0
             }
         }
+    }
+}
+
+impl rookery_core::ChangeBus for RedisRegistry {
+    fn publish(&self, change: rookery_core::Change, user: &BareJid) {
+        let mut payload = vec![crate::subscriber::CHANGE_MARK, change.tag() as u8];
+        payload.extend_from_slice(user.as_str().as_bytes());
+        let conn = self.conn.clone();
+        let user = user.clone();
+        // Fire and forget: a lost notice is bounded by the routers' cache lifetimes.
+        tokio::spawn(async move {
+            let res: Result<i64, _> = conn.query(redis::cmd("PUBLISH").arg(keys::INVALIDATE).arg(payload)).await;
+            if let Err(e) = res {
+                tracing::warn!(event = "change_publish_failed", user = %user, error = %e);
+            }
+        });
     }
 }

@@ -22,7 +22,15 @@ use tokio::sync::watch;
 const PING_EVERY: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// Called for other routers' change notices (see `RedisRegistry::on_change`).
+pub(crate) type ChangeListener = Arc<std::sync::OnceLock<Arc<dyn Fn(rookery_core::Change, &BareJid) + Send + Sync>>>;
+
+/// First byte of a change notice on the invalidation channel; no JID contains it (PRECIS
+/// forbids control characters), so notices and session invalidations cannot be confused.
+pub(crate) const CHANGE_MARK: u8 = 0x01;
+
 pub(crate) struct Subscriber {
+    pub(crate) listener: ChangeListener,
     pub(crate) urls: Vec<String>,
     pub(crate) cache: Arc<Cache>,
     pub(crate) timeout: Duration,
@@ -83,6 +91,14 @@ impl Subscriber {
     }
 
     fn invalidate(&self, payload: &[u8]) {
+        if let [CHANGE_MARK, tag, rest @ ..] = payload {
+            let change = rookery_core::Change::from_tag(char::from(*tag));
+            let user = std::str::from_utf8(rest).ok().and_then(|s| BareJid::parse(s).ok());
+            if let (Some(change), Some(user), Some(f)) = (change, user, self.listener.get()) {
+                f(change, &user);
+            }
+            return;
+        }
         match std::str::from_utf8(payload).ok().and_then(|s| BareJid::parse(s).ok()) {
             Some(user) => self.cache.invalidate(&user),
             // Not from us, or garbled: forgetting everything is always safe.

@@ -26,6 +26,8 @@ pub struct AdminState {
     pub min_password_len: usize,
     pub domains: Vec<String>,
     pub ready: Readiness,
+    /// Counters of the process's backends (e.g. Redis requests), merged into `/admin/stats`.
+    pub extra_stats: Option<Arc<dyn Fn() -> serde_json::Value + Send + Sync>>,
 }
 
 /// Whether the process can do its job now (its dependencies answer): `/health/ready`.
@@ -214,11 +216,16 @@ async fn list_users(State(st): State<AdminState>, headers: HeaderMap, Query(q): 
 
 async fn stats(State(st): State<AdminState>, headers: HeaderMap) -> Answer {
     authorized(&st, &headers)?;
-    Ok(Json(serde_json::json!({
+    let mut body = serde_json::json!({
         "sessions": st.router.registry().count().await,
         "uptime_secs": st.router.uptime_secs(),
-    }))
-    .into_response())
+    });
+    if let (Some(extra), Some(obj)) = (&st.extra_stats, body.as_object_mut())
+        && let serde_json::Value::Object(more) = extra()
+    {
+        obj.extend(more);
+    }
+    Ok(Json(body).into_response())
 }
 
 pub fn app(st: AdminState) -> Router {

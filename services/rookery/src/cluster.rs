@@ -105,6 +105,17 @@ pub async fn start_router(cfg: Config) -> anyhow::Result<Process> {
     let mut rc = router_config(&cfg);
     rc.archive.node = u16::try_from(cfg.cluster.node_id).unwrap_or(0);
     let router = LocalRouter::new(rc, registry.clone(), link.clone(), stores.clone(), modules(&cfg));
+    // Block lists and archiving preferences are cached per router: a change made through
+    // one router must reach the others' caches.
+    router.set_change_bus(registry.clone());
+    {
+        let weak = Arc::downgrade(&router);
+        registry.on_change(Arc::new(move |change, user| {
+            if let Some(r) = weak.upgrade() {
+                r.remote_change(change, user);
+            }
+        }));
+    }
     let events = Arc::new(RegistryEvents { registry: registry.clone() });
     let server = RouterServer::new(router.clone(), link.clone(), events, RouterServerConfig::default());
 
@@ -132,7 +143,8 @@ pub async fn start_router(cfg: Config) -> anyhow::Result<Process> {
             }
         });
     }
-    let healthy = Arc::new(AtomicBool::new(true));
+    // Not ready until the first registry check succeeded.
+    let healthy = Arc::new(AtomicBool::new(false));
     tasks.spawn(watch_registry(
         registry.clone(),
         router.clone(),
@@ -160,6 +172,10 @@ pub async fn start_router(cfg: Config) -> anyhow::Result<Process> {
             min_password_len: cfg.registration.min_password_len,
             domains: cfg.domains.clone(),
             ready,
+            extra_stats: Some({
+                let registry = registry.clone();
+                Arc::new(move || serde_json::json!({ "redis_requests": registry.ops() }))
+            }),
         };
         tasks.spawn(crate::admin::serve(l, state, rx.clone()));
     }
@@ -180,11 +196,15 @@ async fn watch_registry(
     healthy: Arc<AtomicBool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.changed() => return,
+        if !first {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
         }
+        first = false;
         let ok = match registry.registry_reset().await {
             Ok(reset) => {
                 if reset {

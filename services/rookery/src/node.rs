@@ -173,6 +173,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
             min_password_len: cfg.registration.min_password_len,
             domains: cfg.domains.clone(),
             ready: crate::admin::always_ready(),
+            extra_stats: None,
         };
         tasks.spawn(crate::admin::serve(l, state, rx.clone()));
     }

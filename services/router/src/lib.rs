@@ -64,6 +64,8 @@ pub struct LocalRouter {
     /// Archiving preferences by user (see archive.rs).
     prefs: archive::PrefsCache,
     me: OnceLock<std::sync::Weak<LocalRouter>>,
+    /// Cluster mode: tells the other routers when cached per-user data changes.
+    bus: OnceLock<Arc<dyn rookery_core::ChangeBus>>,
     /// Serialises offline store/flush per user (striped).
     offline_locks: Vec<tokio::sync::Mutex<()>>,
     /// Serialises roster read-modify-write per user (striped); never held across a
@@ -207,11 +209,31 @@ impl LocalRouter {
             archive_ids,
             prefs: archive::PrefsCache::default(),
             me: OnceLock::new(),
+            bus: OnceLock::new(),
             offline_locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             roster_locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         });
         let _ = router.me.set(Arc::downgrade(&router));
         router
+    }
+
+    /// In a cluster: how this router tells the others that cached per-user data changed.
+    pub fn set_change_bus(&self, bus: Arc<dyn rookery_core::ChangeBus>) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// Another router changed `user`'s data: drop the cached copy (nothing is re-published).
+    pub fn remote_change(&self, change: rookery_core::Change, user: &BareJid) {
+        match change {
+            rookery_core::Change::Blocklist => self.blocks.invalidate(user),
+            rookery_core::Change::ArchivePrefs => self.prefs.invalidate(user),
+        }
+    }
+
+    fn publish_change(&self, change: rookery_core::Change, user: &BareJid) {
+        if let Some(bus) = self.bus.get() {
+            bus.publish(change, user);
+        }
     }
 
     pub fn features(&self) -> &Arc<Features> {
@@ -417,10 +439,12 @@ impl ServerApi for LocalRouter {
     }
     async fn blocklist_changed(&self, user: &BareJid, blocked: &[String], unblocked: &[String]) {
         self.blocks.invalidate(user);
+        self.publish_change(rookery_core::Change::Blocklist, user);
         self.on_blocklist_change(user, blocked, unblocked).await;
     }
     fn archive_prefs_changed(&self, user: &BareJid) {
         self.prefs.invalidate(user);
+        self.publish_change(rookery_core::Change::ArchivePrefs, user);
     }
     async fn set_carbons(&self, resource: &FullJid, on: bool) -> bool {
         self.registry.update(resource, &mut |e| e.carbons = on).await
