@@ -38,6 +38,7 @@ mod subscriber;
 
 pub use codec::DecodeError;
 pub use registry::{Heartbeat, RedisRegistry};
+pub use subscriber::OnChange;
 
 use std::time::Duration;
 

@@ -368,7 +368,7 @@ impl RedisRegistry {
 
     /// Registers what to do when another router reports a change (cluster-wide cache
     /// invalidation of per-user data, `rookery_core::ChangeBus`). Set once.
-    pub fn on_change(&self, f: Arc<dyn Fn(rookery_core::Change, &BareJid) + Send + Sync>) {
+    pub fn on_change(&self, f: crate::subscriber::OnChange) {
         let _ = self.listener.set(f);
     }
 

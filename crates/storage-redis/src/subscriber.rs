@@ -23,7 +23,10 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Called for other routers' change notices (see `RedisRegistry::on_change`).
-pub(crate) type ChangeListener = Arc<std::sync::OnceLock<Arc<dyn Fn(rookery_core::Change, &BareJid) + Send + Sync>>>;
+pub(crate) type ChangeListener = Arc<std::sync::OnceLock<OnChange>>;
+
+/// What a router does with another router's change notice.
+pub type OnChange = Arc<dyn Fn(rookery_core::Change, &BareJid) + Send + Sync>;
 
 /// First byte of a change notice on the invalidation channel; no JID contains it (PRECIS
 /// forbids control characters), so notices and session invalidations cannot be confused.
