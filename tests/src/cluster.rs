@@ -169,6 +169,8 @@ pub struct Options {
     pub edges: usize,
     pub routers: usize,
     pub partitionable_edges: Vec<usize>,
+    /// TOML appended to every process's configuration (e.g. a `[limits]` section).
+    pub extra_toml: String,
 }
 
 pub struct Cluster {
@@ -184,7 +186,7 @@ pub struct Cluster {
 impl Cluster {
     /// 2 edges and 2 routers. None (after a notice) when redis-server is missing outside CI.
     pub async fn start() -> Option<Cluster> {
-        Self::start_with(Options { edges: 2, routers: 2, partitionable_edges: vec![] }).await
+        Self::start_with(Options { edges: 2, routers: 2, ..Options::default() }).await
     }
 
     pub async fn start_with(opts: Options) -> Option<Cluster> {
@@ -211,7 +213,7 @@ impl Cluster {
                  grpc = \"{grpc}\"\nredis = [\"{}\"]\nheartbeat_ms = {HEARTBEAT_MS}\ndead_after_ms = {DEAD_AFTER_MS}\n",
                 common(&data_dir),
                 redis.url()
-            );
+            ) + &opts.extra_toml;
             let config = data_dir.join("rookery.toml");
             std::fs::write(&config, cfg).unwrap();
             let log = dir.path().join(format!("router-{node_id}.log"));
@@ -262,7 +264,7 @@ impl Cluster {
                  routers = [{}]\nredis = [\"{redis_url}\"]\nheartbeat_ms = {HEARTBEAT_MS}\ndead_after_ms = {DEAD_AFTER_MS}\n",
                 common(&data_dir),
                 routers_toml.join(", ")
-            );
+            ) + &opts.extra_toml;
             let config = data_dir.join("rookery.toml");
             std::fs::write(&config, cfg).unwrap();
             let log = dir.path().join(format!("edge-{node_id}.log"));

@@ -546,3 +546,68 @@ async fn acknowledged_messages_survive_kill_9() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------
+// 10. A slow client cannot grow the server's memory
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_and_nothing_is_lost() {
+    // Reading back ~9 MiB of stanzas through the test client's parser takes a while in a
+    // debug build: a wider bound than `within`.
+    let bounded = |f| async { tokio::time::timeout(Duration::from_secs(90), f).await.expect("took longer than 90 s") };
+    bounded(async {
+        // A small queue so the test floods it quickly; the rate limit is raised so alice's
+        // flood is not slowed down.
+        let srv = TestServer::start_with(|c| {
+            c.limits.outbound_queue = 16;
+            c.limits.stanza_rate_per_sec = 100_000;
+        })
+        .await;
+        srv.add_user("alice", "pw-alice").await;
+        srv.add_user("bob", "pw-bob").await;
+        let mut bob = RawClient::login(srv.c2s, "bob", "pw-bob", "slow").await;
+        bob.available().await;
+        let mut alice = RawClient::login(srv.c2s, "alice", "pw-alice", "fast").await;
+        // Bob stops reading. 150 messages of 64 KiB are far more than the socket buffers
+        // and the 16-stanza queue hold.
+        let body = "x".repeat(64 * 1024);
+        let total = 150;
+        for i in 0..total {
+            alice.send(&format!("<message to='bob@localhost' type='chat'><body>{i} {body}</body></message>")).await;
+        }
+        ping(&mut alice, "flooded").await;
+        // Now bob reads: the messages that were queued, then the stream error that ended
+        // his session when the queue overflowed.
+        let mut live = std::collections::BTreeSet::new();
+        let cond = loop {
+            match bob.recv_timeout(Duration::from_secs(5)).await {
+                Some(Incoming::Element(e)) if e.name == "message" => {
+                    let text = e.get_child("body", "jabber:client").map(|b| b.text_content()).unwrap_or_default();
+                    live.insert(text.split(' ').next().unwrap().parse::<u32>().unwrap());
+                }
+                Some(Incoming::Element(e)) if e.name == "error" => {
+                    break e.elements().next().map(|c| c.name.clone()).unwrap_or_default();
+                }
+                Some(Incoming::Element(_)) | Some(Incoming::Header) => {}
+                other => panic!("expected messages then a stream error, got {other:?}"),
+            }
+        };
+        assert_eq!(cond, "policy-violation");
+        assert!(live.len() < total as usize, "the queue limit never applied ({} delivered live)", live.len());
+        // Everything bob did not get live waits in offline storage.
+        let mut bob = RawClient::login(srv.c2s, "bob", "pw-bob", "again").await;
+        bob.send("<presence/>").await;
+        let mut all = live.clone();
+        while let Some(Incoming::Element(e)) = bob.recv_timeout(Duration::from_secs(2)).await {
+            if e.name == "message"
+                && let Some(b) = e.get_child("body", "jabber:client")
+            {
+                all.insert(b.text_content().split(' ').next().unwrap().parse::<u32>().unwrap());
+            }
+        }
+        let missing: Vec<u32> = (0..total).filter(|i| !all.contains(i)).collect();
+        assert!(missing.is_empty(), "lost messages: {missing:?}");
+        srv.stop().await;
+    })
+    .await;
+}

@@ -98,6 +98,15 @@ pub async fn start_router(cfg: Config) -> anyhow::Result<Process> {
     let Some(grpc_addr) = cfg.cluster.grpc else {
         anyhow::bail!("cluster.grpc is off: a router needs an address for the edges to connect to");
     };
+    if cfg.limits.outbound_queue <= cfg.limits.offline_max_per_user {
+        // docs/cluster.md, Backpressure: a router cannot pace an offline flush by the
+        // edge's per-connection queue.
+        tracing::warn!(
+            event = "offline_backlog_may_exceed_queue",
+            outbound_queue = cfg.limits.outbound_queue,
+            offline_max_per_user = cfg.limits.offline_max_per_user
+        );
+    }
     let stores = crate::stores::open_stores(&cfg).await?;
     let registry = connect_registry(&cfg).await?;
     // One queue per edge, shared by all of that edge's connections.
