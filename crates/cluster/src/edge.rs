@@ -675,6 +675,12 @@ impl Router for RemoteRouter {
 }
 
 impl RemoteRouter {
+    /// Re-sends every bound session's state to its router (after the edge itself noticed
+    /// that the registry lost its data; routers also ask with `ResyncRequest`).
+    pub async fn resync(&self) {
+        self.shared.resync().await;
+    }
+
     /// The session on `conn` ended or failed to bind: keep its JID for a while so that
     /// deliveries still in flight to it come back as `Undelivered`.
     fn forget(&self, conn: ConnId) {

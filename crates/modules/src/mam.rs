@@ -64,11 +64,20 @@ pub struct MamConfig {
     pub count_cap: usize,
     /// Bound on each store call.
     pub store_timeout: Duration,
+    /// What the server archives for users who never set preferences (`mam.default_policy`);
+    /// a prefs get reports it, so clients see what is really applied (XEP-0441 §2.1).
+    pub default_policy: rookery_storage::ArchiveDefault,
 }
 
 impl Default for MamConfig {
     fn default() -> Self {
-        MamConfig { max_page: 250, default_page: 50, count_cap: 10_000, store_timeout: Duration::from_secs(10) }
+        MamConfig {
+            max_page: 250,
+            default_page: 50,
+            count_cap: 10_000,
+            store_timeout: Duration::from_secs(10),
+            default_policy: rookery_storage::ArchiveDefault::Always,
+        }
     }
 }
 
@@ -177,7 +186,11 @@ impl TargetedHandler for Mam {
             ("query", IqType::Get) => Ok(Some(query_form(version))),
             ("prefs", IqType::Get) => {
                 let stored = self.store(&owner, "get_prefs", ctx.stores.archive.get_prefs(&owner)).await?;
-                Ok(Some(prefs::to_element(version.ns(), &stored.unwrap_or_default())))
+                let prefs = stored.unwrap_or_else(|| rookery_storage::ArchivePrefs {
+                    default: self.config.default_policy,
+                    ..Default::default()
+                });
+                Ok(Some(prefs::to_element(version.ns(), &prefs)))
             }
             ("prefs", IqType::Set) => {
                 let wanted = prefs::parse(&req.payload)?;

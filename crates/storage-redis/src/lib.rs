@@ -38,7 +38,7 @@ mod subscriber;
 
 pub use codec::DecodeError;
 pub use registry::{Heartbeat, RedisRegistry};
-pub use subscriber::OnChange;
+pub use subscriber::{OnChange, OnReset};
 
 use std::time::Duration;
 

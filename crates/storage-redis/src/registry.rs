@@ -45,6 +45,7 @@ pub enum Heartbeat {
 
 pub struct RedisRegistry {
     listener: crate::subscriber::ChangeListener,
+    reset_listener: Arc<std::sync::OnceLock<crate::subscriber::OnReset>>,
     conn: Arc<Conn>,
     cache: Arc<Cache>,
     live: watch::Receiver<bool>,
@@ -99,10 +100,12 @@ impl RedisRegistry {
         let generation = Self::read_generation(&conn).await?;
         let cache = Arc::new(Cache::new(cfg.cache_capacity));
         let listener: crate::subscriber::ChangeListener = Arc::default();
+        let reset_listener: Arc<std::sync::OnceLock<crate::subscriber::OnReset>> = Arc::default();
         let (tx, mut live) = watch::channel(false);
         let subscriber = tokio::spawn(
             Subscriber {
                 listener: listener.clone(),
+                reset_listener: reset_listener.clone(),
                 urls: cfg.urls.clone(),
                 cache: cache.clone(),
                 timeout: cfg.connect_timeout,
@@ -115,6 +118,7 @@ impl RedisRegistry {
         }
         Ok(RedisRegistry {
             listener,
+            reset_listener,
             conn: Arc::new(conn),
             cache,
             live,
@@ -335,8 +339,8 @@ impl RedisRegistry {
         Ok(if reset { Heartbeat::RegistryReset } else { Heartbeat::Ok })
     }
 
-    /// Whether Redis lost its data since this registry last looked (true on the first
-    /// call). Routers poll it: on a reset they ask the edges to re-send their live
+    /// Whether Redis lost its data since this registry last looked (the baseline is the
+    /// generation seen when it connected). Routers poll it: on a reset they ask the edges to re-send their live
     /// sessions (`ClusterLink::request_resync`), which come back through `resync`/`insert`.
     pub async fn registry_reset(&self) -> Result<bool, Error> {
         let generation = Self::read_generation(&self.conn).await?;
@@ -370,6 +374,12 @@ impl RedisRegistry {
     /// invalidation of per-user data, `rookery_core::ChangeBus`). Set once.
     pub fn on_change(&self, f: crate::subscriber::OnChange) {
         let _ = self.listener.set(f);
+    }
+
+    /// Registers what to do when change notices may have been missed (the subscription
+    /// restarted): drop every cached per-user copy. Set once.
+    pub fn on_reset(&self, f: crate::subscriber::OnReset) {
+        let _ = self.reset_listener.set(f);
     }
 
     /// Edges whose last heartbeat (by the Redis server's clock) is older than `timeout`.
@@ -410,15 +420,20 @@ impl RedisRegistry {
                 }
             })
             .collect();
-        // After the claim: a caller that dies in between leaves the edge listed as dead,
-        // and the next claim (after the lock expires) picks up the same sessions again.
-        self.conn.query::<i64>(redis::cmd("ZREM").arg(keys::EDGES).arg(edge)).await?;
+        // The edge stays listed as dead until `finish_purge`: a caller that dies before
+        // then leaves it there, and the next claim (after the lock expires) picks the same
+        // sessions up again from the purging set.
         Ok(Some((epoch, sessions)))
     }
 
-    /// Drops what `claim_purge` handed out, once every session was unbound.
+    /// Once every claimed session was unbound: forgets the edge (a restarted edge with the
+    /// same id may then register), drops the purging set and releases the purge lock so a
+    /// later death of the same edge id is purged without waiting for it to expire.
     pub async fn finish_purge(&self, edge: u32) -> Result<(), Error> {
-        self.conn.query::<i64>(redis::cmd("DEL").arg(keys::edge_purging(edge))).await?;
+        self.conn.query::<i64>(redis::cmd("ZREM").arg(keys::EDGES).arg(edge)).await?;
+        self.conn
+            .query::<i64>(redis::cmd("DEL").arg(keys::edge_purging(edge)).arg(keys::edge_purge_lock(edge)))
+            .await?;
         Ok(())
     }
 
@@ -473,7 +488,17 @@ impl SessionRegistry for RedisRegistry {
     }
 
     async fn is_current(&self, jid: &FullJid, loc: Location) -> bool {
-        self.read(&jid.to_bare()).await.iter().any(|e| &e.jid == jid && e.loc == loc)
+        match self.load(&jid.to_bare()).await {
+            Ok(list) => list.iter().any(|e| &e.jid == jid && e.loc == loc),
+            // While Redis cannot answer, a bound session's stanzas are still routed: the
+            // edge stamped their sender, and refusing them would drop every stanza of every
+            // client for the length of the outage. Only a session replaced during the
+            // outage could act once more, which RFC 6120 §7.7.2.2 tolerates less than loss.
+            Err(e) => {
+                tracing::warn!(event = "registry_read_failed", jid = %jid, error = %e);
+                true
+            }
+        }
     }
 
     async fn sessions(&self, user: &BareJid) -> Vec<SessionEntry> {

@@ -32,8 +32,12 @@ pub type OnChange = Arc<dyn Fn(rookery_core::Change, &BareJid) + Send + Sync>;
 /// forbids control characters), so notices and session invalidations cannot be confused.
 pub(crate) const CHANGE_MARK: u8 = 0x01;
 
+/// Called when the subscription (re)starts: every cached per-user copy may be stale.
+pub type OnReset = Arc<dyn Fn() + Send + Sync>;
+
 pub(crate) struct Subscriber {
     pub(crate) listener: ChangeListener,
+    pub(crate) reset_listener: Arc<std::sync::OnceLock<OnReset>>,
     pub(crate) urls: Vec<String>,
     pub(crate) cache: Arc<Cache>,
     pub(crate) timeout: Duration,
@@ -68,6 +72,11 @@ impl Subscriber {
             .await
             .map_err(|_| timeout_error("subscribe"))??;
         self.cache.reset(true);
+        // Notices published while this subscription was down are lost: whoever caches
+        // per-user data must drop all of it.
+        if let Some(f) = self.reset_listener.get() {
+            f();
+        }
         self.live.send_replace(true);
         tracing::debug!(event = "registry_subscribed", url = %url);
 

@@ -261,12 +261,15 @@ async fn a_dead_edge_is_purged_exactly_once() {
             (full("bob@example.org/phone"), Location { edge: 7, conn: 2 }),
         ]
     );
-    assert!(!a.dead_edges(timeout).await.unwrap().contains(&7), "a claimed edge leaves the dead list");
+    // Until the purge is finished the edge stays listed (a winner that dies mid-purge
+    // leaves it for the next claim), but the lock keeps anyone else from claiming it.
+    assert!(a.dead_edges(timeout).await.unwrap().contains(&7), "an unfinished purge stays listed");
     assert!(a.claim_purge(7).await.unwrap().is_none(), "the purge lock holds");
     for (jid, loc) in &sessions {
         assert!(b.remove(jid, *loc).await.is_some());
     }
     b.finish_purge(7).await.unwrap();
+    assert!(!a.dead_edges(timeout).await.unwrap().contains(&7), "a finished purge leaves the dead list");
     assert_eq!(a.count().await, 1);
     assert_eq!(names(a.sessions(&bare("carol@example.org")).await), ["carol@example.org/phone"]);
 

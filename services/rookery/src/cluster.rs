@@ -124,6 +124,12 @@ pub async fn start_router(cfg: Config) -> anyhow::Result<Process> {
                 r.remote_change(change, user);
             }
         }));
+        let weak = Arc::downgrade(&router);
+        registry.on_reset(Arc::new(move || {
+            if let Some(r) = weak.upgrade() {
+                r.remote_reset();
+            }
+        }));
     }
     let events = Arc::new(RegistryEvents { registry: registry.clone() });
     let server = RouterServer::new(router.clone(), link.clone(), events, RouterServerConfig::default());
@@ -323,6 +329,7 @@ pub async fn start_edge(cfg: Config) -> anyhow::Result<Process> {
         let registry = registry.clone();
         let hub = hub.clone();
         let beating = beating.clone();
+        let remote = remote.clone();
         let mut rx = rx.clone();
         tasks.spawn(async move {
             let mut last_ok = Instant::now();
@@ -333,8 +340,13 @@ pub async fn start_edge(cfg: Config) -> anyhow::Result<Process> {
                     _ = rx.changed() => break,
                 }
                 match registry.heartbeat(edge_id, epoch, dead_after * 3).await {
-                    Ok(Heartbeat::Ok) | Ok(Heartbeat::RegistryReset) => {
-                        // A reset is healed by the routers asking for a resync.
+                    Ok(verdict @ (Heartbeat::Ok | Heartbeat::RegistryReset)) => {
+                        // Routers notice a reset and ask for a resync; the edge re-sends
+                        // too, for routers that started after the reset and so never saw
+                        // the old generation. Re-inserting a live session is idempotent.
+                        if verdict == Heartbeat::RegistryReset {
+                            remote.resync().await;
+                        }
                         last_ok = Instant::now();
                         cut_off = false;
                         beating.store(true, Ordering::Relaxed);
@@ -352,9 +364,12 @@ pub async fn start_edge(cfg: Config) -> anyhow::Result<Process> {
                     Err(e) => {
                         tracing::warn!(event = "heartbeat_failed", edge = edge_id, error = %e);
                         beating.store(false, Ordering::Relaxed);
-                        if !cut_off && last_ok.elapsed() >= dead_after {
-                            // The cluster is about to purge (or purged) these sessions:
-                            // end them here too rather than serve clients nobody can reach.
+                        if !cut_off && last_ok.elapsed() >= dead_after && !remote.ready() {
+                            // Neither Redis nor any router answers: this edge is cut off,
+                            // and the cluster is about to purge (or purged) its sessions.
+                            // End them here too rather than serve clients nobody can
+                            // reach. (Redis alone being down is not that: sessions stay,
+                            // and a purge, if one happened, is answered `Purged` later.)
                             let closed = hub.close_all(StreamCondition::SystemShutdown);
                             tracing::warn!(event = "edge_cut_off", edge = edge_id, closed);
                             cut_off = true;

@@ -70,14 +70,18 @@ pub fn router_config(cfg: &Config) -> RouterConfig {
         offline_max_per_user: cfg.limits.offline_max_per_user,
         archive: rookery_router::ArchiveSettings {
             enabled: cfg.mam.enabled,
-            default: match cfg.mam.default_policy {
-                ArchivePolicy::Always => rookery_storage::ArchiveDefault::Always,
-                ArchivePolicy::Never => rookery_storage::ArchiveDefault::Never,
-                ArchivePolicy::Roster => rookery_storage::ArchiveDefault::Roster,
-            },
+            default: archive_default(cfg.mam.default_policy),
             // A single node mints every id itself; cluster routers get distinct numbers.
             node: 0,
         },
+    }
+}
+
+fn archive_default(p: ArchivePolicy) -> rookery_storage::ArchiveDefault {
+    match p {
+        ArchivePolicy::Always => rookery_storage::ArchiveDefault::Always,
+        ArchivePolicy::Never => rookery_storage::ArchiveDefault::Never,
+        ArchivePolicy::Roster => rookery_storage::ArchiveDefault::Roster,
     }
 }
 
@@ -87,6 +91,7 @@ pub fn modules(cfg: &Config) -> impl FnOnce(&mut Registrar) + use<> {
         max_page: cfg.mam.max_page,
         default_page: cfg.mam.default_page,
         count_cap: cfg.mam.count_limit,
+        default_policy: archive_default(cfg.mam.default_policy),
         ..rookery_modules::MamConfig::default()
     });
     move |r: &mut Registrar| {

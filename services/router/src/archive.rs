@@ -465,6 +465,13 @@ impl PrefsCache {
         m.insert(user.clone(), (Instant::now(), prefs));
     }
 
+    /// Drops every cached entry (change notices may have been missed).
+    pub fn clear(&self) {
+        let mut m = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        m.clear();
+    }
+
     pub fn invalidate(&self, user: &BareJid) {
         let mut m = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.generation.fetch_add(1, Ordering::AcqRel);

@@ -23,6 +23,14 @@ impl BlockCache {
         BlockCache { store, cache: RwLock::new(HashMap::new()), generation: AtomicU64::new(0) }
     }
 
+    /// Drops every cached list (change notices may have been missed).
+    pub fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut c) = self.cache.write() {
+            c.clear();
+        }
+    }
+
     pub fn invalidate(&self, user: &BareJid) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut c) = self.cache.write() {

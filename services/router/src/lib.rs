@@ -230,6 +230,12 @@ impl LocalRouter {
         }
     }
 
+    /// Change notices from other routers may have been missed: drop every cached copy.
+    pub fn remote_reset(&self) {
+        self.blocks.clear();
+        self.prefs.clear();
+    }
+
     fn publish_change(&self, change: rookery_core::Change, user: &BareJid) {
         if let Some(bus) = self.bus.get() {
             bus.publish(change, user);

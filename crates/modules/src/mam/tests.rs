@@ -818,3 +818,10 @@ async fn a_requester_that_is_gone_still_gets_the_fin() {
     assert!(fin_info(&fin, NS_MAM2).complete);
     assert!(h.server.sent().is_empty());
 }
+
+#[tokio::test]
+async fn prefs_get_reports_the_configured_default_before_the_user_sets_any() {
+    let h = harness_with(MamConfig { default_policy: rookery_storage::ArchiveDefault::Roster, ..MamConfig::default() });
+    let got = h.get_own(ME, "<prefs xmlns='urn:xmpp:mam:2'/>").await.unwrap().unwrap();
+    assert_eq!(got.get_attr("default"), Some("roster"), "{got:?}");
+}
