@@ -33,6 +33,59 @@ use rookery_jid::BareJid;
 use rookery_sasl::StoredCredentials;
 use std::collections::BTreeSet;
 
+/// One `#[tokio::test]` per check of this suite, each on a fresh store, for a backend's
+/// test file: `rookery_storage::conformance_tests!(open());` where `open()` returns
+/// `(guard, Stores)` and the guard (a temporary directory, a keyspace) lives as long as the
+/// test. Concurrency checks run on a multi-thread runtime. A new check is added here once
+/// and every backend runs it.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($open:expr) => {
+        $crate::conformance_tests!(@each $open; tokio::test;
+            (accounts, check_accounts),
+            (account_isolation, check_account_isolation),
+            (roster_basic, check_roster_basic),
+            (roster_versions, check_roster_versions),
+            (roster_isolation, check_roster_isolation),
+            (roster_unicode_and_groups, check_roster_unicode_and_groups),
+            (offline_basic, check_offline_basic),
+            (offline_remove_up_to, check_offline_remove_up_to),
+            (offline_delete_all, check_offline_delete_all),
+            (offline_large_stanza, check_offline_large_stanza),
+            (offline_many, check_offline_many),
+            (vcard, check_vcard),
+            (blocking, check_blocking),
+            (last_activity, check_last_activity),
+            (delete_user, check_delete_user),
+            (archive_ordering, check_archive_ordering),
+            (archive_replace, check_archive_replace),
+            (archive_bounds, check_archive_bounds),
+            (archive_with_and_ids, check_archive_with_and_ids),
+            (archive_isolation, check_archive_isolation),
+            (archive_count, check_archive_count),
+            (archive_retention, check_archive_retention),
+            (archive_unicode, check_archive_unicode),
+            (archive_scale, check_archive_scale),
+            (archive_prefs, check_archive_prefs)
+        );
+        $crate::conformance_tests!(@each $open; tokio::test(flavor = "multi_thread", worker_threads = 4);
+            (concurrent_offline, check_concurrent_offline),
+            (concurrent_roster, check_concurrent_roster),
+            (archive_concurrent, check_archive_concurrent),
+            (run_all_on_one_store, run_all)
+        );
+    };
+    (@each $open:expr; $attr:meta; $(($name:ident, $check:ident)),* $(,)?) => {
+        $(
+            #[$attr]
+            async fn $name() {
+                let (_guard, stores) = $open;
+                $crate::conformance::$check(&stores).await;
+            }
+        )*
+    };
+}
+
 /// Runs every check, in order, on one set of stores.
 pub async fn run_all(stores: &Stores) {
     check_accounts(stores).await;
