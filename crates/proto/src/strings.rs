@@ -8,81 +8,19 @@ use rookery_stanza::{Condition, ErrorType, StreamCondition};
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
-pub(crate) const STREAM_CONDITIONS: [StreamCondition; 25] = {
-    use StreamCondition::*;
-    [
-        BadFormat,
-        BadNamespacePrefix,
-        Conflict,
-        ConnectionTimeout,
-        HostGone,
-        HostUnknown,
-        ImproperAddressing,
-        InternalServerError,
-        InvalidFrom,
-        InvalidNamespace,
-        InvalidXml,
-        NotAuthorized,
-        NotWellFormed,
-        PolicyViolation,
-        RemoteConnectionFailed,
-        Reset,
-        ResourceConstraint,
-        RestrictedXml,
-        SeeOtherHost,
-        SystemShutdown,
-        UndefinedCondition,
-        UnsupportedEncoding,
-        UnsupportedFeature,
-        UnsupportedStanzaType,
-        UnsupportedVersion,
-    ]
-};
-
-pub(crate) const CONDITIONS: [Condition; 22] = {
-    use Condition::*;
-    [
-        BadRequest,
-        Conflict,
-        FeatureNotImplemented,
-        Forbidden,
-        Gone,
-        InternalServerError,
-        ItemNotFound,
-        JidMalformed,
-        NotAcceptable,
-        NotAllowed,
-        NotAuthorized,
-        PolicyViolation,
-        RecipientUnavailable,
-        Redirect,
-        RegistrationRequired,
-        RemoteServerNotFound,
-        RemoteServerTimeout,
-        ResourceConstraint,
-        ServiceUnavailable,
-        SubscriptionRequired,
-        UndefinedCondition,
-        UnexpectedRequest,
-    ]
-};
-
-pub(crate) const ERROR_TYPES: [ErrorType; 5] =
-    [ErrorType::Auth, ErrorType::Cancel, ErrorType::Continue, ErrorType::Modify, ErrorType::Wait];
-
 /// RFC 6120 §4.9.3: the stream error condition with this element name.
 pub fn stream_condition_from_name(name: &str) -> Option<StreamCondition> {
-    STREAM_CONDITIONS.into_iter().find(|c| c.name() == name)
+    StreamCondition::from_name(name)
 }
 
 /// RFC 6120 §8.3.3: the stanza error condition with this element name.
 pub fn condition_from_name(name: &str) -> Option<Condition> {
-    CONDITIONS.into_iter().find(|c| c.name() == name)
+    Condition::from_name(name)
 }
 
 /// RFC 6120 §8.3.2: the error type with this name.
 pub fn error_type_from_name(name: &str) -> Option<ErrorType> {
-    ERROR_TYPES.into_iter().find(|t| t.name() == name)
+    ErrorType::from_name(name)
 }
 
 /// Most distinct texts kept; they come from fixed strings in the router's code, so a real

@@ -245,7 +245,7 @@ fn router_frames_round_trip() {
         RouterMsg::Deliver { conn: 3, raw: r } => assert_eq!(r, raw),
         other => panic!("{other:?}"),
     }
-    for c in strings::STREAM_CONDITIONS {
+    for c in rookery_stanza::StreamCondition::ALL {
         match router_round_trip(RouterMsg::from_outbound(4, Outbound::Close(c))) {
             RouterMsg::Close { conn: 4, condition } => assert_eq!(condition, c),
             other => panic!("{other:?}"),
@@ -303,14 +303,14 @@ fn unknown_condition_names_degrade_to_undefined_condition() {
 
 #[test]
 fn name_tables_are_complete_and_distinct() {
-    let mut names: Vec<_> = strings::STREAM_CONDITIONS.iter().map(|c| c.name()).collect();
+    let mut names: Vec<_> = rookery_stanza::StreamCondition::ALL.iter().map(|c| c.name()).collect();
     names.sort_unstable();
     names.dedup();
-    assert_eq!(names.len(), strings::STREAM_CONDITIONS.len());
-    for c in strings::CONDITIONS {
+    assert_eq!(names.len(), rookery_stanza::StreamCondition::ALL.len());
+    for c in rookery_stanza::Condition::ALL {
         assert_eq!(condition_from_name(c.name()), Some(c));
     }
-    for t in strings::ERROR_TYPES {
+    for t in rookery_stanza::ErrorType::ALL {
         assert_eq!(error_type_from_name(t.name()), Some(t));
     }
     assert_eq!(stream_condition_from_name("system-shutdown"), Some(StreamCondition::SystemShutdown));

@@ -15,6 +15,15 @@ pub enum ErrorType {
 }
 
 impl ErrorType {
+    /// Every variant, for reverse lookups (`from_name`).
+    pub const ALL: [ErrorType; 5] =
+        [ErrorType::Auth, ErrorType::Cancel, ErrorType::Continue, ErrorType::Modify, ErrorType::Wait];
+
+    /// The variant whose `name()` is `name`.
+    pub fn from_name(name: &str) -> Option<ErrorType> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ErrorType::Auth => "auth",
@@ -54,6 +63,40 @@ pub enum Condition {
 }
 
 impl Condition {
+    /// Every variant, for reverse lookups (`from_name`).
+    pub const ALL: [Condition; 22] = {
+        use Condition::*;
+        [
+            BadRequest,
+            Conflict,
+            FeatureNotImplemented,
+            Forbidden,
+            Gone,
+            InternalServerError,
+            ItemNotFound,
+            JidMalformed,
+            NotAcceptable,
+            NotAllowed,
+            NotAuthorized,
+            PolicyViolation,
+            RecipientUnavailable,
+            Redirect,
+            RegistrationRequired,
+            RemoteServerNotFound,
+            RemoteServerTimeout,
+            ResourceConstraint,
+            ServiceUnavailable,
+            SubscriptionRequired,
+            UndefinedCondition,
+            UnexpectedRequest,
+        ]
+    };
+
+    /// The variant whose `name()` is `name`.
+    pub fn from_name(name: &str) -> Option<Condition> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         use Condition::*;
         match self {
@@ -192,6 +235,43 @@ pub enum StreamCondition {
 }
 
 impl StreamCondition {
+    /// Every variant, for reverse lookups (`from_name`).
+    pub const ALL: [StreamCondition; 25] = {
+        use StreamCondition::*;
+        [
+            BadFormat,
+            BadNamespacePrefix,
+            Conflict,
+            ConnectionTimeout,
+            HostGone,
+            HostUnknown,
+            ImproperAddressing,
+            InternalServerError,
+            InvalidFrom,
+            InvalidNamespace,
+            InvalidXml,
+            NotAuthorized,
+            NotWellFormed,
+            PolicyViolation,
+            RemoteConnectionFailed,
+            Reset,
+            ResourceConstraint,
+            RestrictedXml,
+            SeeOtherHost,
+            SystemShutdown,
+            UndefinedCondition,
+            UnsupportedEncoding,
+            UnsupportedFeature,
+            UnsupportedStanzaType,
+            UnsupportedVersion,
+        ]
+    };
+
+    /// The variant whose `name()` is `name`.
+    pub fn from_name(name: &str) -> Option<StreamCondition> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         use StreamCondition::*;
         match self {
