@@ -289,7 +289,8 @@ mod tests {
         let id = ArchiveId(0x0123_4567_89ab_cdef);
         assert_eq!(id.encode(), "0123456789abcdef");
         assert_eq!(ArchiveId::parse(&id.encode()), Some(id));
-        for bad in ["", "0123456789ABCDEF", "0123456789abcde", "0123456789abcdefa", "x123456789abcdef", "+123456789abcdef"]
+        for bad in
+            ["", "0123456789ABCDEF", "0123456789abcde", "0123456789abcdefa", "x123456789abcdef", "+123456789abcdef"]
         {
             assert_eq!(ArchiveId::parse(bad), None, "{bad:?}");
         }
