@@ -319,10 +319,12 @@ async fn a_slow_client_on_one_edge_is_disconnected_without_loss() {
                 break e.elements().next().map(|c| c.name.clone()).unwrap_or_default();
             }
             Some(Incoming::Element(_)) | Some(Incoming::Header) => {}
-            other => panic!("expected messages then a stream error, got {other:?}\n{}", cluster.logs()),
+            // The edge's writer gave up on the unread socket (write timeout) first.
+            Some(Incoming::Closed) => break "closed".to_owned(),
+            None => panic!("bob's stream neither delivered nor ended\n{}", cluster.logs()),
         }
     };
-    assert_eq!(cond, "policy-violation");
+    assert!(cond == "policy-violation" || cond == "closed", "unexpected end: {cond}");
     assert!(got.len() < total as usize, "the queue limit never applied");
     // The router cannot see the edge's per-connection queue, so an offline backlog larger
     // than that queue can overflow it again on login (docs/cluster.md, "Backpressure"): what

@@ -589,10 +589,13 @@ async fn a_client_that_stops_reading_is_disconnected_and_nothing_is_lost() {
                     break e.elements().next().map(|c| c.name.clone()).unwrap_or_default();
                 }
                 Some(Incoming::Element(_)) | Some(Incoming::Header) => {}
-                other => panic!("expected messages then a stream error, got {other:?}"),
+                // The writer gave up on the unread socket (write timeout) before bob
+                // read again: disconnected as well, only without the error element.
+                Some(Incoming::Closed) => break "closed".to_owned(),
+                None => panic!("bob's stream neither delivered nor ended"),
             }
         };
-        assert_eq!(cond, "policy-violation");
+        assert!(cond == "policy-violation" || cond == "closed", "unexpected end: {cond}");
         assert!(live.len() < total as usize, "the queue limit never applied ({} delivered live)", live.len());
         // Everything bob did not get live waits in offline storage.
         let mut bob = RawClient::login(srv.c2s, "bob", "pw-bob", "again").await;
