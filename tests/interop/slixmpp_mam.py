@@ -108,18 +108,19 @@ async def check_archive(c, me, expected_bodies):
 async def chat():
     alice, bob = await login("alice"), await login("bob")
     sent = []
+    # Each ping is answered after the server routed (and archived) the sender's message
+    # before it, since it handles one client's stanzas in order: that makes the archive
+    # order of the two users' messages deterministic.
     for i in range(30):
         body = f"alice to bob {i}"
         alice.send_message(mto=BOB, mbody=body, mtype="chat")
         sent.append(body)
+        await alice.plugin["xep_0199"].ping(jid=DOMAIN, timeout=5)
         if i < 25:
             body = f"bob to alice {i}"
             bob.send_message(mto=ALICE, mbody=body, mtype="chat")
             sent.append(body)
-        # Keeps the interleaving deterministic: the server answers this ping after it
-        # routed both messages above (it handles each client's stanzas in order).
-        await alice.plugin["xep_0199"].ping(jid=DOMAIN, timeout=5)
-        await bob.plugin["xep_0199"].ping(jid=DOMAIN, timeout=5)
+            await bob.plugin["xep_0199"].ping(jid=DOMAIN, timeout=5)
     live_ids = []
     for _ in range(30):
         msg = await asyncio.wait_for(bob.inbox.get(), 10)
