@@ -76,6 +76,7 @@ up)
     fi
     if [ -n "${ROOKERY_BIN:-}" ]; then
         bin=$ROOKERY_BIN
+        unset ROOKERY_BIN # rookery refuses unknown ROOKERY_* variables in its environment
     else
         cargo build -q -p rookery
         bin=$(realpath target/debug/rookery)

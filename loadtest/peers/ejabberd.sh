@@ -2,7 +2,8 @@
 # Runs a throwaway ejabberd (Debian package) on loopback for load comparisons.
 #   ejabberd.sh start DIR PORT mam|nomam   -> prints the server (beam.smp) PID
 #   ejabberd.sh stop DIR
-# Debian's ejabberdctl runs the node as the `ejabberd` user, so DIR is handed to it.
+# The node runs as the calling user (see EXEC_CMD below); DIR is also handed to the
+# `ejabberd` user, as Debian's ejabberdctl would run it.
 # Archiving uses Mnesia (the package default). Users are created by in-band
 # registration with the per-IP registration timeout switched off.
 set -euo pipefail
@@ -33,6 +34,7 @@ listen:
     ip: "127.0.0.1"
     module: ejabberd_c2s
     max_stanza_size: 262144
+    backlog: 128
     shaper: none
     access: c2s
     starttls_required: true
@@ -65,6 +67,10 @@ $mammod
 CFG
     # Debian's ejabberdctl.cfg pins EJABBERD_CONFIG_PATH to /etc and would override --config.
     grep -v '^EJABBERD_CONFIG_PATH\|^EJABBERD_PID_PATH' /etc/ejabberd/ejabberdctl.cfg > "$dir/ejabberdctl.cfg"
+    # ejabberdctl switches to the ejabberd user with su, whose pam_limits resets the soft
+    # descriptor limit to 1024 (about 1000 connections). Run the node as the calling user
+    # instead, so it keeps the limit raised below (this file is sourced after that choice).
+    echo 'EXEC_CMD=as_current_user' >> "$dir/ejabberdctl.cfg"
     chown -R ejabberd:ejabberd "$dir"
     (ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
      export HOME=$dir ERL_MAX_PORTS=250000

@@ -3,7 +3,9 @@
 #   prosody.sh start DIR PORT mam|nomam   -> prints the server PID
 #   prosody.sh stop DIR
 # Users are created by in-band registration (XEP-0077), which Prosody allows without
-# throttling from loopback (mod_register_limits whitelists 127.0.0.1).
+# throttling from loopback (mod_register_limits whitelists 127.0.0.1). TCP_NODELAY is on
+# (network_settings.nagle = false), as in Rookery and ejabberd, and the Lua collector is
+# generational: both keep Prosody's latency tail low (see docs/benchmarks.md).
 set -euo pipefail
 cmd=$1 dir=$2
 case $cmd in
@@ -35,6 +37,15 @@ authentication = "internal_hashed"
 allow_registration = true
 c2s_require_encryption = true
 default_archive_policy = true
+-- Prosody leaves Nagle's algorithm on by default; with delayed ACKs that holds small
+-- stanzas back by up to ~40 ms. Rookery and ejabberd set TCP_NODELAY, so do the same here.
+network_settings = { nagle = false }
+-- Lua 5.4's generational collector: with the default incremental one, collection pauses put
+-- the p99 of 1:1 chat at 500 msg/s near 60 ms (p50 1.3 ms); generational brings it to ~2.5 ms.
+gc = { mode = "generational" }
+-- PBKDF2 iterations of new accounts' SCRAM keys: 4096 as in Rookery and ejabberd (Prosody's
+-- default is 10000), so a client's first login costs the same against all three.
+default_iteration_count = 4096
 archive_expires_after = "never"
 log = { warn = "$dir/prosody.log" }
 ssl = { certificate = "$dir/cert.pem"; key = "$dir/key.pem" }

@@ -6,10 +6,13 @@
 //! The body carries `rl <flow> <seq> <intended µs>`; the receiver charges latency from the
 //! intended time and tracks duplicates and reordering per flow. Messages go to the
 //! receiver's full JID so delivery does not depend on presence priority rules.
+//! After the marker the body carries a tag unique to this run: a message of an earlier run
+//! that the server stored offline and delivers at login (RFC 6121 §8.5.2.2.1 allows that)
+//! would otherwise count as delivered here, so messages without this run's tag are ignored.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rookery_xml::{Element, escape_attr};
 
@@ -33,6 +36,8 @@ struct ChatHandler {
     /// Full JID of the peer.
     peer: String,
     expected_jid: String,
+    /// This run's tag, the word after the marker (see the module doc).
+    tag: Arc<str>,
     padding: Arc<str>,
     ack_every: u32,
     flows: HashMap<u64, FlowTracker>,
@@ -59,7 +64,7 @@ impl Handler for ChatHandler {
             return;
         }
         let Some(body) = el.elements().find(|c| c.name == "body") else { return };
-        let Some((flow, seq, intended)) = parse_marker(&body.text_content()) else { return };
+        let Some((flow, seq, intended)) = this_run(&body.text_content(), &self.tag) else { return };
         match self.flows.entry(flow).or_default().receive(seq) {
             Receipt::Duplicate => self.live.counters.inc("duplicates"),
             Receipt::Fresh { reordered } => {
@@ -73,7 +78,7 @@ impl Handler for ChatHandler {
     }
 
     fn on_cmd(&mut self, m: Send, _now: Duration, s: &mut Session) -> Action {
-        let body = format!("{} {}", super::marker(m.flow, m.seq, m.intended), self.padding);
+        let body = format!("{} {} {}", super::marker(m.flow, m.seq, m.intended), self.tag, self.padding);
         s.stanza(
             &format!(
                 "<message to='{}' type='chat' id='c{}-{}'><body>{body}</body></message>",
@@ -96,6 +101,17 @@ impl Handler for ChatHandler {
     }
 }
 
+/// The marker of a body sent by this run (tagged `tag`); `None` for anything else, including
+/// messages of an earlier run that the server delivers from offline storage.
+fn this_run(body: &str, tag: &str) -> Option<(u64, u64, Duration)> {
+    let marker = parse_marker(body)?;
+    if body.split(' ').nth(4) != Some(tag) {
+        tracing::debug!(event = "stale_message_ignored", flow = marker.0, seq = marker.1);
+        return None;
+    }
+    Some(marker)
+}
+
 /// Runs the chat scenario for this worker's pairs.
 pub async fn run(ctx: Arc<Ctx>, scn: &Scenario, part: Partition, live: Arc<Live>) -> Outcome {
     let mut out = Outcome::default();
@@ -105,6 +121,8 @@ pub async fn run(ctx: Arc<Ctx>, scn: &Scenario, part: Partition, live: Arc<Live>
     let (flows, dirs) = scn.chat_flows();
     let resource = format!("{}-chat", scn.file.target.resource);
     let padding: Arc<str> = "x".repeat(spec.body_bytes).into();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let tag: Arc<str> = format!("t{:x}", nanos as u64 ^ u64::from(std::process::id())).into();
     let mut members = Vec::new();
     for p in part.units(scn.unit_count(Kind::Chat)) {
         let users = scn.unit_users(Kind::Chat, p);
@@ -116,6 +134,7 @@ pub async fn run(ctx: Arc<Ctx>, scn: &Scenario, part: Partition, live: Arc<Live>
                 live: live.clone(),
                 peer,
                 expected_jid: me,
+                tag: tag.clone(),
                 padding: padding.clone(),
                 ack_every: ctx.settings.ack_every,
                 flows: HashMap::new(),
@@ -148,4 +167,20 @@ pub async fn run(ctx: Arc<Ctx>, scn: &Scenario, part: Partition, live: Arc<Live>
     c.set("lost", c.get("sent").saturating_sub(c.get("delivered")));
     fleet.shutdown(Duration::from_secs(10)).await;
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn only_messages_tagged_by_this_run_count() {
+        let body = format!("{} t1a2b xxxx", super::super::marker(3, 9, Duration::from_micros(1500)));
+        assert_eq!(this_run(&body, "t1a2b"), Some((3, 9, Duration::from_micros(1500))));
+        assert_eq!(this_run(&body, "t99"), None, "an earlier run's message");
+        assert_eq!(this_run("rl 3 9 1500 xxxx", "t1a2b"), None, "untagged");
+        assert_eq!(this_run("rl 3 9 1500", "t1a2b"), None, "marker only");
+        assert_eq!(this_run("hello", "t1a2b"), None);
+    }
 }
