@@ -88,7 +88,7 @@ prepare() {
             -keyout "$out/tls/key.pem" -out "$out/tls/cert.pem" -subj "/CN=localhost" \
             -addext "subjectAltName=DNS:localhost" 2>/dev/null
     fi
-    machine >"$out/machine.txt"
+    [ -f "$out/machine.txt" ] || machine >"$out/machine.txt"
 }
 
 machine() {

@@ -28,6 +28,10 @@
 //! already exists replaces it; its old index row is deleted in the same batch when the
 //! other party changed, so the index never points at the wrong conversation. The old row
 //! is read under the owner's lock, which retention and `delete_all` take as well.
+//! `append_new` (the router's path: ids it has just minted) skips that read and lock: on
+//! an LSM tree a point read of a key that does not exist still walks the bloom filters of
+//! every level, and under a sustained archive load it was the one disk read left on the
+//! write path (docs/benchmarks.md, "Profiles").
 //!
 //! # Body encoding
 //!
@@ -346,6 +350,18 @@ impl Inner {
         Inner::commit(batch)
     }
 
+    /// Rows with fresh ids: no old row can exist, so nothing is read and no owner lock is
+    /// taken (retention only deletes rows it reads, and a fresh row is in none of its
+    /// snapshots' ranges that matter: deleting it with its own index row is still exact).
+    fn append_new_rows(&self, rows: Vec<Prepared>) -> Result<()> {
+        let mut batch = self.batch();
+        for r in rows {
+            batch.insert(&self.archive, r.body_key, r.body);
+            batch.insert(&self.archive_with, r.index_key, r.resource);
+        }
+        Inner::commit(batch)
+    }
+
     /// Removes the owner's rows with ids below `before` (all rows when None), body and
     /// index together; returns how many messages were removed.
     fn remove_rows(&self, prefix: &[u8], before: Option<ArchiveId>) -> Result<u64> {
@@ -407,6 +423,14 @@ impl ArchiveStore for EmbeddedStore {
         }
         let prepared = rows.iter().map(prepare).collect::<Result<Vec<_>>>()?;
         self.write(move |db| db.append_rows(prepared)).await
+    }
+
+    async fn append_new(&self, rows: &[ArchiveRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let prepared = rows.iter().map(prepare).collect::<Result<Vec<_>>>()?;
+        self.write(move |db| db.append_new_rows(prepared)).await
     }
 
     async fn query(&self, owner: &BareJid, q: &ArchiveQuery) -> Result<ArchivePage> {

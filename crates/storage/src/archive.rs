@@ -194,6 +194,14 @@ pub trait ArchiveStore: Send + Sync {
     /// Appends rows (each to its owner's archive). When this returns Ok every row is
     /// durable. Appending an id that already exists in that owner's archive replaces it.
     async fn append(&self, rows: &[ArchiveRow]) -> Result<()>;
+    /// [`append`](Self::append) for rows whose ids were just minted by an [`ArchiveIdGen`]
+    /// and never appended before (the router's write path): a backend may skip the
+    /// replacement bookkeeping, which costs a read per row on a log-structured store.
+    /// Appending an id that exists through this call is a caller bug; the backend may then
+    /// leave a stale `with` index row behind.
+    async fn append_new(&self, rows: &[ArchiveRow]) -> Result<()> {
+        self.append(rows).await
+    }
     /// One page of the owner's archive, see [`ArchiveQuery`].
     async fn query(&self, owner: &BareJid, q: &ArchiveQuery) -> Result<ArchivePage>;
     /// First and last entry ids of the archive (XEP-0313 §6.1 metadata), None when empty.

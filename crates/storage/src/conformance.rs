@@ -19,9 +19,9 @@
 mod archive;
 
 pub use archive::{
-    check_archive_bounds, check_archive_concurrent, check_archive_count, check_archive_isolation,
-    check_archive_ordering, check_archive_prefs, check_archive_replace, check_archive_retention, check_archive_scale,
-    check_archive_unicode, check_archive_with_and_ids,
+    check_archive_append_new, check_archive_bounds, check_archive_concurrent, check_archive_count,
+    check_archive_isolation, check_archive_ordering, check_archive_prefs, check_archive_replace,
+    check_archive_retention, check_archive_scale, check_archive_unicode, check_archive_with_and_ids,
 };
 
 use crate::{
@@ -59,6 +59,7 @@ macro_rules! conformance_tests {
             (delete_user, check_delete_user),
             (archive_ordering, check_archive_ordering),
             (archive_replace, check_archive_replace),
+            (archive_append_new, check_archive_append_new),
             (archive_bounds, check_archive_bounds),
             (archive_with_and_ids, check_archive_with_and_ids),
             (archive_isolation, check_archive_isolation),
@@ -107,6 +108,7 @@ pub async fn run_all(stores: &Stores) {
     check_concurrent_roster(stores).await;
     check_archive_ordering(stores).await;
     check_archive_replace(stores).await;
+    check_archive_append_new(stores).await;
     check_archive_bounds(stores).await;
     check_archive_with_and_ids(stores).await;
     check_archive_isolation(stores).await;

@@ -362,6 +362,12 @@ pub struct Framer {
     inherited: Arc<[(String, String)]>,
     pending_close: bool,
     failed: Option<XmlError>,
+    /// Adaptive read size, between [`MIN_READ`] and [`READ_CHUNK`]: see [`Framer::read_buf`].
+    chunk: usize,
+    /// Bytes handed out or dropped from the front of `buf`, ever (wrapping).
+    consumed: usize,
+    /// `(buf.len(), consumed, spare capacity)` when `read_buf` was last called.
+    offer: Option<(usize, usize, usize)>,
 }
 
 impl Default for Framer {
@@ -370,14 +376,16 @@ impl Default for Framer {
     }
 }
 
-/// Spare capacity guaranteed by [`Framer::read_buf`], so a read fills a useful chunk.
+/// Largest spare capacity [`Framer::read_buf`] offers, so a busy stream reads in useful chunks.
 const READ_CHUNK: usize = 8192;
+/// Smallest: what an idle connection keeps allocated for its next read.
+const MIN_READ: usize = 512;
 
 impl Framer {
     pub fn new(limits: Limits) -> Self {
         Framer {
             limits,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf: BytesMut::new(),
             pos: 0,
             state: State::Prolog,
             token_limit: usize::MAX,
@@ -403,15 +411,39 @@ impl Framer {
             inherited: Arc::from(Vec::new()),
             pending_close: false,
             failed: None,
+            chunk: 2048,
+            consumed: 0,
+            offer: None,
         }
     }
 
     /// The buffer to read into. Only append to it (e.g. `stream.read_buf(framer.read_buf())`);
     /// it always has some spare capacity.
+    ///
+    /// The spare capacity adapts to the stream: a read that filled what was offered doubles
+    /// the next offer (up to 8 KiB); one that used less than a quarter halves it (down to
+    /// 512 bytes); a call with nothing read since the last one (a read future dropped by a
+    /// `select!`) changes nothing. An emptied buffer much larger than the offer is let go, so an idle
+    /// connection, whose last reads were a presence or a ping, holds about 512 bytes here
+    /// instead of a full chunk (docs/benchmarks.md, memory per connection).
     pub fn read_buf(&mut self) -> &mut BytesMut {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
-            self.buf.reserve(READ_CHUNK);
+        if let Some((len, consumed, offered)) = self.offer.take() {
+            let read = (self.buf.len() + self.consumed.wrapping_sub(consumed)).saturating_sub(len);
+            // Nothing read (the read was dropped or is pending) says nothing about sizes.
+            if read == 0 {
+            } else if read >= offered {
+                self.chunk = (self.chunk * 2).min(READ_CHUNK);
+            } else if read < self.chunk / 4 {
+                self.chunk = (self.chunk / 2).max(MIN_READ);
+            }
         }
+        if self.buf.is_empty() && self.buf.capacity() > 2 * self.chunk {
+            self.buf = BytesMut::new();
+        }
+        if self.buf.capacity() - self.buf.len() < self.chunk / 2 {
+            self.buf.reserve(self.chunk);
+        }
+        self.offer = Some((self.buf.len(), self.consumed, self.buf.capacity() - self.buf.len()));
         &mut self.buf
     }
 
@@ -528,6 +560,7 @@ impl Framer {
 
     /// Drops the scanned bytes (whitespace or a finished prolog token).
     fn drop_scanned(&mut self) {
+        self.consumed = self.consumed.wrapping_add(self.pos);
         self.buf.advance(self.pos);
         self.pos = 0;
         self.token_limit = usize::MAX;
@@ -1042,6 +1075,7 @@ impl Framer {
             return Err(XmlError::TooLarge);
         }
         let top = self.top.take().ok_or(XmlError::NotWellFormed("element without a start tag"))?;
+        self.consumed = self.consumed.wrapping_add(self.pos);
         let raw = self.buf.split_to(self.pos).freeze();
         self.pos = 0;
         self.token_limit = usize::MAX;

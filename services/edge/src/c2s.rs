@@ -123,8 +123,11 @@ pub async fn handle(
         pending_bind_result: None,
     };
     let mut shutdown = shutdown;
+    // Boxed: the TLS handshake and SASL states are large and only live until the session is
+    // bound; inline they would size this task's future for its whole life (docs/benchmarks.md,
+    // memory per connection).
     let negotiated = tokio::select! {
-        r = tokio::time::timeout(edge.cfg.negotiation_timeout, conn.negotiate(sock, kind)) => r,
+        r = tokio::time::timeout(edge.cfg.negotiation_timeout, Box::pin(conn.negotiate(sock, kind))) => r,
         _ = shutdown.changed() => Ok(Err(End::Stream(StreamError::new(StreamCondition::SystemShutdown)))),
     };
     let bound = match negotiated {
@@ -869,7 +872,6 @@ async fn writer(
     _done: oneshot::Sender<()>,
 ) -> Vec<Bytes> {
     let mut batch: Vec<Bytes> = Vec::new();
-    let mut buf = BytesMut::with_capacity(8192);
     let mut undelivered = Vec::new();
     loop {
         let first = tokio::select! {
@@ -898,21 +900,31 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        for b in &batch {
-            buf.extend_from_slice(b);
-        }
         let ends = closing.is_some();
-        if let Some(err) = closing {
-            buf.extend_from_slice(&err);
-            buf.extend_from_slice(CLOSE_TAG);
-        }
+        // One stanza goes out as it is; several are joined so TLS seals them in one record.
+        // Nothing is kept between batches: an idle connection holds no write buffer.
+        let out = match (&batch[..], closing) {
+            ([one], None) => one.clone(),
+            (_, closing) => {
+                let extra = closing.as_ref().map_or(0, |e| e.len() + CLOSE_TAG.len());
+                let mut buf = BytesMut::with_capacity(size + extra);
+                for b in &batch {
+                    buf.extend_from_slice(b);
+                }
+                if let Some(err) = closing {
+                    buf.extend_from_slice(&err);
+                    buf.extend_from_slice(CLOSE_TAG);
+                }
+                buf.freeze()
+            }
+        };
         let ok = tokio::time::timeout(WRITE_TIMEOUT, async {
-            wr.write_all(&buf).await?;
+            wr.write_all(&out).await?;
             wr.flush().await
         })
         .await
         .is_ok_and(|r| r.is_ok());
-        buf.clear();
+        drop(out);
         if !ok {
             // Part of it may have reached the client; handing it back risks a duplicate,
             // never a loss.

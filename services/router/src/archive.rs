@@ -551,7 +551,7 @@ impl LocalRouter {
             return;
         }
         let rows = std::mem::take(&mut out.pending);
-        let error = match tokio::time::timeout(ARCHIVE_TIMEOUT, self.stores.archive.append(&rows)).await {
+        let error = match tokio::time::timeout(ARCHIVE_TIMEOUT, self.stores.archive.append_new(&rows)).await {
             Ok(Ok(())) => return,
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timed out".to_owned(),

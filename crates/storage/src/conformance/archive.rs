@@ -241,6 +241,56 @@ pub async fn check_archive_replace(stores: &Stores) {
 
 /// Bounds are exclusive at both ends; empty and inverted ranges and bounds outside the
 /// archive return empty pages, never errors.
+/// `append_new` (fresh ids, several owners and conversations per call, calls interleaved
+/// with `append`) reads back exactly like `append`: order, `with` index, counts, paging.
+pub async fn check_archive_append_new(stores: &Stores) {
+    let a = &stores.archive;
+    let (alice, bob) = (jid("alice@a-archnew.example"), jid("bob@a-archnew.example"));
+    let parties = [("bob@a-archnew.example", "phone"), ("carol@c-archnew.example", ""), ("bob@a-archnew.example", "")];
+    let ids = minted(5, 90);
+    let mut model_alice = Vec::new();
+    let mut model_bob = Vec::new();
+    for (call, chunk) in ids.chunks(6).enumerate() {
+        let mut batch = Vec::new();
+        for (i, id) in chunk.iter().enumerate() {
+            let (w, r) = parties[(call + i) % parties.len()];
+            let e = entry(*id, w, r, i % 2 == 0, format!("<message n='{call}-{i}'/>"));
+            batch.push(row(&alice, &e));
+            model_alice.push(e.clone());
+            if w.starts_with("bob@") {
+                let mirrored = entry(*id, alice.as_str(), "desk", i % 2 != 0, e.stanza.clone());
+                batch.push(row(&bob, &mirrored));
+                model_bob.push(mirrored);
+            }
+        }
+        if call % 3 == 2 {
+            a.append(&batch).await.unwrap();
+        } else {
+            a.append_new(&batch).await.unwrap();
+        }
+    }
+    for (owner, model) in [(&alice, &model_alice), (&bob, &model_bob)] {
+        let all = a.query(owner, &everything()).await.unwrap();
+        assert_eq!(all.items, *model, "every row of {owner}, in id order");
+        assert_eq!(all.count, Some(model.len() as u64));
+        for w in [
+            with("bob@a-archnew.example", None),
+            with("bob@a-archnew.example", Some("phone")),
+            with("carol@c-archnew.example", None),
+            with(alice.as_str(), None),
+        ] {
+            assert_like_model(stores, owner, model, &ArchiveQuery { with: w.clone(), ..everything() }).await;
+            assert_like_model(stores, owner, model, &ArchiveQuery { with: w, from_end: true, ..page(7) }).await;
+        }
+    }
+    let (fwd, _) =
+        page_through(stores, &alice, &ArchiveQuery { with: with("carol@c-archnew.example", None), ..page(4) }, false)
+            .await;
+    let carol: Vec<ArchiveId> = model_alice.iter().filter(|e| e.with.starts_with("carol@")).map(|e| e.id).collect();
+    assert!(carol.len() >= 20);
+    assert_eq!(fwd, carol, "paging a conversation written by append_new");
+}
+
 pub async fn check_archive_bounds(stores: &Stores) {
     let a = &stores.archive;
     let alice = jid("alice@a-archbounds.example");

@@ -645,3 +645,61 @@ fn mutated_stanzas_never_panic() {
     }
     assert!(ok > 0);
 }
+
+/// Reads like a socket would: at most the spare capacity `read_buf` offers. Returns the
+/// bytes read and the offer.
+fn socket_read_offer(f: &mut Framer, input: &[u8]) -> (usize, usize) {
+    let buf = f.read_buf();
+    let offer = buf.capacity() - buf.len();
+    let n = offer.min(input.len());
+    buf.extend_from_slice(&input[..n]);
+    (n, offer)
+}
+
+fn socket_read(f: &mut Framer, input: &[u8]) -> usize {
+    socket_read_offer(f, input).0
+}
+
+#[test]
+fn an_idle_stream_keeps_a_small_read_buffer() {
+    let mut f = framer();
+    let input = stream("").into_bytes();
+    assert_eq!(socket_read(&mut f, &input), input.len());
+    while f.next_frame().unwrap().is_some() {}
+    // A login's worth of small stanzas, one per read.
+    for i in 0..8 {
+        let s = format!("<iq type='get' id='q{i}'><ping xmlns='urn:xmpp:ping'/></iq>");
+        assert_eq!(socket_read(&mut f, s.as_bytes()), s.len());
+        assert!(matches!(f.next_frame().unwrap(), Some(Frame::Element(_))));
+        assert_eq!(f.next_frame().unwrap(), None);
+    }
+    // Waiting for the next read: this is what an idle connection holds.
+    let cap = f.read_buf().capacity();
+    assert!(cap <= 2 * MIN_READ, "idle read buffer is {cap} bytes");
+    assert!(cap >= MIN_READ / 2, "a read still has room: {cap}");
+}
+
+#[test]
+fn a_busy_stream_reads_in_large_chunks_and_frames_the_same() {
+    let mut body = String::new();
+    for i in 0..2000 {
+        body.push_str(&format!("<message to='b@x' id='m{i}'><body>{}</body></message>", "y".repeat(i % 300)));
+    }
+    let input = stream(&body).into_bytes();
+    let mut f = framer();
+    let mut at = 0;
+    let mut got = Vec::new();
+    let mut largest_offer = 0;
+    while at < input.len() {
+        // A dropped read (select! picking another branch) in between changes nothing.
+        let _ = f.read_buf();
+        let (n, offer) = socket_read_offer(&mut f, &input[at..]);
+        largest_offer = largest_offer.max(offer);
+        at += n;
+        while let Some(frame) = f.next_frame().unwrap() {
+            got.push(frame);
+        }
+    }
+    assert!(largest_offer >= READ_CHUNK / 2, "full reads grow the offer: {largest_offer}");
+    assert_eq!(got, frames(&input).unwrap(), "adaptive reads frame like one big read");
+}
