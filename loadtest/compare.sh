@@ -28,7 +28,9 @@
 # Environment: SERVERS ("rookery prosody ejabberd"), MODES ("nomam mam"), SCENARIOS
 # ("idle chat saturation half login"), PIN (1), CHAT_RATE (500), RATES (chat saturation
 # steps, "1000 2000 5000 10000 20000 40000 60000 80000"), LOGIN_RATES ("100 200 500 1000
-# 1500 2000 3000"), SAT_STEADY (20, seconds), IDLE_MAX (50000).
+# 1500 2000 3000"), SAT_STEADY (20, seconds), IDLE_MAX (50000); for `cluster`: CLUSTER_RATES
+# ("1000 2500 5000") and CLUSTER_MAM (false: archiving off in both setups, so the table shows
+# what the cluster hops cost; true: on, with the cluster's shared SQLite store).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -48,6 +50,7 @@ RATES=${RATES:-1000 2000 5000 10000 20000 40000 60000 80000}
 LOGIN_RATES=${LOGIN_RATES:-100 200 500 1000 1500 2000 3000}
 SAT_STEADY=${SAT_STEADY:-20}
 IDLE_MAX=${IDLE_MAX:-50000}
+CLUSTER_MAM=${CLUSTER_MAM:-false}
 SCN=loadtest/scenarios/compare
 LOAD=$root/target/release/rookery-load
 ROOKERY=$root/target/release/rookery
@@ -330,11 +333,13 @@ redis_requests() { # sum of the routers' redis_requests
 # router (gRPC) -> edge, with the session lookup on the router. CPU of every cluster process
 # (routers, edges, redis) is read from /proc before and after each rate.
 cluster_bench() {
-    local rates=${CLUSTER_RATES:-1000 5000}
+    local rates=${CLUSTER_RATES:-1000 2500 5000} mode=nomam
+    [ "$CLUSTER_MAM" = true ] && mode=mam
     mkdir -p "$out/cluster"
-    # Single binary first (archiving on, the default), same accounts, same scenario.
+    echo "$CLUSTER_MAM" >"$out/cluster-mam"
+    # Single binary first, same accounts, same scenario, same archiving setting.
     SERVER_NAME=rookery
-    start_server rookery mam
+    start_server rookery "$mode"
     provision rookery
     for r in $rates; do
         log "single: chat $r msg/s"
@@ -345,7 +350,7 @@ cluster_bench() {
 
     log "starting the loopback cluster (release build)"
     ROOKERY_LIMITS_MAX_CONNECTIONS_PER_IP=100000 ROOKERY_LOG_LEVEL=warn ROOKERY_BIN=$ROOKERY \
-        LOCAL_CLUSTER_DIR=$out/cluster LOCAL_CLUSTER_BASE_PORT=27000 \
+        ROOKERY_MAM_ENABLED=$CLUSTER_MAM LOCAL_CLUSTER_DIR=$out/cluster LOCAL_CLUSTER_BASE_PORT=27000 \
         "${SRV[@]}" deploy/local-cluster.sh up >"$out/cluster/up.txt"
     if [ ! -f "$out/cluster/provisioned" ]; then
         "$LOAD" provision "$SCN/chat.toml" --method admin --admin-url http://127.0.0.1:27081 \
@@ -750,6 +755,11 @@ def procs(path):
     return res
 
 def cluster_table(out):
+    try:
+        with open(os.path.join(out, "cluster-mam")) as f:
+            arch = "archiving on" if f.read().strip() == "true" else "archiving off"
+    except OSError:
+        arch = "archiving on"
     lines = ["| setup | offered msgs/s | delivered msgs/s (steady) | p50 ms | p99 ms | lost | server CPU-s per 100k (steady) | Redis requests | Redis requests per delivered msg |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     res = {}
@@ -758,7 +768,7 @@ def cluster_table(out):
         d, cpu = steady(rep, 2)
         res[f"single-{rate}"] = {"delivered_per_s": d, "p50_ms": lat["p50_us"] / 1000, "p99_ms": lat["p99_us"] / 1000,
                                  "lost": n.get("lost", 0), "delivered": n.get("delivered", 0), "cpu_s_per_100k": cpu}
-        lines.append(f'| single binary (`rookery serve`) | {rate:,} | {round(d):,} | {lat["p50_us"]/1000:.2f} | {lat["p99_us"]/1000:.2f} | '
+        lines.append(f'| single binary (`rookery serve`), {arch} | {rate:,} | {round(d):,} | {lat["p50_us"]/1000:.2f} | {lat["p99_us"]/1000:.2f} | '
                      f'{n.get("lost", 0):,} | {fmt(cpu, 2)} | – | – |')
     for rate, rep in runs(out, "cluster", "chat").items():
         n, lat = chat(rep)
@@ -822,7 +832,7 @@ def cluster_table(out):
         ok = win_done and win_reqs is not None
         wcpu = win_cpu / win_done * 1e5 if ok else None
         wreq = win_reqs / win_done if ok else None
-        lines.append(f'| loopback cluster (2 routers, 2 edges, Redis) | {rate:,} | {round(d):,} | {lat["p50_us"]/1000:.2f} | '
+        lines.append(f'| loopback cluster (2 routers, 2 edges, Redis), {arch} | {rate:,} | {round(d):,} | {lat["p50_us"]/1000:.2f} | '
                      f'{lat["p99_us"]/1000:.2f} | {n.get("lost", 0):,} | {fmt(wcpu, 2)} (all 5 processes) | '
                      f'{fmt(win_reqs, 0)} in the window; {reqs:,} in the whole run | '
                      f'{fmt(wreq, 4)} in the window; {reqs / delivered if delivered else 0:.3f} whole run (logins included) |')
