@@ -11,7 +11,7 @@ use rookery_cluster::{
     ClusterEvents, ClusterLink, RemoteRouter, RemoteRouterConfig, RouterEndpoint, RouterServer, RouterServerConfig,
     StaticMembership,
 };
-use rookery_core::hub::ConnQueues;
+use rookery_core::hub::{ConnQueues, control_lane};
 use rookery_core::{
     BindError, EdgeLink, IqRequest, IqResult, IqType, LocalHub, Location, MemoryRegistry, Outbound, Router,
     SessionEntry, SessionRegistry,
@@ -293,7 +293,7 @@ impl EdgeProc {
     /// A client connection registered in the hub, as c2s does.
     fn connect(&self, conn: u64, queue: usize) -> Client {
         let (data, data_rx) = mpsc::channel(queue);
-        let (control, control_rx) = mpsc::unbounded_channel();
+        let (control, control_rx) = control_lane();
         self.hub.register(conn, ConnQueues { data, control });
         Client { data: data_rx, control: control_rx }
     }
@@ -301,7 +301,7 @@ impl EdgeProc {
 
 struct Client {
     data: mpsc::Receiver<Outbound>,
-    control: mpsc::UnboundedReceiver<Outbound>,
+    control: tokio::sync::oneshot::Receiver<Outbound>,
 }
 
 impl Client {
@@ -312,7 +312,7 @@ impl Client {
         }
     }
     async fn next_control(&mut self) -> Outbound {
-        tokio::time::timeout(Duration::from_secs(5), self.control.recv()).await.unwrap().unwrap()
+        tokio::time::timeout(Duration::from_secs(5), &mut self.control).await.unwrap().unwrap()
     }
 }
 

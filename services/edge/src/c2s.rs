@@ -8,7 +8,7 @@
 use crate::transport::Transport;
 use crate::{Edge, ListenKind};
 use bytes::{Bytes, BytesMut};
-use rookery_core::hub::ConnQueues;
+use rookery_core::hub::{ConnQueues, control_lane};
 use rookery_core::{IqRequest, IqType, Location, Outbound};
 use rookery_jid::{BareJid, FullJid, Jid};
 use rookery_sasl::{ChannelBindings, Mechanism, SaslError, ScramServer};
@@ -111,7 +111,10 @@ pub async fn handle(
     };
     let limits =
         Limits { max_stanza_bytes: edge.cfg.max_stanza_bytes, max_depth: edge.cfg.max_depth, ..Limits::default() };
-    let mut conn = Conn {
+    // Boxed, like the negotiation below: a future stores an owned `self` in its own state
+    // (twice, as the upvar and the local), so passing the ~1 KiB connection by value put it
+    // into this task's future several times over.
+    let mut conn = Box::new(Conn {
         domain: edge.cfg.domains.first().cloned().unwrap_or_default(),
         edge: edge.clone(),
         transport: None,
@@ -121,7 +124,7 @@ pub async fn handle(
         auth_failures: 0,
         user: None,
         pending_bind_result: None,
-    };
+    });
     let mut shutdown = shutdown;
     // Boxed: the TLS handshake and SASL states are large and only live until the session is
     // bound; inline they would size this task's future for its whole life (docs/benchmarks.md,
@@ -727,12 +730,12 @@ impl RateLimit {
 impl Conn {
     /// The bound session: a writer task drains the outbound queues; this task reads,
     /// checks and routes.
-    async fn session(mut self, jid: FullJid, mut shutdown: watch::Receiver<bool>) {
+    async fn session(mut self: Box<Self>, jid: FullJid, mut shutdown: watch::Receiver<bool>) {
         let edge = self.edge.clone();
         let conn_id = edge.next_conn_id();
         let loc = Location { edge: edge.edge_id, conn: conn_id };
         let (data_tx, data_rx) = mpsc::channel(edge.cfg.outbound_queue.max(16));
-        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let (ctl_tx, ctl_rx) = control_lane();
         edge.hub.register(conn_id, ConnQueues { data: data_tx.clone(), control: ctl_tx.clone() });
         if edge.router.bind(&jid, loc).await.is_err() {
             edge.hub.unregister(conn_id);
@@ -868,15 +871,21 @@ fn check_stanza(jid: &FullJid, el: RawElement) -> Result<Envelope, Checked> {
 async fn writer(
     mut wr: tokio::io::WriteHalf<Transport>,
     mut data: mpsc::Receiver<Outbound>,
-    mut ctl: mpsc::UnboundedReceiver<Outbound>,
+    mut ctl: oneshot::Receiver<Outbound>,
     _done: oneshot::Sender<()>,
 ) -> Vec<Bytes> {
     let mut batch: Vec<Bytes> = Vec::new();
     let mut undelivered = Vec::new();
+    let mut ctl_done = false;
     loop {
+        // A oneshot must not be polled after it fired: `ctl_done` (every control message
+        // the edge sends ends the loop anyway).
         let first = tokio::select! {
             biased;
-            c = ctl.recv() => c,
+            c = &mut ctl, if !ctl_done => {
+                ctl_done = true;
+                c.ok()
+            }
             d = data.recv() => d,
         };
         let Some(first) = first else { break };
