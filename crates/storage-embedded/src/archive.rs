@@ -351,8 +351,9 @@ impl Inner {
     }
 
     /// Rows with fresh ids: no old row can exist, so nothing is read and no owner lock is
-    /// taken (retention only deletes rows it reads, and a fresh row is in none of its
-    /// snapshots' ranges that matter: deleting it with its own index row is still exact).
+    /// taken. Retention and `delete_all` need no lock against this: they delete only rows
+    /// they have read, each with the index row its body names, and a body and its index row
+    /// are committed together here.
     fn append_new_rows(&self, rows: Vec<Prepared>) -> Result<()> {
         let mut batch = self.batch();
         for r in rows {

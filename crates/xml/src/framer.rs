@@ -430,10 +430,9 @@ impl Framer {
         if let Some((len, consumed, offered)) = self.offer.take() {
             let read = (self.buf.len() + self.consumed.wrapping_sub(consumed)).saturating_sub(len);
             // Nothing read (the read was dropped or is pending) says nothing about sizes.
-            if read == 0 {
-            } else if read >= offered {
+            if read > 0 && read >= offered {
                 self.chunk = (self.chunk * 2).min(READ_CHUNK);
-            } else if read < self.chunk / 4 {
+            } else if read > 0 && read < self.chunk / 4 {
                 self.chunk = (self.chunk / 2).max(MIN_READ);
             }
         }
