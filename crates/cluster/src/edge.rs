@@ -392,6 +392,11 @@ impl Shared {
                     let _ = tx.send(());
                 }
             }
+            RouterMsg::SetSessionExt { conn, key, value } => {
+                if let Some(slot) = self.slot(conn) {
+                    slot.info.lock().unwrap_or_else(PoisonError::into_inner).ext.set_raw(&key, value);
+                }
+            }
             RouterMsg::Drain => return true,
             RouterMsg::ResyncRequest => {} // handled by the caller, which can spawn
         }

@@ -177,6 +177,17 @@ impl EdgeLink for ClusterLink {
     fn free_capacity(&self, loc: Location) -> usize {
         self.sender(loc.edge).map(|tx| tx.capacity()).unwrap_or(0)
     }
+
+    /// Sent on the edge's ordered queue, so the edge has the slot before it writes the
+    /// reply to the request that changed it.
+    fn session_ext(&self, loc: Location, key: &str, value: Option<bytes::Bytes>) {
+        let Some(tx) = self.sender(loc.edge) else { return };
+        let frame = RouterMsg::SetSessionExt { conn: loc.conn, key: key.to_owned(), value };
+        if tx.try_send(frame.into()).is_err() {
+            // Only a re-registration after a registry reset would miss it.
+            tracing::warn!(event = "session_ext_not_sent", edge = loc.edge, conn = loc.conn, key);
+        }
+    }
 }
 
 struct Inner {

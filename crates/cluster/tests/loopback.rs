@@ -86,17 +86,7 @@ struct Fake {
 }
 
 fn entry(jid: &FullJid, loc: Location) -> SessionEntry {
-    SessionEntry {
-        jid: jid.clone(),
-        loc,
-        priority: 0,
-        available: false,
-        presence: None,
-        interested: false,
-        blocklist: false,
-        directed: Vec::new(),
-        carbons: false,
-    }
+    SessionEntry::new(jid.clone(), loc)
 }
 
 #[async_trait]
@@ -123,6 +113,11 @@ impl Router for Fake {
             &self.name,
             Call::Route { loc: from, from: env.from.to_string(), id: env.id().unwrap_or_default().to_owned() },
         );
+        // A module setting a session extension slot, as carbons' <enable/> does.
+        if let Some(key) = env.id().and_then(|id| id.strip_prefix("ext:")) {
+            self.link.session_ext(from, key, Some(Bytes::from_static(b"on")));
+            return;
+        }
         if env.kind != Kind::Message {
             return;
         }
@@ -754,11 +749,22 @@ async fn resync_resends_live_sessions_with_their_presence_state() {
     edge.remote.bind(&full("gone@example.com/r"), loc(8)).await.unwrap();
     edge.remote.unbind(&full("gone@example.com/r"), loc(8)).await;
     edge.remote.route(loc(5), stanza(me, "<presence><priority>5</priority><show>dnd</show></presence>".into())).await;
-    edge.remote.route(loc(5), stanza(me, "<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>".into())).await;
+    // The router sets two extension slots (as the roster and carbons code do); the edge
+    // learns them from the router, not from the IQs.
     edge.remote
-        .route(loc(5), stanza(me, "<iq type='set' id='c1'><enable xmlns='urn:xmpp:carbons:2'/></iq>".into()))
+        .route(loc(5), stanza(me, "<iq type='get' id='ext:roster'><query xmlns='jabber:iq:roster'/></iq>".into()))
+        .await;
+    edge.remote
+        .route(loc(5), stanza(me, "<iq type='set' id='ext:carbons'><enable xmlns='urn:xmpp:carbons:2'/></iq>".into()))
+        .await;
+    edge.remote
+        .route(loc(5), stanza(me, "<iq type='set' id='x1'><enable xmlns='urn:xmpp:carbons:2'/></iq>".into()))
         .await;
     edge.remote.route(loc(5), stanza(me, "<presence to='room@muc.example.com/j'/>".into())).await;
+    log.wait("the router handled the session's stanzas", |l| {
+        l.iter().filter(|(_, c)| matches!(c, Call::Route { loc: l, .. } if *l == loc(5))).count() == 5
+    })
+    .await;
 
     assert_eq!(r0.server.link().request_resync().await, 1);
     let reg = &r0.events_registry;
@@ -771,13 +777,19 @@ async fn resync_resends_live_sessions_with_their_presence_state() {
     assert_eq!(reg.count().await, 2, "the two live sessions, not the ended one");
     let j = reg.get(&full(me)).await.unwrap();
     assert_eq!(j.loc, loc(5));
-    assert!(j.available && j.interested && j.carbons && !j.blocklist);
+    assert!(j.available);
+    let slots: Vec<_> = j.ext.iter().map(|(k, v)| (k.to_owned(), v.clone())).collect();
+    assert_eq!(
+        slots,
+        [("carbons".to_owned(), Bytes::from_static(b"on")), ("roster".to_owned(), Bytes::from_static(b"on"))],
+        "the slots the router set, and nothing sniffed from the IQ without one"
+    );
     assert_eq!(j.priority, 5);
     assert_eq!(j.directed, [Jid::parse("room@muc.example.com/j").unwrap()]);
     let p = String::from_utf8(j.presence.unwrap().to_vec()).unwrap();
     assert!(p.starts_with("<presence from=\"juliet@example.com/balcony\">") && p.contains("<show>dnd</show>"), "{p}");
     let r = reg.get(&full("romeo@example.com/r")).await.unwrap();
-    assert!(!r.available && r.presence.is_none() && !r.interested);
+    assert!(!r.available && r.presence.is_none() && r.ext.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,6 +53,8 @@ pub struct Config {
     pub storage: Storage,
     /// Message archive (XEP-0313).
     pub mam: Mam,
+    /// Contact addresses of the service (XEP-0157).
+    pub contact: Contact,
     /// Cluster mode (`rookery edge` / `rookery router`); unused by `rookery serve`.
     pub cluster: Cluster,
     /// Logging.
@@ -72,6 +74,7 @@ impl Default for Config {
             limits: Limits::default(),
             storage: Storage::default(),
             mam: Mam::default(),
+            contact: Contact::default(),
             cluster: Cluster::default(),
             log: Log::default(),
             admin: Admin::default(),
@@ -211,6 +214,91 @@ impl Default for Cluster {
             heartbeat_ms: 1000,
             dead_after_ms: 5000,
         }
+    }
+}
+
+/// Contact addresses advertised in the server's disco#info (XEP-0157 §3): URIs such as
+/// `mailto:`, `xmpp:` or `https:` per role. Empty lists are not advertised.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContactAddresses {
+    pub abuse: Vec<String>,
+    pub admin: Vec<String>,
+    pub feedback: Vec<String>,
+    pub sales: Vec<String>,
+    pub security: Vec<String>,
+    pub status: Vec<String>,
+    pub support: Vec<String>,
+}
+
+impl ContactAddresses {
+    /// The roles in XEP-0157 §7.1 order, with their lists.
+    pub fn roles(&self) -> [(&'static str, &[String]); 7] {
+        [
+            ("abuse", &self.abuse),
+            ("admin", &self.admin),
+            ("feedback", &self.feedback),
+            ("sales", &self.sales),
+            ("security", &self.security),
+            ("status", &self.status),
+            ("support", &self.support),
+        ]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.roles().iter().all(|(_, l)| l.is_empty())
+    }
+
+    /// Sets one role's list; false when `role` is not a XEP-0157 role.
+    pub fn set(&mut self, role: &str, list: Vec<String>) -> bool {
+        let slot = match role {
+            "abuse" => &mut self.abuse,
+            "admin" => &mut self.admin,
+            "feedback" => &mut self.feedback,
+            "sales" => &mut self.sales,
+            "security" => &mut self.security,
+            "status" => &mut self.status,
+            "support" => &mut self.support,
+            _ => return false,
+        };
+        *slot = list;
+        true
+    }
+}
+
+/// XEP-0157 contact addresses: one set for every served domain, and whole sets per
+/// domain that replace it for that domain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Contact {
+    pub abuse: Vec<String>,
+    pub admin: Vec<String>,
+    pub feedback: Vec<String>,
+    pub sales: Vec<String>,
+    pub security: Vec<String>,
+    pub status: Vec<String>,
+    pub support: Vec<String>,
+    /// Per-domain sets (domain → roles); a listed domain gets only its own set.
+    pub domains: std::collections::BTreeMap<String, ContactAddresses>,
+}
+
+impl Contact {
+    /// The set advertised for every domain without its own.
+    pub fn default_set(&self) -> ContactAddresses {
+        ContactAddresses {
+            abuse: self.abuse.clone(),
+            admin: self.admin.clone(),
+            feedback: self.feedback.clone(),
+            sales: self.sales.clone(),
+            security: self.security.clone(),
+            status: self.status.clone(),
+            support: self.support.clone(),
+        }
+    }
+
+    /// What `domain` advertises.
+    pub fn for_domain(&self, domain: &str) -> ContactAddresses {
+        self.domains.get(domain).cloned().unwrap_or_else(|| self.default_set())
     }
 }
 

@@ -36,6 +36,8 @@ pub(crate) enum Kind {
     DomainDays,
     /// An array of strings (URLs).
     Strings,
+    /// A table of domain name → table of XEP-0157 role → array of URIs.
+    DomainContacts,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -103,6 +105,19 @@ pub(crate) const FIELDS: &[Field] = &[
         r#"{ "students.example.org" = 180 }"#,
     ),
     f("mam.retention_interval_secs", "ROOKERY_MAM_RETENTION_INTERVAL_SECS", U64, "3600"),
+    f("contact.abuse", "ROOKERY_CONTACT_ABUSE", Kind::Strings, r#"["mailto:abuse@example.org"]"#),
+    f("contact.admin", "ROOKERY_CONTACT_ADMIN", Kind::Strings, r#"["xmpp:admin@example.org"]"#),
+    f("contact.feedback", "ROOKERY_CONTACT_FEEDBACK", Kind::Strings, r#"["https://example.org/feedback"]"#),
+    f("contact.sales", "ROOKERY_CONTACT_SALES", Kind::Strings, r#"["mailto:sales@example.org"]"#),
+    f("contact.security", "ROOKERY_CONTACT_SECURITY", Kind::Strings, r#"["mailto:security@example.org"]"#),
+    f("contact.status", "ROOKERY_CONTACT_STATUS", Kind::Strings, r#"["https://status.example.org"]"#),
+    f("contact.support", "ROOKERY_CONTACT_SUPPORT", Kind::Strings, r#"["https://example.org/support"]"#),
+    f(
+        "contact.domains",
+        "ROOKERY_CONTACT_DOMAINS",
+        Kind::DomainContacts,
+        r#"{ "students.example.org" = { support = ["https://help.example.org"] } }"#,
+    ),
     f("cluster.node_id", "ROOKERY_NODE_ID", Kind::UInt { max: 1023 }, "1"),
     f("cluster.grpc", "ROOKERY_CLUSTER_GRPC", Kind::Listener, r#""0.0.0.0:7000""#),
     f(
@@ -221,6 +236,10 @@ impl Kind {
             Kind::HostPorts => "an array of \"host:port\" strings such as [\"10.0.0.1:9042\"]".to_owned(),
             Kind::DomainDays => "a table of domain = days, e.g. { \"example.org\" = 365 }".to_owned(),
             Kind::Strings => "an array of strings".to_owned(),
+            Kind::DomainContacts => format!(
+                "a table of domain = {{ role = [\"uri\", ...] }}, with roles among {}",
+                CONTACT_ROLES.join(", ")
+            ),
         }
     }
 
@@ -240,6 +259,9 @@ impl Kind {
             Kind::DomainDays => {
                 "comma-separated domain=days pairs, e.g. example.org=365,students.example.org=180".to_owned()
             }
+            Kind::DomainContacts => "semicolon-separated domain/role=uri|uri entries, \
+                e.g. students.example.org/support=https://help.example.org|xmpp:help@example.org"
+                .to_owned(),
         }
     }
 
@@ -257,6 +279,12 @@ impl Kind {
             (Kind::DomainDays, V::Table(t)) => {
                 t.values().all(|v| matches!(v, V::Integer(i) if u32::try_from(*i).is_ok()))
             }
+            (Kind::DomainContacts, V::Table(t)) => t.values().all(|roles| {
+                matches!(roles, V::Table(r) if r.iter().all(|(role, list)| {
+                    CONTACT_ROLES.contains(&role.as_str())
+                        && matches!(list, V::Array(items) if items.iter().all(|i| matches!(i, V::String(_))))
+                }))
+            }),
             _ => false,
         }
     }
@@ -363,6 +391,26 @@ fn list(s: &str) -> Vec<String> {
     s.split(',').map(str::trim).filter(|d| !d.is_empty()).map(str::to_owned).collect()
 }
 
+/// XEP-0157 §7.1 roles (`<role>-addresses`).
+const CONTACT_ROLES: &[&str] = &["abuse", "admin", "feedback", "sales", "security", "status", "support"];
+
+/// `domain/role=uri|uri;...` from the environment.
+fn domain_contacts(s: &str) -> Result<std::collections::BTreeMap<String, crate::ContactAddresses>, Malformed> {
+    let mut out: std::collections::BTreeMap<String, crate::ContactAddresses> = std::collections::BTreeMap::new();
+    for entry in s.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (target, uris) = entry.split_once('=').ok_or(Malformed)?;
+        let (domain, role) = target.trim().split_once('/').ok_or(Malformed)?;
+        if domain.is_empty() {
+            return Err(Malformed);
+        }
+        let list = uris.split('|').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+        if !out.entry(domain.to_owned()).or_default().set(role, list) {
+            return Err(Malformed);
+        }
+    }
+    Ok(out)
+}
+
 fn domain_days(s: &str) -> Result<std::collections::BTreeMap<String, u32>, Malformed> {
     let mut out = std::collections::BTreeMap::new();
     for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -411,6 +459,14 @@ fn set(cfg: &mut Config, key: &str, raw: &str) -> Result<(), Malformed> {
         "cluster.grpc" => cfg.cluster.grpc = listener::parse(raw).map_err(|_| Malformed)?,
         "cluster.routers" => cfg.cluster.routers = list(raw),
         "cluster.redis" => cfg.cluster.redis = list(raw),
+        "contact.abuse" => cfg.contact.abuse = list(raw),
+        "contact.admin" => cfg.contact.admin = list(raw),
+        "contact.feedback" => cfg.contact.feedback = list(raw),
+        "contact.sales" => cfg.contact.sales = list(raw),
+        "contact.security" => cfg.contact.security = list(raw),
+        "contact.status" => cfg.contact.status = list(raw),
+        "contact.support" => cfg.contact.support = list(raw),
+        "contact.domains" => cfg.contact.domains = domain_contacts(raw)?,
         "cluster.redis_cluster" => cfg.cluster.redis_cluster = boolean(raw)?,
         "cluster.heartbeat_ms" => cfg.cluster.heartbeat_ms = uint(raw)?,
         "cluster.dead_after_ms" => cfg.cluster.dead_after_ms = uint(raw)?,

@@ -365,6 +365,19 @@ const ENV_CASES: &[EnvCase] = &[
         c.mam.retention_for("a.org") == 7 && c.mam.retention_for("b.example") == 0
     }),
     ("ROOKERY_MAM_RETENTION_INTERVAL_SECS", "60", |c| c.mam.retention_interval_secs == 60),
+    ("ROOKERY_CONTACT_ABUSE", "mailto:a@x.org, xmpp:a@x.org", |c| {
+        c.contact.abuse == ["mailto:a@x.org", "xmpp:a@x.org"]
+    }),
+    ("ROOKERY_CONTACT_ADMIN", "xmpp:admin@x.org", |c| c.contact.admin == ["xmpp:admin@x.org"]),
+    ("ROOKERY_CONTACT_FEEDBACK", "https://x.org/f", |c| c.contact.feedback == ["https://x.org/f"]),
+    ("ROOKERY_CONTACT_SALES", "mailto:s@x.org", |c| c.contact.sales == ["mailto:s@x.org"]),
+    ("ROOKERY_CONTACT_SECURITY", "mailto:sec@x.org", |c| c.contact.security == ["mailto:sec@x.org"]),
+    ("ROOKERY_CONTACT_STATUS", "https://status.x.org", |c| c.contact.status == ["https://status.x.org"]),
+    ("ROOKERY_CONTACT_SUPPORT", "https://x.org/help", |c| c.contact.support == ["https://x.org/help"]),
+    ("ROOKERY_CONTACT_DOMAINS", "a.org/support=https://h.a.org|xmpp:h@a.org; a.org/abuse=mailto:ab@a.org", |c| {
+        let a = c.contact.for_domain("a.org");
+        a.support == ["https://h.a.org", "xmpp:h@a.org"] && a.abuse == ["mailto:ab@a.org"] && a.admin.is_empty()
+    }),
     ("ROOKERY_NODE_ID", "7", |c| c.cluster.node_id == 7),
     ("ROOKERY_CLUSTER_GRPC", "127.0.0.1:7100", |c| c.cluster.grpc == Some("127.0.0.1:7100".parse().unwrap())),
     ("ROOKERY_CLUSTER_ROUTERS", "r1:7000, r2:7000", |c| c.cluster.routers == ["r1:7000", "r2:7000"]),
@@ -749,6 +762,31 @@ fn docs_example_parses_and_matches_shipped_example() {
     let from_docs = Config::from_toml_str(&DOCS[start..start + len]).unwrap();
     from_docs.validate().unwrap();
     assert_eq!(from_docs, Config::from_toml_str(EXAMPLE).unwrap());
+}
+
+#[test]
+fn contact_section_parses_and_validates() {
+    let cfg = Config::from_toml_str(
+        "domains = [\"example.org\", \"students.example.org\"]\n[contact]\nabuse = [\"mailto:abuse@example.org\"]\n\
+         [contact.domains.\"students.example.org\"]\nsupport = [\"https://help.example.org\"]\n",
+    )
+    .unwrap();
+    assert!(cfg.validate().is_ok());
+    assert_eq!(cfg.contact.for_domain("example.org").abuse, ["mailto:abuse@example.org"]);
+    let students = cfg.contact.for_domain("students.example.org");
+    assert_eq!(students.support, ["https://help.example.org"]);
+    assert!(students.abuse.is_empty(), "a domain's own set replaces the default one");
+
+    let bad =
+        Config::from_toml_str("[contact.domains.\"elsewhere.org\"]\nadmin = [\"xmpp:a@elsewhere.org\"]\n").unwrap();
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.contains("contact.domains") && err.contains("elsewhere.org"), "{err}");
+    let bad = Config::from_toml_str("[contact]\nstatus = [\"status page\"]\n").unwrap();
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.contains("not a URI") && err.contains("status"), "{err}");
+    let err =
+        Config::from_toml_str("[contact.domains.\"localhost\"]\npress = [\"mailto:p@x\"]\n").unwrap_err().to_string();
+    assert!(err.contains("contact.domains") && err.contains("abuse, admin"), "{err}");
 }
 
 #[test]

@@ -161,6 +161,44 @@ fn mam_problems(cfg: &Config, out: &mut Vec<Problem>) {
     }
 }
 
+fn contact_problems(cfg: &Config, out: &mut Vec<Problem>) {
+    for domain in cfg.contact.domains.keys() {
+        if !cfg.domains.iter().any(|d| d == domain) {
+            out.push(problem(
+                "contact.domains",
+                format!("{domain:?} is not one of the served domains ({})", cfg.domains.join(", ")),
+                "list only domains from `domains`, or add the domain there",
+            ));
+        }
+    }
+    // XEP-0157 §3: status addresses MUST be URIs, the others SHOULD be.
+    let sets = std::iter::once(("contact".to_owned(), cfg.contact.default_set()))
+        .chain(cfg.contact.domains.iter().map(|(d, s)| (format!("contact.domains.{d:?}"), s.clone())));
+    for (at, set) in sets {
+        for (role, list) in set.roles() {
+            for uri in list.iter().filter(|u| !looks_like_uri(u)) {
+                out.push(problem(
+                    "contact",
+                    format!("{at}.{role}: {uri:?} is not a URI"),
+                    "write a URI with its scheme, e.g. \"mailto:abuse@example.org\" or \"xmpp:admin@example.org\"",
+                ));
+            }
+        }
+    }
+}
+
+/// `scheme:rest` with an RFC 3986 scheme.
+fn looks_like_uri(s: &str) -> bool {
+    match s.split_once(':') {
+        Some((scheme, rest)) => {
+            !rest.is_empty()
+                && scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        }
+        None => false,
+    }
+}
+
 fn scylla_problems(cfg: &Config, out: &mut Vec<Problem>) {
     let s = &cfg.storage.scylla;
     if cfg.storage.backend == StorageBackend::Scylla && s.nodes.is_empty() {
@@ -369,6 +407,7 @@ pub(crate) fn problems(cfg: &Config) -> Vec<Problem> {
 
     scylla_problems(cfg, &mut out);
     mam_problems(cfg, &mut out);
+    contact_problems(cfg, &mut out);
     cluster_problems(cfg, &mut out);
 
     if cfg.log.level.trim().is_empty() {

@@ -7,8 +7,12 @@
 //! Must not touch: sockets, TLS, databases. No storage backend is named here; modules see
 //! only `rookery_storage` traits (DESIGN §2).
 
+pub mod component;
+pub mod ext;
+pub mod hooks;
 pub mod hub;
 pub mod module;
+pub mod prio;
 pub mod registry;
 pub mod registry_conformance;
 
@@ -17,12 +21,15 @@ use bytes::Bytes;
 use rookery_jid::FullJid;
 use rookery_stanza::{Envelope, StreamCondition};
 
+pub use component::{Component, ComponentEntry, Components, Placement, PlacementTable};
+pub use ext::{Extensions, RosterInterest, SessionExt};
+pub use hooks::{Flow, Handler, HookError, HookResult, Hooks, OfflineOutcome, Origin, Outgoing};
 pub use hub::LocalHub;
 pub use module::{
-    Ctx, Dispatch, Features, Identity, Interest, IqHandler, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar,
-    ServerApi, Support, Target, XepSupport,
+    Built, Ctx, Dispatch, DomainScope, Features, Identity, IqHandler, IqRequest, IqResult, IqType, Module, ModuleInfo,
+    Registrar, ServerApi, SetupError, Support, Target, XepSupport,
 };
-pub use registry::{MemoryRegistry, RegistryError, SessionEntry, SessionRegistry};
+pub use registry::{MAX_DIRECTED, MemoryRegistry, RegistryError, SessionEntry, SessionRegistry, pick_resources};
 
 /// Identifies one client connection on one edge.
 pub type ConnId = u64;
@@ -54,6 +61,10 @@ pub trait EdgeLink: Send + Sync + 'static {
     /// Bulk senders (offline flush) pace themselves with it instead of overflowing the
     /// queue, which would close the connection.
     fn free_capacity(&self, loc: Location) -> usize;
+    /// A session's extension slot changed (`None`: cleared). An edge that keeps its own
+    /// copy of its sessions' state (to re-register them after a registry reset) stores
+    /// it, opaquely; in one process the registry is the only copy and nothing is done.
+    fn session_ext(&self, _loc: Location, _key: &str, _value: Option<Bytes>) {}
 }
 
 /// Why a bind failed.
@@ -91,33 +102,9 @@ pub trait Router: Send + Sync + 'static {
     async fn undelivered(&self, to: &FullJid, stanza: Bytes);
 }
 
-/// Per-user data that routers cache and that another router may change (cluster mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    /// The user's block list (XEP-0191).
-    Blocklist,
-    /// The user's archiving preferences (XEP-0441).
-    ArchivePrefs,
-}
-
-impl Change {
-    pub fn tag(self) -> char {
-        match self {
-            Change::Blocklist => 'b',
-            Change::ArchivePrefs => 'p',
-        }
-    }
-    pub fn from_tag(c: char) -> Option<Change> {
-        match c {
-            'b' => Some(Change::Blocklist),
-            'p' => Some(Change::ArchivePrefs),
-            _ => None,
-        }
-    }
-}
-
 /// Tells the other routers of a cluster that a user's cached data changed, so they drop
-/// their copies. The single binary has one router and needs none.
+/// their copies. `topic` is the name a module publishes and listens for (`REMOTE_CHANGE`).
+/// The single binary has one router and needs none.
 pub trait ChangeBus: Send + Sync + 'static {
-    fn publish(&self, change: Change, user: &rookery_jid::BareJid);
+    fn publish(&self, topic: &str, user: &rookery_jid::BareJid);
 }

@@ -1,6 +1,7 @@
 //! The module API. A module declares what it implements (`ModuleInfo`, which generates
-//! docs/compliance.md) and registers its IQ handlers and disco features once, at
-//! start-up; the dispatch table is built then and never per stanza (DESIGN §3).
+//! docs/compliance.md) and what it needs (`depends`), and registers its IQ handlers,
+//! hook handlers and disco features once, at start-up; the dispatch tables are built then
+//! and never per stanza (DESIGN §3).
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -32,6 +33,8 @@ pub struct XepSupport {
 pub struct ModuleInfo {
     pub name: &'static str,
     pub specs: &'static [XepSupport],
+    /// Modules that must be registered too (by name); `Registrar::build` checks them.
+    pub depends: &'static [&'static str],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,40 +80,37 @@ pub trait ServerApi: Send + Sync + 'static {
     fn is_local_domain(&self, domain: &str) -> bool;
     /// Queues bytes for one bound resource; false if it is not connected.
     async fn send_to_resource(&self, to: &FullJid, bytes: Bytes) -> bool;
-    /// Full JIDs of the user's connected resources that have `interest`.
-    async fn resources(&self, user: &BareJid, interest: Interest) -> Vec<FullJid>;
-    /// Records that a resource asked for something it must now get pushes of.
-    async fn mark_interest(&self, resource: &FullJid, interest: Interest);
+    /// Queues bytes for a session the caller already looked up (no registry read).
+    fn send_to_session(&self, session: &crate::SessionEntry, bytes: Bytes) -> bool;
+    /// How many more stanzas the session's queue takes right now; bulk senders (an
+    /// offline flush) pace themselves with it instead of overflowing the queue.
+    fn queue_capacity(&self, session: &crate::SessionEntry) -> usize;
+    /// Full JIDs of the user's connected resources; with `ext`, only those whose session
+    /// carries that extension slot (e.g. the resources that asked for pushes).
+    async fn resources(&self, user: &BareJid, ext: Option<&'static str>) -> Vec<FullJid>;
+    /// The user's sessions (their records, extension slots included).
+    async fn sessions(&self, user: &BareJid) -> Vec<crate::SessionEntry>;
+    /// Sets or clears one extension slot of a bound resource's session, and tells its
+    /// edge (which keeps a copy for re-registration). False when it is not bound here.
+    async fn set_session_ext(&self, resource: &FullJid, key: &'static str, value: Option<Bytes>) -> bool;
     /// Whether the user has at least one available resource.
     async fn is_online(&self, user: &BareJid) -> bool;
     /// Seconds since the server started.
     fn uptime_secs(&self) -> u64;
     fn registration_allowed(&self) -> bool;
     fn min_password_len(&self) -> usize;
-    /// The block list changed (XEP-0191 §3.3/§3.4): refresh caches and send the presence
-    /// changes the spec asks for.
-    async fn blocklist_changed(&self, user: &BareJid, blocked: &[String], unblocked: &[String]);
+    /// Tells the other routers of a cluster that `user`'s data cached under `topic`
+    /// changed; they run `REMOTE_CHANGE` for it. Nothing to do on a single node.
+    fn publish_change(&self, topic: &'static str, user: &BareJid);
+    /// RFC 6121 §4.5 / §4.2 towards one contact: sends `user`'s unavailable presence
+    /// (`available == false`) or the current presence of each available resource to
+    /// `contact` (used when a block list or similar policy changes who may see whom).
+    async fn presence_to(&self, user: &BareJid, contact: &Jid, available: bool);
     /// An account was deleted (XEP-0077 cancel): close its sessions.
     async fn account_deleted(&self, user: &BareJid);
-    /// The user's archiving preferences changed (XEP-0313 §5): drop cached copies.
-    fn archive_prefs_changed(&self, user: &BareJid);
-    /// Turns XEP-0280 carbons on or off for one bound resource (§4, §5). Returns false
-    /// when the resource is not bound here; a server without per-session state keeps
-    /// this default and never enables carbons.
-    async fn set_carbons(&self, _resource: &FullJid, _on: bool) -> bool {
-        false
-    }
-}
-
-/// What a resource asked to be kept informed about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interest {
-    /// Every connected resource.
-    Any,
-    /// Requested the roster: gets roster pushes (RFC 6121 §2.1.6).
-    Roster,
-    /// Requested the block list: gets block/unblock pushes (XEP-0191 §3.3, §3.4).
-    Blocklist,
+    /// A stanza a component sends (`from` a JID of its domain) to its `to`: a local user,
+    /// by the RFC 6121 delivery rules, or another component.
+    async fn route_from_component(&self, env: rookery_stanza::Envelope);
 }
 
 /// Passed to every handler call.
@@ -129,12 +129,34 @@ pub struct Identity {
     pub name: &'static str,
 }
 
+/// Which served domains something registered applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainScope {
+    Every,
+    Only(String),
+    AllBut(Vec<String>),
+}
+
+impl DomainScope {
+    pub fn covers(&self, domain: &str) -> bool {
+        match self {
+            DomainScope::Every => true,
+            DomainScope::Only(d) => d == domain,
+            DomainScope::AllBut(list) => !list.iter().any(|d| d == domain),
+        }
+    }
+}
+
 /// What the server advertises in disco#info, collected from the registered modules.
 #[derive(Debug, Clone, Default)]
 pub struct Features {
     pub host: Vec<&'static str>,
     pub account: Vec<&'static str>,
     pub identities: Vec<Identity>,
+    /// Services on domains of their own (components), as (domain, name) for disco#items.
+    pub services: Vec<(String, &'static str)>,
+    /// XEP-0128 forms added to the server's disco#info, with the domains they are for.
+    pub host_forms: Vec<(DomainScope, Element)>,
     pub modules: Vec<ModuleInfo>,
 }
 
@@ -145,6 +167,29 @@ type Entry = (&'static str, IqType, Target, Arc<dyn IqHandler>);
 pub struct Registrar {
     handlers: HashMap<&'static str, Vec<Entry>>,
     features: Features,
+    hooks: crate::hooks::Hooks,
+    components: Vec<crate::component::ComponentEntry>,
+    /// The module being added (handlers are attributed to it in logs and counters).
+    current: &'static str,
+}
+
+/// What start-up produced: the IQ table, the advertised features, the hook chains.
+pub struct Built {
+    pub dispatch: Dispatch,
+    pub features: Arc<Features>,
+    pub hooks: Arc<crate::hooks::Hooks>,
+    pub components: Arc<crate::component::Components>,
+}
+
+/// Why the registrations cannot form a server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetupError {
+    /// A module's declared dependency is not registered.
+    #[error("module `{module}` needs module `{needs}`, which is not enabled")]
+    SetupError { module: &'static str, needs: &'static str },
+    /// Two components claim one domain.
+    #[error("{0}")]
+    DomainTaken(String),
 }
 
 impl Registrar {
@@ -166,6 +211,33 @@ impl Registrar {
             list.push((name, kind, *t, h.clone()));
         }
     }
+    /// Adds a handler to a hook point's chain at `prio` (named in `crate::prio`).
+    pub fn hook<E: Send + 'static>(
+        &mut self,
+        point: crate::hooks::HookPoint<E>,
+        prio: crate::hooks::Priority,
+        h: Arc<dyn crate::hooks::Handler<E>>,
+    ) {
+        self.hooks.add(point, prio, self.current, h);
+    }
+    /// Serves every stanza addressed to `domain` (or a JID in it) with `handler`, placed
+    /// in a cluster as `placement` says. `name`: listed in the served domains' disco#items
+    /// under that name.
+    pub fn component(
+        &mut self,
+        domain: String,
+        placement: crate::component::Placement,
+        name: Option<&'static str>,
+        handler: Arc<dyn crate::component::Component>,
+    ) {
+        self.components.push(crate::component::ComponentEntry {
+            domain,
+            placement,
+            name,
+            module: self.current,
+            handler,
+        });
+    }
     /// A disco#info feature of the server (`to='domain'`).
     pub fn host_feature(&mut self, var: &'static str) {
         if !self.features.host.contains(&var) {
@@ -181,15 +253,52 @@ impl Registrar {
     pub fn identity(&mut self, category: &'static str, kind: &'static str, name: &'static str) {
         self.features.identities.push(Identity { category, kind, name });
     }
-    pub fn add<M: Module>(&mut self, m: Arc<M>) {
-        self.features.modules.push(m.info());
-        m.register(self);
+    /// A XEP-0128 extended-information form of the server's disco#info for the domains
+    /// in `scope`. `form` is the `<x xmlns='jabber:x:data'/>` element.
+    pub fn host_info_form(&mut self, scope: DomainScope, form: Element) {
+        self.features.host_forms.push((scope, form));
     }
-    /// Freezes the registrations into the dispatch table.
-    pub fn build(mut self) -> (Dispatch, Arc<Features>) {
+    pub fn add<M: Module>(&mut self, m: Arc<M>) {
+        let info = m.info();
+        self.features.modules.push(info);
+        let outer = std::mem::replace(&mut self.current, info.name);
+        m.register(self);
+        self.current = outer;
+    }
+    /// Freezes the registrations into the dispatch tables; fails when a module's
+    /// declared dependency was not registered.
+    pub fn finish(mut self) -> Result<Built, SetupError> {
+        for m in &self.features.modules {
+            for needs in m.depends {
+                if !self.features.modules.iter().any(|o| o.name == *needs) {
+                    return Err(SetupError::SetupError { module: m.name, needs });
+                }
+            }
+        }
+        let mut components = crate::component::Components::default();
+        for c in self.components {
+            if let Some(name) = c.name {
+                self.features.services.push((c.domain.clone(), name));
+            }
+            components.add(c).map_err(SetupError::DomainTaken)?;
+        }
+        self.features.services.sort();
         self.features.host.sort_unstable();
         self.features.account.sort_unstable();
-        (Dispatch { handlers: self.handlers }, Arc::new(self.features))
+        self.hooks.finish();
+        Ok(Built {
+            dispatch: Dispatch { handlers: self.handlers },
+            features: Arc::new(self.features),
+            hooks: Arc::new(self.hooks),
+            components: Arc::new(components),
+        })
+    }
+    /// `finish` for callers that only want the IQ table and the features.
+    pub fn build(self) -> (Dispatch, Arc<Features>) {
+        match self.finish() {
+            Ok(b) => (b.dispatch, b.features),
+            Err(e) => panic!("{e}"),
+        }
     }
 }
 

@@ -1,13 +1,20 @@
 //! Session registry: which full JIDs are bound where, with their presence state
 //! (RFC 6121 §4: availability, priority, last presence broadcast, directed presences).
 //! The in-memory implementation serves the single binary; the cluster backs the same
-//! trait with Redis. Also per session: whether it enabled XEP-0280 carbons (§4, §5).
+//! trait with Redis. Per-module session state rides along as opaque extension slots
+//! (`crate::ext`), which the registries store and never interpret.
 
 use crate::Location;
+use crate::ext::Extensions;
 use bytes::Bytes;
 use rookery_jid::{BareJid, FullJid, Jid};
 use std::collections::HashMap;
 use std::sync::RwLock;
+
+/// Directed-presence targets remembered per session (RFC 6121 §4.6). Bounded: the oldest
+/// target is forgotten (it may then miss the final unavailable, which beats unbounded
+/// memory per session).
+pub const MAX_DIRECTED: usize = 1000;
 
 #[derive(Debug, Clone)]
 pub struct SessionEntry {
@@ -19,14 +26,39 @@ pub struct SessionEntry {
     pub available: bool,
     /// The last broadcast presence stanza (for probes, RFC 6121 §4.3.2).
     pub presence: Option<Bytes>,
-    /// Requested the roster (an "interested resource", RFC 6121 §2.1.6).
-    pub interested: bool,
-    /// Requested the block list (XEP-0191 §3.3: it gets block/unblock pushes).
-    pub blocklist: bool,
     /// Entities that received directed presence (RFC 6121 §4.6) and must get unavailable.
     pub directed: Vec<Jid>,
-    /// Enabled XEP-0280 message carbons (§4); cleared by `<disable/>` (§5).
-    pub carbons: bool,
+    /// The modules' per-session slots (roster interest, carbons, ...).
+    pub ext: Extensions,
+}
+
+impl SessionEntry {
+    /// A freshly bound session: not yet available, nothing asked for.
+    pub fn new(jid: FullJid, loc: Location) -> Self {
+        SessionEntry {
+            jid,
+            loc,
+            priority: 0,
+            available: false,
+            presence: None,
+            directed: Vec::new(),
+            ext: Extensions::new(),
+        }
+    }
+}
+
+/// RFC 6121 §8.5.2.1.1: the resources a message to the bare JID goes to: the available,
+/// non-negative ones with the highest priority ("most available"); with
+/// `all_non_negative` (headline messages, §8.5.2.1.2), every non-negative one.
+pub fn pick_resources(sessions: &[SessionEntry], all_non_negative: bool) -> Vec<&SessionEntry> {
+    let candidates = sessions.iter().filter(|s| s.available && s.priority >= 0);
+    if all_non_negative {
+        return candidates.collect();
+    }
+    let Some(top) = sessions.iter().filter(|s| s.available && s.priority >= 0).map(|s| s.priority).max() else {
+        return Vec::new();
+    };
+    candidates.filter(|s| s.priority == top).collect()
 }
 
 /// Why the registry could not record a session.
@@ -48,9 +80,9 @@ pub trait SessionRegistry: Send + Sync + 'static {
     /// Whether `jid` is bound at `loc` (and not replaced by a newer session).
     async fn is_current(&self, jid: &FullJid, loc: Location) -> bool;
     async fn sessions(&self, user: &BareJid) -> Vec<SessionEntry>;
-    /// The user's sessions that enabled carbons (XEP-0280); empty without allocating in
-    /// the common case where none did.
-    async fn carbons_sessions(&self, user: &BareJid) -> Vec<SessionEntry>;
+    /// The user's sessions that carry extension slot `key`; empty without allocating in
+    /// the common case where none does.
+    async fn sessions_with(&self, user: &BareJid, key: &str) -> Vec<SessionEntry>;
     /// Applies `f` to the entry if present; returns whether it was.
     async fn update(&self, jid: &FullJid, f: &mut (dyn for<'e> FnMut(&'e mut SessionEntry) + Send)) -> bool;
     /// Sessions this registry knows of (all of the cluster's for a shared backend).
@@ -109,12 +141,12 @@ impl SessionRegistry for MemoryRegistry {
         self.users.read().ok().and_then(|m| m.get(user).cloned()).unwrap_or_default()
     }
 
-    async fn carbons_sessions(&self, user: &BareJid) -> Vec<SessionEntry> {
-        // Nothing is allocated when no session enabled carbons (the common case).
+    async fn sessions_with(&self, user: &BareJid, key: &str) -> Vec<SessionEntry> {
+        // Nothing is allocated when no session has the slot (the common case).
         self.users
             .read()
             .ok()
-            .and_then(|m| m.get(user).map(|l| l.iter().filter(|e| e.carbons).cloned().collect()))
+            .and_then(|m| m.get(user).map(|l| l.iter().filter(|e| e.ext.contains(key)).cloned().collect()))
             .unwrap_or_default()
     }
 
@@ -140,31 +172,46 @@ mod tests {
     use super::*;
 
     fn entry(jid: &str, conn: u64) -> SessionEntry {
-        SessionEntry {
-            jid: FullJid::parse(jid).unwrap(),
-            loc: Location { edge: 0, conn },
-            priority: 0,
-            available: true,
-            presence: None,
-            interested: false,
-            blocklist: false,
-            directed: Vec::new(),
-            carbons: false,
-        }
+        let mut e = SessionEntry::new(FullJid::parse(jid).unwrap(), Location { edge: 0, conn });
+        e.available = true;
+        e
     }
 
     #[tokio::test]
-    async fn carbons_sessions_lists_only_enabled_ones() {
+    async fn sessions_with_lists_only_those_with_the_slot() {
         let r = MemoryRegistry::new();
         r.insert(entry("u@d/a", 1)).await.unwrap();
         r.insert(entry("u@d/b", 2)).await.unwrap();
         r.insert(entry("v@d/a", 3)).await.unwrap();
         let u = BareJid::parse("u@d").unwrap();
-        assert!(r.carbons_sessions(&u).await.is_empty());
-        assert!(r.update(&FullJid::parse("u@d/b").unwrap(), &mut |e| e.carbons = true).await);
-        let on: Vec<_> = r.carbons_sessions(&u).await.into_iter().map(|e| e.jid.to_string()).collect();
+        assert!(r.sessions_with(&u, "roster").await.is_empty());
+        assert!(r.update(&FullJid::parse("u@d/b").unwrap(), &mut |e| e.ext.set(Some(crate::RosterInterest))).await);
+        let on: Vec<_> = r.sessions_with(&u, "roster").await.into_iter().map(|e| e.jid.to_string()).collect();
         assert_eq!(on, ["u@d/b"]);
-        assert!(r.carbons_sessions(&BareJid::parse("v@d").unwrap()).await.is_empty());
-        assert!(!r.update(&FullJid::parse("u@d/gone").unwrap(), &mut |e| e.carbons = true).await);
+        assert!(r.sessions_with(&BareJid::parse("v@d").unwrap(), "roster").await.is_empty());
+        assert!(!r.update(&FullJid::parse("u@d/gone").unwrap(), &mut |e| e.ext.set(Some(crate::RosterInterest))).await);
+    }
+
+    fn s(res: &str, prio: i8, available: bool) -> SessionEntry {
+        let mut e = SessionEntry::new(FullJid::parse(&format!("u@d/{res}")).unwrap(), Location { edge: 0, conn: 0 });
+        e.priority = prio;
+        e.available = available;
+        e
+    }
+
+    #[test]
+    fn highest_non_negative_priority_wins() {
+        let list = vec![s("a", 1, true), s("b", 5, true), s("c", 5, true), s("d", 9, false), s("e", -1, true)];
+        let picked: Vec<_> = pick_resources(&list, false).iter().map(|e| e.jid.resource().to_string()).collect();
+        assert_eq!(picked, vec!["b", "c"]);
+        let all: Vec<_> = pick_resources(&list, true).iter().map(|e| e.jid.resource().to_string()).collect();
+        assert_eq!(all, vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn negative_only_means_nobody() {
+        let list = vec![s("a", -1, true), s("b", 3, false)];
+        assert!(pick_resources(&list, false).is_empty());
+        assert!(pick_resources(&list, true).is_empty());
     }
 }

@@ -3,12 +3,15 @@
 //!
 //! Owns: the contract in executable form. Must not touch: any backend's internals.
 //! Covers RFC 6120 §7.7.2.2 (a new bind of a full JID replaces the old session), RFC 6121
-//! §4 state kept per session, XEP-0280 §4 (carbons flag) and XEP-0191 §3.3 (block-list
-//! interest). Panics on the first deviation, naming it.
+//! §4 state kept per session, and the modules' opaque extension slots (`crate::ext`), which
+//! must come back byte for byte. Panics on the first deviation, naming it.
 
 use crate::{Location, SessionEntry, SessionRegistry};
 use bytes::Bytes;
 use rookery_jid::{BareJid, FullJid, Jid};
+
+/// An extension slot key the checks set and clear.
+const SLOT: &str = "carbons";
 
 fn full(s: &str) -> FullJid {
     FullJid::parse(s).expect("test JID")
@@ -19,17 +22,7 @@ fn bare(s: &str) -> BareJid {
 }
 
 fn entry(jid: &str, edge: u32, conn: u64) -> SessionEntry {
-    SessionEntry {
-        jid: full(jid),
-        loc: Location { edge, conn },
-        priority: 0,
-        available: false,
-        presence: None,
-        interested: false,
-        blocklist: false,
-        directed: Vec::new(),
-        carbons: false,
-    }
+    SessionEntry::new(full(jid), Location { edge, conn })
 }
 
 /// Asserts that two entries agree on every field.
@@ -39,10 +32,8 @@ pub fn assert_same(got: &SessionEntry, want: &SessionEntry) {
     assert_eq!(got.priority, want.priority, "priority of {}", want.jid);
     assert_eq!(got.available, want.available, "available of {}", want.jid);
     assert_eq!(got.presence, want.presence, "presence of {}", want.jid);
-    assert_eq!(got.interested, want.interested, "interested of {}", want.jid);
-    assert_eq!(got.blocklist, want.blocklist, "blocklist of {}", want.jid);
     assert_eq!(got.directed, want.directed, "directed of {}", want.jid);
-    assert_eq!(got.carbons, want.carbons, "carbons of {}", want.jid);
+    assert_eq!(got.ext, want.ext, "extension slots of {}", want.jid);
 }
 
 fn sorted(mut v: Vec<SessionEntry>) -> Vec<(String, Location)> {
@@ -70,11 +61,10 @@ pub async fn check_registry(r: &dyn SessionRegistry) {
     first.priority = -3;
     first.available = true;
     first.presence = Some(Bytes::from_static(b"<presence><show>dnd</show></presence>"));
-    first.interested = true;
-    first.blocklist = true;
+    first.ext.set_raw("roster", Some(Bytes::new()));
+    first.ext.set_raw("z.binary", Some(Bytes::from_static(&[0, 255, b'\n', 1])));
     first.directed =
         vec![Jid::parse("room@muc.example.org/alice").expect("jid"), Jid::parse("bob@example.org").expect("jid")];
-    first.carbons = true;
     assert!(r.insert(first.clone()).await.expect("insert").is_none(), "a new full JID replaces nothing");
     assert_same(&r.get(&phone).await.expect("inserted session"), &first);
     assert!(r.is_current(&phone, first.loc).await);
@@ -142,29 +132,30 @@ pub async fn check_registry(r: &dyn SessionRegistry) {
     assert_eq!(got.loc, Location { edge: 2, conn: 2 }, "update keeps the location");
     assert!(r.update(&laptop, &mut |e| e.directed.clear()).await);
     assert!(r.get(&laptop).await.expect("session").directed.is_empty());
-    assert!(!r.update(&full("alice@example.org/gone"), &mut |e| e.carbons = true).await);
+    assert!(!r.update(&full("alice@example.org/gone"), &mut |e| e.ext.set_raw(SLOT, Some(Bytes::new()))).await);
     assert!(r.get(&full("alice@example.org/gone")).await.is_none(), "update must not create sessions");
     assert!(r.update(&laptop, &mut |_| {}).await, "a no-op update of a present session succeeds");
 
-    // Carbons: only the sessions that enabled them, per user.
-    assert!(r.carbons_sessions(&alice).await.is_empty());
-    assert!(r.update(&full("alice@example.org/tablet"), &mut |e| e.carbons = true).await);
-    assert!(r.update(&full("alice@example.org/phone"), &mut |e| e.carbons = true).await);
-    assert!(r.update(&full("bob@example.org/phone"), &mut |e| e.carbons = true).await);
+    // Extension slots: only the sessions that carry one, per user.
+    let on = |e: &mut SessionEntry| e.ext.set_raw(SLOT, Some(Bytes::from_static(b"1")));
+    assert!(r.sessions_with(&alice, SLOT).await.is_empty());
+    assert!(r.update(&full("alice@example.org/tablet"), &mut |e| on(e)).await);
+    assert!(r.update(&full("alice@example.org/phone"), &mut |e| on(e)).await);
+    assert!(r.update(&full("bob@example.org/phone"), &mut |e| on(e)).await);
     assert_eq!(
-        sorted(r.carbons_sessions(&alice).await),
+        sorted(r.sessions_with(&alice, SLOT).await),
         [at("alice@example.org/phone", 1, 1), at("alice@example.org/tablet", 1, 3)]
     );
-    assert!(r.update(&full("alice@example.org/phone"), &mut |e| e.carbons = false).await);
-    assert_eq!(sorted(r.carbons_sessions(&alice).await), [at("alice@example.org/tablet", 1, 3)]);
-    assert!(r.carbons_sessions(&bare("alice@other.example")).await.is_empty());
+    assert!(r.update(&full("alice@example.org/phone"), &mut |e| e.ext.set_raw(SLOT, None)).await);
+    assert_eq!(sorted(r.sessions_with(&alice, SLOT).await), [at("alice@example.org/tablet", 1, 3)]);
+    assert!(r.sessions_with(&bare("alice@other.example"), SLOT).await.is_empty());
 
     // A replacement starts from the new entry's state, not the old one's.
     let fresh = entry("alice@example.org/tablet", 3, 30);
     let replaced = r.insert(fresh.clone()).await.expect("insert").expect("replaced");
-    assert!(replaced.carbons && replaced.loc == Location { edge: 1, conn: 3 });
+    assert!(replaced.ext.contains(SLOT) && replaced.loc == Location { edge: 1, conn: 3 });
     assert_same(&r.get(&full("alice@example.org/tablet")).await.expect("session"), &fresh);
-    assert!(r.carbons_sessions(&alice).await.is_empty());
+    assert!(r.sessions_with(&alice, SLOT).await.is_empty());
 
     // Removing the rest empties the user.
     for (jid, edge, conn) in [("alice@example.org/phone", 1, 1), ("alice@example.org/laptop", 2, 2)] {

@@ -1,7 +1,8 @@
 //! XEP-0030: Service Discovery, as answered by the server itself.
 //!
 //! - disco#info to the server (§3.1): the identities and host features every registered
-//!   module declared, always including disco#info and disco#items.
+//!   module declared, always including disco#info and disco#items, and the XEP-0128
+//!   extended-information forms modules registered for that domain.
 //! - disco#info to an account's bare JID (§3.1, §8): identity `account/registered` plus the
 //!   account features; `service-unavailable` when the account does not exist or the
 //!   requester may not see the user's presence (§8 rule 1), so the reply never tells an
@@ -28,6 +29,7 @@ pub struct Disco;
 impl Module for Disco {
     fn info(&self) -> ModuleInfo {
         ModuleInfo {
+            depends: &[],
             name: MODULE,
             specs: &[XepSupport {
                 spec: "XEP-0030",
@@ -69,7 +71,7 @@ async fn info(ctx: &Ctx, req: &IqRequest, target: Target, node: Option<&str>) ->
             if node.is_some() {
                 return Err(StanzaError::new(Condition::ItemNotFound));
             }
-            Ok(Some(host_info(ctx)))
+            Ok(Some(host_info(ctx, req.to.domain())))
         }
         Target::Own => {
             if node.is_some() {
@@ -106,7 +108,7 @@ fn items(target: Target, node: Option<&str>) -> IqResult {
     }
 }
 
-fn host_info(ctx: &Ctx) -> Element {
+fn host_info(ctx: &Ctx, domain: &str) -> Element {
     let mut q = Element::new("query", ns::DISCO_INFO);
     for id in &ctx.features.identities {
         q.push_child(
@@ -117,6 +119,12 @@ fn host_info(ctx: &Ctx) -> Element {
         );
     }
     push_features(&mut q, &ctx.features.host);
+    // XEP-0128 §2: after the features; a form for this domain, or for every domain.
+    for (scope, form) in &ctx.features.host_forms {
+        if scope.covers(domain) {
+            q.push_child(form.clone());
+        }
+    }
     q
 }
 

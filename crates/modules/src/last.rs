@@ -28,6 +28,7 @@ pub struct LastActivity;
 impl Module for LastActivity {
     fn info(&self) -> ModuleInfo {
         ModuleInfo {
+            depends: &[],
             name: MODULE,
             specs: &[XepSupport {
                 spec: "XEP-0012",

@@ -1,25 +1,33 @@
 //! The XEP modules the router runs: each implements [`rookery_core::Module`], declares the
 //! specifications it covers (`ModuleInfo`, from which docs/compliance.md is generated)
-//! and registers its IQ handlers and disco features once, at start-up (DESIGN §3).
+//! and the modules it needs, and registers its IQ handlers, hook handlers and disco
+//! features once, at start-up (DESIGN §3). `catalog` lists which modules a node runs,
+//! each built from its own configuration section.
 //!
-//! Owns: the protocol logic of server-answered IQs: service discovery (XEP-0030), ping
-//! (XEP-0199), software version (XEP-0092), entity time (XEP-0202), last activity
-//! (XEP-0012), vcard-temp (XEP-0054), in-band registration (XEP-0077), the blocking
-//! command (XEP-0191) and message archive queries and preferences (XEP-0313, XEP-0441),
+//! Owns: every feature beyond the RFC 6120/6121 core: service discovery (XEP-0030) with
+//! extended information (XEP-0128), contact addresses (XEP-0157), ping (XEP-0199),
+//! software version (XEP-0092), entity time (XEP-0202), last activity (XEP-0012),
+//! vcard-temp (XEP-0054), in-band registration (XEP-0077), blocking (XEP-0191, protocol and
+//! enforcement), message carbons (XEP-0280), offline storage (XEP-0160), stanza-ids
+//! (XEP-0359) and message archives (XEP-0313 writing and queries, XEP-0441 preferences),
 //! plus account creation helpers shared with the admin tools and a small data forms
 //! reader/writer (XEP-0004) the modules share.
-//! Must not touch: sockets, concrete storage backends, routing. Modules see only the
-//! `rookery_storage` traits and the `ServerApi` the router hands them.
+//! Must not touch: sockets, concrete storage backends, the router's internals. Modules see
+//! only the `rookery_storage` traits, the hook events and the `ServerApi`.
 
 pub mod accounts;
 pub mod blocking;
 pub mod carbons;
+pub mod catalog;
+pub mod contact;
 pub mod disco;
 pub mod forms;
 pub mod last;
 pub mod mam;
+pub mod offline;
 pub mod ping;
 pub mod register;
+pub mod stanza_id;
 pub mod time;
 pub mod vcard;
 pub mod version;
@@ -32,11 +40,14 @@ mod testutil;
 pub use accounts::{AccountError, create_account, set_password};
 pub use blocking::Blocking;
 pub use carbons::Carbons;
+pub use contact::ContactAddresses;
 pub use disco::Disco;
 pub use last::LastActivity;
 pub use mam::{Mam, MamConfig};
+pub use offline::OfflineStore;
 pub use ping::Ping;
 pub use register::Register;
+pub use stanza_id::StanzaIds;
 pub use time::Time;
 pub use vcard::Vcard;
 pub use version::Version;
@@ -44,7 +55,8 @@ pub use version::Version;
 use rookery_core::{ModuleInfo, Registrar, Support};
 use std::sync::Arc;
 
-/// Adds every module of this crate to `r`.
+/// Adds every module of this crate that needs no settings to `r` (`catalog::from_config`
+/// adds the others from the configuration).
 pub fn register_all(r: &mut Registrar) {
     r.add(Arc::new(Disco));
     r.add(Arc::new(Ping));
@@ -55,6 +67,7 @@ pub fn register_all(r: &mut Registrar) {
     r.add(Arc::new(Register));
     r.add(Arc::new(Blocking::new()));
     r.add(Arc::new(Carbons));
+    r.add(Arc::new(StanzaIds));
 }
 
 /// docs/compliance.md from the modules' declarations: one table row per specification and
@@ -137,7 +150,7 @@ mod tests {
         for var in [ns::DISCO_INFO, ns::LAST, ns::BLOCKING] {
             assert!(features.account.contains(&var), "{var}");
         }
-        assert_eq!(features.modules.len(), 9);
+        assert_eq!(features.modules.len(), 10);
         assert_eq!(features.identities.len(), 1);
     }
 
@@ -145,10 +158,12 @@ mod tests {
     fn compliance_table_is_sorted_and_escaped() {
         let infos = [
             ModuleInfo {
+                depends: &[],
                 name: "b",
                 specs: &[XepSupport { spec: "XEP-0199", version: "2.0.1", support: Support::Full, note: "" }],
             },
             ModuleInfo {
+                depends: &[],
                 name: "a",
                 specs: &[
                     XepSupport { spec: "XEP-0030", version: "2.5.0", support: Support::Partial, note: "a|b" },
@@ -184,7 +199,7 @@ mod tests {
             specs,
             [
                 "XEP-0012", "XEP-0030", "XEP-0054", "XEP-0077", "XEP-0092", "XEP-0191", "XEP-0199", "XEP-0202",
-                "XEP-0280"
+                "XEP-0280", "XEP-0359"
             ]
         );
     }

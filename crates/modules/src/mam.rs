@@ -1,5 +1,6 @@
-//! XEP-0313: Message Archive Management, the reading side of a user's archive, and its
-//! archiving preferences (XEP-0441).
+//! XEP-0313: Message Archive Management: writing each user's archive as messages are
+//! delivered (archive.rs, XEP-0313 §3.5, §6.1.1 with XEP-0359 stanza-ids and the XEP-0334
+//! hints), reading it, and its archiving preferences (XEP-0441).
 //!
 //! - Queries (§4) in `urn:xmpp:mam:2` and the older `urn:xmpp:mam:1`, to the user's own
 //!   bare JID (§3.3.1): data form filters `with`, `start`, `end` (§4.1.1, §4.1.2) and, for
@@ -17,11 +18,11 @@
 //! entries apart, so the field is refused like any unknown one), RSM `<index/>`, MUC and
 //! pubsub archives.
 //!
-//! Must not touch: writing the archive and stamping stanza-ids (the router does that,
-//! §3.5), archiving decisions from preferences (router, XEP-0441 §2.3), retention.
+//! Must not touch: delivery (the kernel), retention (services/rookery's sweep).
 //! Store calls are bounded by [`MamConfig::store_timeout`]; failures and timeouts are
 //! logged and answered `internal-server-error`, never with internal text.
 
+mod archive;
 mod prefs;
 mod query;
 mod results;
@@ -30,9 +31,13 @@ mod tests;
 
 use crate::forms::{DataForm, Field, FieldType, FormKind};
 use crate::util::{TargetedHandler, register_at, sender};
+pub use archive::{ARCHIVE_TIMEOUT, PREFS_TOPIC, PREFS_TTL};
 use async_trait::async_trait;
 use query::Request;
-use rookery_core::{Ctx, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport};
+use rookery_core::hooks::{DELIVERY, REMOTE_CHANGE};
+use rookery_core::{
+    Ctx, IqRequest, IqResult, IqType, Module, ModuleInfo, Registrar, Support, Target, XepSupport, prio,
+};
 use rookery_jid::{BareJid, FullJid};
 use rookery_stanza::{Condition, StanzaError};
 use rookery_storage::{ArchiveId, ArchivePage, ArchiveQuery};
@@ -44,13 +49,7 @@ use std::time::Duration;
 
 const MODULE: &str = "mam";
 
-/// `urn:xmpp:mam:2`.
-pub const NS_MAM2: &str = "urn:xmpp:mam:2";
-/// `urn:xmpp:mam:2#extended` (§7): before-id/after-id/ids, flipped pages, metadata.
-pub const NS_MAM2_EXTENDED: &str = "urn:xmpp:mam:2#extended";
-/// `urn:xmpp:mam:1`, still sent by some clients.
-pub const NS_MAM1: &str = "urn:xmpp:mam:1";
-const XDATA_VALIDATE: &str = "http://jabber.org/protocol/xdata-validate";
+use rookery_stanza::ns::{MAM1 as NS_MAM1, MAM2 as NS_MAM2, MAM2_EXTENDED as NS_MAM2_EXTENDED, XDATA_VALIDATE};
 
 /// Limits of the MAM module.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +66,8 @@ pub struct MamConfig {
     /// What the server archives for users who never set preferences (`mam.default_policy`);
     /// a prefs get reports it, so clients see what is really applied (XEP-0441 §2.1).
     pub default_policy: rookery_storage::ArchiveDefault,
+    /// This router's number in the cluster, part of every archive id (0 on one node).
+    pub node: u16,
 }
 
 impl Default for MamConfig {
@@ -77,6 +78,7 @@ impl Default for MamConfig {
             count_cap: 10_000,
             store_timeout: Duration::from_secs(10),
             default_policy: rookery_storage::ArchiveDefault::Always,
+            node: 0,
         }
     }
 }
@@ -110,32 +112,42 @@ pub struct Mam {
     /// Ids of result messages: a counter seeded from the clock, so ids do not repeat
     /// across restarts.
     msg_ids: AtomicU64,
+    writer: Arc<archive::Writer>,
 }
 
 impl Mam {
     pub fn new(config: MamConfig) -> Self {
-        Mam { config, msg_ids: AtomicU64::new(rookery_storage::archive::now_micros()) }
+        let writer = Arc::new(archive::Writer::new(config.node, config.default_policy));
+        Mam { config, msg_ids: AtomicU64::new(rookery_storage::archive::now_micros()), writer }
     }
 }
 
 impl Module for Mam {
     fn info(&self) -> ModuleInfo {
         ModuleInfo {
+            depends: &["stanza-id"],
             name: MODULE,
             specs: &[
                 XepSupport {
                     spec: "XEP-0313",
                     version: "1.1.3",
                     support: Support::Full,
-                    note: "user archives (mam:2 and mam:1 queries): with/start/end, #extended \
-                           (after-id, before-id, ids, flip-page, metadata), RSM paging; no \
-                           include-groupchat field",
+                    note: "user archives: 1:1 chat/normal messages of local users archived on delivery \
+                           (§3.5, §6.1.1) with XEP-0441 preferences applied; mam:2 and mam:1 queries: \
+                           with/start/end, #extended (after-id, before-id, ids, flip-page, metadata), RSM \
+                           paging; no include-groupchat field",
                 },
                 XepSupport {
                     spec: "XEP-0441",
                     version: "0.2.0",
                     support: Support::Full,
                     note: "preferences get/set in mam:2 and mam:1",
+                },
+                XepSupport {
+                    spec: "XEP-0334",
+                    version: "1.0.0",
+                    support: Support::Full,
+                    note: "store, no-store, no-permanent-store (archive and offline), no-copy (carbons)",
                 },
                 XepSupport {
                     spec: "XEP-0059",
@@ -155,6 +167,9 @@ impl Module for Mam {
     }
 
     fn register(self: Arc<Self>, r: &mut Registrar) {
+        r.account_feature(rookery_stanza::ns::SID);
+        r.hook(DELIVERY, prio::MAM_ARCHIVE, self.writer.clone());
+        r.hook(REMOTE_CHANGE, prio::DEFAULT, self.writer.clone());
         r.account_feature(NS_MAM2);
         r.account_feature(NS_MAM2_EXTENDED);
         r.account_feature(NS_MAM1);
@@ -195,7 +210,7 @@ impl TargetedHandler for Mam {
             ("prefs", IqType::Set) => {
                 let wanted = prefs::parse(&req.payload)?;
                 self.store(&owner, "set_prefs", ctx.stores.archive.set_prefs(&owner, &wanted)).await?;
-                ctx.server.archive_prefs_changed(&owner);
+                self.writer.prefs_changed(ctx, &owner);
                 Ok(Some(prefs::to_element(version.ns(), &wanted)))
             }
             ("metadata", IqType::Get) => {

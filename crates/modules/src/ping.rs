@@ -16,6 +16,7 @@ pub struct Ping;
 impl Module for Ping {
     fn info(&self) -> ModuleInfo {
         ModuleInfo {
+            depends: &[],
             name: "ping",
             specs: &[XepSupport {
                 spec: "XEP-0199",

@@ -33,6 +33,7 @@ pub struct Register;
 impl Module for Register {
     fn info(&self) -> ModuleInfo {
         ModuleInfo {
+            depends: &[],
             name: MODULE,
             specs: &[XepSupport {
                 spec: "XEP-0077",

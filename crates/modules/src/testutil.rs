@@ -4,7 +4,10 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rookery_core::{Ctx, Dispatch, Features, Interest, IqRequest, IqResult, IqType, Registrar, ServerApi, Target};
+use rookery_core::{
+    Ctx, Dispatch, Extensions, Features, IqRequest, IqResult, IqType, Location, Registrar, RosterInterest, ServerApi,
+    SessionEntry, Target,
+};
 use rookery_jid::{BareJid, FullJid, Jid};
 use rookery_stanza::{Condition, StanzaError};
 pub(crate) use rookery_storage::Subscription;
@@ -16,16 +19,14 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
     pub jid: FullJid,
-    /// Requested the roster (RFC 6121 §2.1.6).
-    pub interested: bool,
     /// Sent available presence.
     pub available: bool,
-    /// Requested the block list (XEP-0191 §3.3).
-    pub blocklist: bool,
+    /// The modules' session extension slots.
+    pub ext: Extensions,
 }
 
-/// (user, blocked, unblocked) as passed to `blocklist_changed`.
-pub(crate) type BlocklistChange = (BareJid, Vec<String>, Vec<String>);
+/// (user, contact, available) as passed to `presence_to`.
+pub(crate) type PresenceCall = (BareJid, String, bool);
 
 pub(crate) struct FakeServer {
     pub domains: Vec<String>,
@@ -34,9 +35,10 @@ pub(crate) struct FakeServer {
     pub uptime: u64,
     pub sessions: Mutex<Vec<Session>>,
     pub sent: Mutex<Vec<(FullJid, Bytes)>>,
-    pub blocklist_changes: Mutex<Vec<BlocklistChange>>,
+    pub presence_calls: Mutex<Vec<PresenceCall>>,
+    /// (topic, user) as passed to `publish_change`.
+    pub published: Mutex<Vec<(&'static str, BareJid)>>,
     pub deleted: Mutex<Vec<BareJid>>,
-    pub prefs_changes: Mutex<Vec<BareJid>>,
 }
 
 impl Default for FakeServer {
@@ -48,21 +50,24 @@ impl Default for FakeServer {
             uptime: 1234,
             sessions: Mutex::default(),
             sent: Mutex::default(),
-            blocklist_changes: Mutex::default(),
+            presence_calls: Mutex::default(),
+            published: Mutex::default(),
             deleted: Mutex::default(),
-            prefs_changes: Mutex::default(),
         }
     }
 }
 
 impl FakeServer {
     pub fn connect(&self, jid: &str, interested: bool, available: bool) {
-        self.sessions.lock().unwrap().push(Session {
-            jid: FullJid::parse(jid).unwrap(),
-            interested,
-            available,
-            blocklist: false,
-        });
+        let mut ext = Extensions::new();
+        if interested {
+            ext.set(Some(RosterInterest));
+        }
+        self.sessions.lock().unwrap().push(Session { jid: FullJid::parse(jid).unwrap(), available, ext });
+    }
+    /// The users whose data was published as changed under `topic`.
+    pub fn published_for(&self, topic: &str) -> Vec<BareJid> {
+        self.published.lock().unwrap().iter().filter(|(t, _)| *t == topic).map(|(_, u)| u.clone()).collect()
     }
     /// What was sent, as (recipient, UTF-8 stanza).
     pub fn sent(&self) -> Vec<(String, String)> {
@@ -90,28 +95,47 @@ impl ServerApi for FakeServer {
         }
         connected
     }
-    async fn resources(&self, user: &BareJid, interest: Interest) -> Vec<FullJid> {
+    async fn resources(&self, user: &BareJid, ext: Option<&'static str>) -> Vec<FullJid> {
         self.sessions
             .lock()
             .unwrap()
             .iter()
             .filter(|s| &s.jid.to_bare() == user)
-            .filter(|s| match interest {
-                Interest::Any => true,
-                Interest::Roster => s.interested,
-                Interest::Blocklist => s.blocklist,
-            })
+            .filter(|s| ext.is_none_or(|k| s.ext.contains(k)))
             .map(|s| s.jid.clone())
             .collect()
     }
-    async fn mark_interest(&self, resource: &FullJid, interest: Interest) {
-        for s in self.sessions.lock().unwrap().iter_mut().filter(|s| &s.jid == resource) {
-            match interest {
-                Interest::Any => {}
-                Interest::Roster => s.interested = true,
-                Interest::Blocklist => s.blocklist = true,
-            }
+    fn send_to_session(&self, session: &SessionEntry, bytes: Bytes) -> bool {
+        let connected = self.sessions.lock().unwrap().iter().any(|s| s.jid == session.jid);
+        if connected {
+            self.sent.lock().unwrap().push((session.jid.clone(), bytes));
         }
+        connected
+    }
+    fn queue_capacity(&self, _session: &SessionEntry) -> usize {
+        usize::MAX
+    }
+    async fn sessions(&self, user: &BareJid) -> Vec<SessionEntry> {
+        self.sessions
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| &s.jid.to_bare() == user)
+            .map(|s| {
+                let mut e = SessionEntry::new(s.jid.clone(), Location { edge: 0, conn: 0 });
+                e.available = s.available;
+                e.ext = s.ext.clone();
+                e
+            })
+            .collect()
+    }
+    async fn set_session_ext(&self, resource: &FullJid, key: &'static str, value: Option<Bytes>) -> bool {
+        let mut found = false;
+        for s in self.sessions.lock().unwrap().iter_mut().filter(|s| &s.jid == resource) {
+            s.ext.set_raw(key, value.clone());
+            found = true;
+        }
+        found
     }
     async fn is_online(&self, user: &BareJid) -> bool {
         self.sessions.lock().unwrap().iter().any(|s| &s.jid.to_bare() == user && s.available)
@@ -125,15 +149,20 @@ impl ServerApi for FakeServer {
     fn min_password_len(&self) -> usize {
         self.min_password
     }
-    async fn blocklist_changed(&self, user: &BareJid, blocked: &[String], unblocked: &[String]) {
-        self.blocklist_changes.lock().unwrap().push((user.clone(), blocked.to_vec(), unblocked.to_vec()));
+    fn publish_change(&self, topic: &'static str, user: &BareJid) {
+        self.published.lock().unwrap().push((topic, user.clone()));
+    }
+    async fn presence_to(&self, user: &BareJid, contact: &Jid, available: bool) {
+        self.presence_calls.lock().unwrap().push((user.clone(), contact.to_string(), available));
+    }
+    async fn route_from_component(&self, env: rookery_stanza::Envelope) {
+        if let Ok(to) = FullJid::try_from(env.to.clone()) {
+            self.send_to_resource(&to, env.wire()).await;
+        }
     }
     async fn account_deleted(&self, user: &BareJid) {
         self.deleted.lock().unwrap().push(user.clone());
         self.sessions.lock().unwrap().retain(|s| &s.jid.to_bare() != user);
-    }
-    fn archive_prefs_changed(&self, user: &BareJid) {
-        self.prefs_changes.lock().unwrap().push(user.clone());
     }
 }
 

@@ -17,6 +17,7 @@ pub struct Time;
 impl Module for Time {
     fn info(&self) -> ModuleInfo {
         ModuleInfo {
+            depends: &[],
             name: "time",
             specs: &[XepSupport {
                 spec: "XEP-0202",

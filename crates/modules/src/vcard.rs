@@ -31,6 +31,7 @@ pub struct Vcard;
 impl Module for Vcard {
     fn info(&self) -> ModuleInfo {
         ModuleInfo {
+            depends: &[],
             name: MODULE,
             specs: &[XepSupport {
                 spec: "XEP-0054",

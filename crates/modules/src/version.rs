@@ -19,6 +19,7 @@ pub struct Version;
 impl Module for Version {
     fn info(&self) -> ModuleInfo {
         ModuleInfo {
+            depends: &[],
             name: "version",
             specs: &[XepSupport {
                 spec: "XEP-0092",

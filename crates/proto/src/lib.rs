@@ -22,7 +22,7 @@ pub mod pb {
 mod strings;
 
 use bytes::Bytes;
-use rookery_core::{BindError, ConnId, IqRequest, IqResult, IqType, Location, Outbound, SessionEntry};
+use rookery_core::{BindError, ConnId, Extensions, IqRequest, IqResult, IqType, Location, Outbound, SessionEntry};
 use rookery_jid::{FullJid, Jid, JidError};
 use rookery_stanza::{Envelope, Kind, StanzaError, StreamCondition};
 use rookery_xml::{Element, RawElement, XmlError};
@@ -31,7 +31,7 @@ use std::sync::Arc;
 pub use strings::{condition_from_name, error_type_from_name, stream_condition_from_name};
 
 /// The version this build speaks. Bump it when a frame or field changes behaviour.
-pub const PROTO_VERSION: u32 = 1;
+pub const PROTO_VERSION: u32 = 2;
 /// The oldest edge version a router of this build accepts (N-1, never below 1).
 pub const MIN_PROTO_VERSION: u32 = if PROTO_VERSION > 1 { PROTO_VERSION - 1 } else { 1 };
 
@@ -76,10 +76,9 @@ pub struct SessionState {
     pub priority: i8,
     pub available: bool,
     pub presence: Option<Bytes>,
-    pub interested: bool,
-    pub blocklist: bool,
-    pub carbons: bool,
     pub directed: Vec<Jid>,
+    /// The modules' extension slots, carried opaquely.
+    pub ext: Extensions,
 }
 
 impl SessionState {
@@ -91,10 +90,8 @@ impl SessionState {
             priority: self.priority,
             available: self.available,
             presence: self.presence,
-            interested: self.interested,
-            blocklist: self.blocklist,
             directed: self.directed,
-            carbons: self.carbons,
+            ext: self.ext,
         }
     }
 }
@@ -122,6 +119,7 @@ pub enum RouterMsg {
     Drain,
     ResyncRequest,
     Pong { seq: u64 },
+    SetSessionExt { conn: ConnId, key: String, value: Option<Bytes> },
 }
 
 impl RouterMsg {
@@ -312,10 +310,11 @@ impl From<EdgeMsg> for pb::EdgeFrame {
                 priority: i32::from(s.priority),
                 available: s.available,
                 presence: s.presence,
-                interested: s.interested,
-                blocklist: s.blocklist,
-                carbons: s.carbons,
+                interested: false,
+                blocklist: false,
+                carbons: false,
                 directed: s.directed.iter().map(|j| j.as_str().to_owned()).collect(),
+                ext: s.ext.iter().map(|(k, v)| pb::SessionExt { key: k.to_owned(), value: v.clone() }).collect(),
             }),
             EdgeMsg::Ping { seq } => Frame::Ping(pb::Ping { seq }),
         };
@@ -363,21 +362,28 @@ impl EdgeMsg {
             Frame::Undelivered(u) => {
                 EdgeMsg::Undelivered { to: FullJid::parse(&u.to).map_err(jid_err("undelivered.to"))?, raw: u.raw }
             }
-            Frame::SessionState(s) => EdgeMsg::SessionState(SessionState {
-                jid: FullJid::parse(&s.jid).map_err(jid_err("session_state.jid"))?,
-                conn: s.conn,
-                priority: i8::try_from(s.priority).map_err(|_| ProtoError::Invalid("session_state.priority"))?,
-                available: s.available,
-                presence: s.presence,
-                interested: s.interested,
-                blocklist: s.blocklist,
-                carbons: s.carbons,
-                directed: s
-                    .directed
-                    .iter()
-                    .map(|d| Jid::parse(d).map_err(jid_err("session_state.directed")))
-                    .collect::<Result<_, _>>()?,
-            }),
+            Frame::SessionState(s) => {
+                let mut ext: Extensions = s.ext.into_iter().map(|e| (e.key, e.value)).collect();
+                // A version-1 edge sends the three flags that are extension slots now.
+                for (on, key) in [(s.interested, "roster"), (s.blocklist, "blocklist"), (s.carbons, "carbons")] {
+                    if on {
+                        ext.set_raw(key, Some(Bytes::new()));
+                    }
+                }
+                EdgeMsg::SessionState(SessionState {
+                    jid: FullJid::parse(&s.jid).map_err(jid_err("session_state.jid"))?,
+                    conn: s.conn,
+                    priority: i8::try_from(s.priority).map_err(|_| ProtoError::Invalid("session_state.priority"))?,
+                    available: s.available,
+                    presence: s.presence,
+                    directed: s
+                        .directed
+                        .iter()
+                        .map(|d| Jid::parse(d).map_err(jid_err("session_state.directed")))
+                        .collect::<Result<_, _>>()?,
+                    ext,
+                })
+            }
             Frame::Ping(p) => EdgeMsg::Ping { seq: p.seq },
         })
     }
@@ -425,6 +431,9 @@ impl From<RouterMsg> for pb::RouterFrame {
             RouterMsg::Drain => Frame::Drain(pb::Drain {}),
             RouterMsg::ResyncRequest => Frame::ResyncRequest(pb::ResyncRequest {}),
             RouterMsg::Pong { seq } => Frame::Pong(pb::Pong { seq }),
+            RouterMsg::SetSessionExt { conn, key, value } => {
+                Frame::SetSessionExt(pb::SetSessionExt { conn, key, value })
+            }
         };
         pb::RouterFrame { frame: Some(frame) }
     }
@@ -465,6 +474,7 @@ impl TryFrom<pb::RouterFrame> for RouterMsg {
             Frame::Drain(_) => RouterMsg::Drain,
             Frame::ResyncRequest(_) => RouterMsg::ResyncRequest,
             Frame::Pong(p) => RouterMsg::Pong { seq: p.seq },
+            Frame::SetSessionExt(e) => RouterMsg::SetSessionExt { conn: e.conn, key: e.key, value: e.value },
         })
     }
 }

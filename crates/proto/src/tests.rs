@@ -192,10 +192,10 @@ fn edge_frames_round_trip() {
         priority: -5,
         available: true,
         presence: Some(Bytes::from_static(b"<presence from='u@d/r'><priority>-5</priority></presence>")),
-        interested: true,
-        blocklist: false,
-        carbons: true,
         directed: vec![Jid::parse("room@muc.d/nick").unwrap(), Jid::parse("d").unwrap()],
+        ext: [("carbons".to_owned(), Bytes::new()), ("z".to_owned(), Bytes::from_static(&[0, 1, 255]))]
+            .into_iter()
+            .collect(),
     };
     let msgs = vec![
         EdgeMsg::Hello(Hello { edge_id: 3, epoch: 77, proto_version: PROTO_VERSION }),
@@ -215,8 +215,30 @@ fn edge_frames_round_trip() {
     }
     let entry = state.clone().into_entry(4);
     assert_eq!(entry.loc, Location { edge: 4, conn: 9 });
-    assert_eq!((entry.priority, entry.available, entry.carbons, entry.interested), (-5, true, true, true));
+    assert_eq!((entry.priority, entry.available), (-5, true));
+    assert_eq!(entry.ext, state.ext, "extension slots come through byte for byte");
     assert_eq!(entry.directed, state.directed);
+}
+
+#[test]
+fn a_version_1_session_state_has_its_flags_read_as_extension_slots() {
+    let f = pb::SessionState { jid: "a@b/c".into(), interested: true, carbons: true, ..Default::default() };
+    let EdgeMsg::SessionState(s) =
+        EdgeMsg::try_from(pb::EdgeFrame { frame: Some(pb::edge_frame::Frame::SessionState(f)) }).unwrap()
+    else {
+        panic!("not a session state")
+    };
+    let keys: Vec<_> = s.ext.iter().map(|(k, _)| k.to_owned()).collect();
+    assert_eq!(keys, ["carbons", "roster"]);
+}
+
+#[test]
+fn set_session_ext_round_trips() {
+    for value in [Some(Bytes::from_static(b"on")), None] {
+        let m = RouterMsg::SetSessionExt { conn: 7, key: "carbons".into(), value };
+        let back = RouterMsg::try_from(over_wire(&pb::RouterFrame::from(m.clone()))).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{m:?}"));
+    }
 }
 
 #[test]

@@ -8,6 +8,7 @@
 
 pub mod datetime;
 pub mod error;
+pub mod message;
 pub mod ns;
 
 use bytes::Bytes;
@@ -41,6 +42,21 @@ impl Kind {
             Kind::Iq => "iq",
         }
     }
+}
+
+/// RFC 6121 §4.7.2.3: a presence's `<priority/>`, an integer clamped to -128..=127;
+/// absent (or unreadable) means 0. Parses the element only when the bytes mention it.
+pub fn presence_priority(env: &Envelope) -> i8 {
+    if env.el.self_closing || !env.el.raw.windows(8).any(|w| w == b"priority") {
+        return 0;
+    }
+    env.el
+        .parse()
+        .ok()
+        .and_then(|e| e.get_child("priority", ns::CLIENT).map(|p| p.text_content()))
+        .and_then(|t| t.trim().parse::<i64>().ok())
+        .map(|v| v.clamp(-128, 127) as i8)
+        .unwrap_or(0)
 }
 
 /// A stanza accepted from a bound session: `from` is already stamped with the sender's

@@ -27,3 +27,24 @@ pub const OFFLINE: &str = "msgoffline";
 pub const CHANNEL_BINDING: &str = "urn:xmpp:sasl-cb:0";
 pub const DATA_FORMS: &str = "jabber:x:data";
 pub const TIME: &str = "urn:xmpp:time";
+pub const SID: &str = "urn:xmpp:sid:0";
+pub const HINTS: &str = "urn:xmpp:hints";
+pub const CARBONS: &str = "urn:xmpp:carbons:2";
+pub const FORWARD: &str = "urn:xmpp:forward:0";
+pub const OMEMO_LEGACY: &str = "eu.siacs.conversations.axolotl";
+pub const OMEMO: &str = "urn:xmpp:omemo:2";
+pub const OPENPGP: &str = "urn:xmpp:openpgp:0";
+pub const RECEIPTS: &str = "urn:xmpp:receipts";
+pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+pub const MARKERS: &str = "urn:xmpp:chat-markers:0";
+pub const CONFERENCE: &str = "jabber:x:conference";
+pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+/// Every MAM version's namespace starts with this (`urn:xmpp:mam:2`, `:1`, ...).
+pub const MAM_PREFIX: &str = "urn:xmpp:mam:";
+pub const MAM2: &str = "urn:xmpp:mam:2";
+pub const MAM2_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+pub const MAM1: &str = "urn:xmpp:mam:1";
+pub const RSM: &str = "http://jabber.org/protocol/rsm";
+pub const XDATA_VALIDATE: &str = "http://jabber.org/protocol/xdata-validate";
+/// XEP-0157 form type of the contact-address extension.
+pub const SERVERINFO: &str = "http://jabber.org/network/serverinfo";

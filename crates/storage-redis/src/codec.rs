@@ -2,13 +2,17 @@
 //!
 //! Owns: the versioned encoding. Must not touch: Redis connections or key names.
 //!
-//! Layout of version 1:
+//! Layout of version 2:
 //!
 //! ```text
-//! 0x01 <edge decimal> ' ' <conn decimal> '\n'        -- ASCII header, read by the Lua scripts
-//! i8 priority, u8 flags (available, interested, blocklist, carbons, has presence)
-//! u16 len + full JID, [u32 len + presence stanza], u16 count + (u16 len + JID)* directed
+//! 0x02 <edge decimal> ' ' <conn decimal> '\n'        -- ASCII header, read by the Lua scripts
+//! i8 priority, u8 flags (available, has presence)
+//! u16 len + full JID, [u32 len + presence stanza], u16 count + (u16 len + JID)* directed,
+//! u16 count + (u16 len + key, u32 len + value)* extension slots
 //! ```
+//!
+//! Version 1 had no slots but three flag bits (interested, blocklist, carbons); it is
+//! still read, the bits becoming the slots `roster`, `blocklist` and `carbons`.
 //!
 //! The location sits in an ASCII header so the compare-and-delete scripts can match it
 //! as strings: Lua 5.1 numbers are doubles and would round a `u64` connection id.
@@ -16,15 +20,15 @@
 //! format is never misread (a rolling upgrade adds a version, then switches writers).
 
 use bytes::Bytes;
-use rookery_core::{Location, SessionEntry};
+use rookery_core::{Extensions, Location, SessionEntry};
 use rookery_jid::{FullJid, Jid};
 
-pub(crate) const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 2;
+const VERSION_1: u8 = 1;
 
 const AVAILABLE: u8 = 1;
-const INTERESTED: u8 = 1 << 1;
-const BLOCKLIST: u8 = 1 << 2;
-const CARBONS: u8 = 1 << 3;
+/// Version 1 only: the flags that are extension slots now, with their slot keys.
+const V1_FLAG_SLOTS: [(u8, &str); 3] = [(1 << 1, "roster"), (1 << 2, "blocklist"), (1 << 3, "carbons")];
 const HAS_PRESENCE: u8 = 1 << 4;
 
 /// Why a stored value could not be decoded.
@@ -47,13 +51,7 @@ pub(crate) fn encode(e: &SessionEntry) -> Vec<u8> {
     out.extend_from_slice(format!("{} {}\n", e.loc.edge, e.loc.conn).as_bytes());
     out.extend_from_slice(&e.priority.to_be_bytes());
     let mut flags = 0;
-    for (on, bit) in [
-        (e.available, AVAILABLE),
-        (e.interested, INTERESTED),
-        (e.blocklist, BLOCKLIST),
-        (e.carbons, CARBONS),
-        (presence.is_some(), HAS_PRESENCE),
-    ] {
+    for (on, bit) in [(e.available, AVAILABLE), (presence.is_some(), HAS_PRESENCE)] {
         if on {
             flags |= bit;
         }
@@ -70,6 +68,14 @@ pub(crate) fn encode(e: &SessionEntry) -> Vec<u8> {
     for j in directed {
         put_short(&mut out, j.as_str().as_bytes());
     }
+    let slots = e.ext.len().min(u16::MAX as usize);
+    out.extend_from_slice(&(slots as u16).to_be_bytes());
+    for (key, value) in e.ext.iter().take(slots) {
+        put_short(&mut out, key.as_bytes());
+        let len = value.len().min(u32::MAX as usize);
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+        out.extend_from_slice(&value[..len]);
+    }
     out
 }
 
@@ -82,9 +88,9 @@ fn put_short(out: &mut Vec<u8>, s: &[u8]) {
 
 pub(crate) fn decode(v: &[u8]) -> Result<SessionEntry, DecodeError> {
     let mut r = Reader(v);
-    match r.u8()? {
-        VERSION => {}
-        other => return Err(DecodeError::Version(other)),
+    let version = r.u8()?;
+    if version != VERSION && version != VERSION_1 {
+        return Err(DecodeError::Version(version));
     }
     let header_end = r.0.iter().position(|&b| b == b'\n').ok_or(DecodeError::Malformed)?;
     let header = std::str::from_utf8(&r.0[..header_end]).map_err(|_| DecodeError::Malformed)?;
@@ -108,20 +114,25 @@ pub(crate) fn decode(v: &[u8]) -> Result<SessionEntry, DecodeError> {
     for _ in 0..count {
         directed.push(Jid::parse(r.short_str()?).map_err(|e| DecodeError::Jid(e.to_string()))?);
     }
+    let mut ext = Extensions::new();
+    if version == VERSION_1 {
+        for (bit, key) in V1_FLAG_SLOTS {
+            if flags & bit != 0 {
+                ext.set_raw(key, Some(Bytes::new()));
+            }
+        }
+    } else {
+        let count = u16::from_be_bytes(r.array()?);
+        for _ in 0..count {
+            let key = r.short_str()?.to_owned();
+            let len = u32::from_be_bytes(r.array()?) as usize;
+            ext.set_raw(&key, Some(Bytes::copy_from_slice(r.take(len)?)));
+        }
+    }
     if !r.0.is_empty() {
         return Err(DecodeError::Malformed);
     }
-    Ok(SessionEntry {
-        jid,
-        loc,
-        priority,
-        available: flags & AVAILABLE != 0,
-        presence,
-        interested: flags & INTERESTED != 0,
-        blocklist: flags & BLOCKLIST != 0,
-        directed,
-        carbons: flags & CARBONS != 0,
-    })
+    Ok(SessionEntry { jid, loc, priority, available: flags & AVAILABLE != 0, presence, directed, ext })
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -156,17 +167,17 @@ mod tests {
     use super::*;
 
     fn full() -> SessionEntry {
-        SessionEntry {
-            jid: FullJid::parse("alice@example.org/phone").unwrap(),
-            loc: Location { edge: 4_000_000_000, conn: u64::MAX - 3 },
-            priority: -7,
-            available: true,
-            presence: Some(Bytes::from_static(b"<presence><show>away</show></presence>")),
-            interested: true,
-            blocklist: false,
-            directed: vec![Jid::parse("room@muc.example.org/nick").unwrap(), Jid::parse("bob@example.org").unwrap()],
-            carbons: true,
-        }
+        let mut e = SessionEntry::new(
+            FullJid::parse("alice@example.org/phone").unwrap(),
+            Location { edge: 4_000_000_000, conn: u64::MAX - 3 },
+        );
+        e.priority = -7;
+        e.available = true;
+        e.presence = Some(Bytes::from_static(b"<presence><show>away</show></presence>"));
+        e.directed = vec![Jid::parse("room@muc.example.org/nick").unwrap(), Jid::parse("bob@example.org").unwrap()];
+        e.ext.set_raw("carbons", Some(Bytes::new()));
+        e.ext.set_raw("csi", Some(Bytes::from_static(&[0, b'\n', 255])));
+        e
     }
 
     fn same(a: &SessionEntry, b: &SessionEntry) {
@@ -175,25 +186,22 @@ mod tests {
         assert_eq!(a.priority, b.priority);
         assert_eq!(a.available, b.available);
         assert_eq!(a.presence, b.presence);
-        assert_eq!(a.interested, b.interested);
-        assert_eq!(a.blocklist, b.blocklist);
         assert_eq!(a.directed, b.directed);
-        assert_eq!(a.carbons, b.carbons);
+        assert_eq!(a.ext, b.ext);
     }
 
     #[test]
     fn round_trips_every_field() {
         let e = full();
         let v = encode(&e);
-        assert!(v.starts_with(format!("\x01{} {}\n", e.loc.edge, e.loc.conn).as_bytes()));
+        assert!(v.starts_with(format!("\x02{} {}\n", e.loc.edge, e.loc.conn).as_bytes()));
         same(&decode(&v).unwrap(), &e);
 
         let mut bare = full();
         bare.presence = None;
         bare.directed.clear();
         bare.available = false;
-        bare.carbons = false;
-        bare.blocklist = true;
+        bare.ext = Extensions::new();
         bare.priority = 127;
         same(&decode(&encode(&bare)).unwrap(), &bare);
     }
@@ -206,7 +214,23 @@ mod tests {
         }
         v.push(0);
         assert_eq!(decode(&v).unwrap_err(), DecodeError::Malformed);
-        v[0] = 2;
-        assert_eq!(decode(&v).unwrap_err(), DecodeError::Version(2));
+        v[0] = 3;
+        assert_eq!(decode(&v).unwrap_err(), DecodeError::Version(3));
+    }
+
+    #[test]
+    fn version_1_values_are_read_with_their_flags_as_slots() {
+        // A version-1 value as an older router wrote it: interested and carbons set.
+        let mut v = b"\x017 9\n".to_vec();
+        v.push(3u8); // priority
+        v.push(1 | (1 << 1) | (1 << 3)); // available, interested, carbons
+        let jid = b"alice@example.org/phone";
+        v.extend_from_slice(&(jid.len() as u16).to_be_bytes());
+        v.extend_from_slice(jid);
+        v.extend_from_slice(&0u16.to_be_bytes()); // no directed presences
+        let e = decode(&v).unwrap();
+        assert_eq!((e.loc, e.priority, e.available), (Location { edge: 7, conn: 9 }, 3, true));
+        let keys: Vec<_> = e.ext.iter().map(|(k, _)| k.to_owned()).collect();
+        assert_eq!(keys, ["carbons", "roster"]);
     }
 }

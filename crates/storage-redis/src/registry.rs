@@ -505,8 +505,8 @@ impl SessionRegistry for RedisRegistry {
         self.read(user).await.to_vec()
     }
 
-    async fn carbons_sessions(&self, user: &BareJid) -> Vec<SessionEntry> {
-        self.read(user).await.iter().filter(|e| e.carbons).cloned().collect()
+    async fn sessions_with(&self, user: &BareJid, key: &str) -> Vec<SessionEntry> {
+        self.read(user).await.iter().filter(|e| e.ext.contains(key)).cloned().collect()
     }
 
     async fn update(&self, jid: &FullJid, f: &mut (dyn for<'e> FnMut(&'e mut SessionEntry) + Send)) -> bool {
@@ -528,8 +528,11 @@ impl SessionRegistry for RedisRegistry {
 }
 
 impl rookery_core::ChangeBus for RedisRegistry {
-    fn publish(&self, change: rookery_core::Change, user: &BareJid) {
-        let mut payload = vec![crate::subscriber::CHANGE_MARK, change.tag() as u8];
+    fn publish(&self, topic: &str, user: &BareJid) {
+        // Topics are short module names; a longer one is cut rather than misframed.
+        let topic = &topic.as_bytes()[..topic.len().min(u8::MAX as usize)];
+        let mut payload = vec![crate::subscriber::CHANGE_MARK, topic.len() as u8];
+        payload.extend_from_slice(topic);
         payload.extend_from_slice(user.as_str().as_bytes());
         let conn = self.conn.clone();
         let user = user.clone();

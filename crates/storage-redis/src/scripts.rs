@@ -39,7 +39,7 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if #KEYS == 3 then
   redis.call('SADD', KEYS[2], ARGV[3])
   if old then
-    local e, c = string.match(old, '^\1(%d+) (%d+)\n')
+    local e, c = string.match(old, '^[\1\2](%d+) (%d+)\n')
     if e then
       local set = 'rk:edge:{' .. e .. '}:sessions'
       local m = ARGV[6] .. '\n' .. c
@@ -62,7 +62,7 @@ pub(crate) static REMOVE: Lua = Lua::new(
 if #KEYS == 3 then redis.call('SREM', KEYS[2], ARGV[4]) end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return false end
-local e, c = string.match(cur, '^\1(%d+) (%d+)\n')
+local e, c = string.match(cur, '^[\1\2](%d+) (%d+)\n')
 if e ~= ARGV[2] or c ~= ARGV[3] then return false end
 redis.call('HDEL', KEYS[1], ARGV[1])
 if #KEYS == 3 then redis.call('DECR', KEYS[3]) end

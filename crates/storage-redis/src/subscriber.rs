@@ -26,7 +26,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub(crate) type ChangeListener = Arc<std::sync::OnceLock<OnChange>>;
 
 /// What a router does with another router's change notice.
-pub type OnChange = Arc<dyn Fn(rookery_core::Change, &BareJid) + Send + Sync>;
+pub type OnChange = Arc<dyn Fn(&str, &BareJid) + Send + Sync>;
 
 /// First byte of a change notice on the invalidation channel; no JID contains it (PRECIS
 /// forbids control characters), so notices and session invalidations cannot be confused.
@@ -103,11 +103,13 @@ impl Subscriber {
     }
 
     fn invalidate(&self, payload: &[u8]) {
-        if let [CHANGE_MARK, tag, rest @ ..] = payload {
-            let change = rookery_core::Change::from_tag(char::from(*tag));
-            let user = std::str::from_utf8(rest).ok().and_then(|s| BareJid::parse(s).ok());
-            if let (Some(change), Some(user), Some(f)) = (change, user, self.listener.get()) {
-                f(change, &user);
+        if let [CHANGE_MARK, len, rest @ ..] = payload {
+            // CHANGE_MARK, topic length, topic, user (see `RedisRegistry::publish`).
+            let (topic, user) = rest.split_at((*len as usize).min(rest.len()));
+            let topic = std::str::from_utf8(topic).ok();
+            let user = std::str::from_utf8(user).ok().and_then(|s| BareJid::parse(s).ok());
+            if let (Some(topic), Some(user), Some(f)) = (topic, user, self.listener.get()) {
+                f(topic, &user);
             }
             return;
         }

@@ -41,17 +41,9 @@ fn bare(s: &str) -> BareJid {
 }
 
 fn entry(jid: &str, edge: u32, conn: u64) -> SessionEntry {
-    SessionEntry {
-        jid: full(jid),
-        loc: Location { edge, conn },
-        priority: 0,
-        available: true,
-        presence: None,
-        interested: false,
-        blocklist: false,
-        directed: Vec::new(),
-        carbons: false,
-    }
+    let mut e = SessionEntry::new(full(jid), Location { edge, conn });
+    e.available = true;
+    e
 }
 
 fn names(v: Vec<SessionEntry>) -> Vec<String> {
@@ -121,7 +113,7 @@ async fn a_write_on_one_registry_invalidates_the_others_cache() {
     assert_eq!(names(b.sessions(&alice).await), ["alice@example.org/phone"]);
     assert!(b.get(&full("alice@example.org/phone")).await.is_some());
     assert!(b.is_current(&full("alice@example.org/phone"), Location { edge: 1, conn: 1 }).await);
-    assert!(b.carbons_sessions(&alice).await.is_empty());
+    assert!(b.sessions_with(&alice, "carbons").await.is_empty());
     assert_eq!(b.ops(), ops, "cached reads must not reach Redis");
 
     // A bind on A reaches B's cache.
@@ -130,10 +122,12 @@ async fn a_write_on_one_registry_invalidates_the_others_cache() {
         names(b.sessions(&alice).await) == ["alice@example.org/laptop", "alice@example.org/phone"]
     })
     .await;
-    // An update on A (carbons enabled) reaches B.
-    assert!(a.update(&full("alice@example.org/laptop"), &mut |e| e.carbons = true).await);
-    eventually("B sees the carbons flag", || async {
-        names(b.carbons_sessions(&alice).await) == ["alice@example.org/laptop"]
+    // An update on A (an extension slot set) reaches B.
+    assert!(
+        a.update(&full("alice@example.org/laptop"), &mut |e| e.ext.set_raw("carbons", Some(bytes::Bytes::new()))).await
+    );
+    eventually("B sees the slot", || async {
+        names(b.sessions_with(&alice, "carbons").await) == ["alice@example.org/laptop"]
     })
     .await;
     // An unbind on A reaches B.
@@ -162,9 +156,11 @@ async fn own_writes_are_visible_immediately() {
     // The update started from the cached entry: one request (the compare-and-set).
     let _ = a.sessions(&alice).await;
     let ops = a.ops();
-    assert!(a.update(&full("alice@example.org/phone"), &mut |e| e.interested = true).await);
+    assert!(
+        a.update(&full("alice@example.org/phone"), &mut |e| e.ext.set_raw("roster", Some(bytes::Bytes::new()))).await
+    );
     assert_eq!(a.ops() - ops, 1);
-    assert!(a.get(&full("alice@example.org/phone")).await.unwrap().interested);
+    assert!(a.get(&full("alice@example.org/phone")).await.unwrap().ext.contains("roster"));
 }
 
 #[tokio::test]
@@ -181,7 +177,7 @@ async fn update_never_applies_to_a_replacing_session() {
     let mut replacement = entry("alice@example.org/phone", 2, 2);
     replacement.priority = 3;
     b.insert(replacement.clone()).await.unwrap();
-    let _ = a.update(&jid, &mut |e| e.carbons = true).await;
+    let _ = a.update(&jid, &mut |e| e.ext.set_raw("carbons", Some(bytes::Bytes::new()))).await;
     let now = b.get(&jid).await.unwrap();
     assert_eq!(now.loc, replacement.loc);
     assert_eq!(now.priority, 3);

@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 
 /// The specifications the edge implements (listed in docs/compliance.md).
 pub const SPECS: rookery_core::ModuleInfo = rookery_core::ModuleInfo {
+    depends: &[],
     name: "edge",
     specs: &[
         rookery_core::XepSupport {

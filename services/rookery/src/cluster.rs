@@ -111,17 +111,18 @@ pub async fn start_router(cfg: Config) -> anyhow::Result<Process> {
     let registry = connect_registry(&cfg).await?;
     // One queue per edge, shared by all of that edge's connections.
     let link = ClusterLink::new(cfg.limits.outbound_queue.saturating_mul(16).max(65_536));
-    let mut rc = router_config(&cfg);
-    rc.archive.node = u16::try_from(cfg.cluster.node_id).unwrap_or(0);
-    let router = LocalRouter::new(rc, registry.clone(), link.clone(), stores.clone(), modules(&cfg));
-    // Block lists and archiving preferences are cached per router: a change made through
-    // one router must reach the others' caches.
+    // Cluster routers get distinct numbers, which are part of the archive ids they mint.
+    let node = u16::try_from(cfg.cluster.node_id).unwrap_or(0);
+    let router =
+        LocalRouter::new(router_config(&cfg), registry.clone(), link.clone(), stores.clone(), modules(&cfg, node))?;
+    // Modules cache per-user data (block lists, archiving preferences) per router: a change
+    // made through one router must reach the others' caches.
     router.set_change_bus(registry.clone());
     {
         let weak = Arc::downgrade(&router);
-        registry.on_change(Arc::new(move |change, user| {
+        registry.on_change(Arc::new(move |topic, user| {
             if let Some(r) = weak.upgrade() {
-                r.remote_change(change, user);
+                r.remote_change(topic, user);
             }
         }));
         let weak = Arc::downgrade(&router);

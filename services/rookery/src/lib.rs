@@ -17,16 +17,16 @@ pub use node::{Server, start};
 
 /// The supported-specifications table (docs/compliance.md), generated from what the
 /// router and the modules declare, so what we claim is what the code registers.
-pub fn compliance() -> String {
+pub fn compliance() -> Result<String, rookery_core::SetupError> {
     let cfg = rookery_config::Config::default();
     let router = rookery_router::LocalRouter::new(
         node::router_config(&cfg),
         std::sync::Arc::new(rookery_core::MemoryRegistry::new()),
         std::sync::Arc::new(rookery_core::LocalHub::new()),
         rookery_storage::memory_stores(),
-        node::modules(&cfg),
-    );
+        node::modules(&cfg, 0),
+    )?;
     let mut infos = router.features().modules.clone();
     infos.push(rookery_edge::SPECS);
-    rookery_modules::compliance_markdown(&infos)
+    Ok(rookery_modules::compliance_markdown(&infos))
 }

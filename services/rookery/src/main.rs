@@ -434,7 +434,7 @@ fn main() {
                 Ok(())
             }
             Cmd::Compliance => {
-                print!("{}", rookery::compliance());
+                print!("{}", rookery::compliance()?);
                 Ok(())
             }
         }

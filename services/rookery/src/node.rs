@@ -2,7 +2,7 @@
 //! bind listeners, serve until shutdown.
 
 use anyhow::Context;
-use rookery_config::{ArchivePolicy, Config};
+use rookery_config::Config;
 use rookery_core::Registrar;
 use rookery_core::{LocalHub, MemoryRegistry};
 use rookery_edge::{Edge, EdgeConfig, ListenKind};
@@ -67,39 +67,12 @@ pub fn router_config(cfg: &Config) -> RouterConfig {
         domains: cfg.domains.clone(),
         allow_registration: cfg.registration.allow,
         min_password_len: cfg.registration.min_password_len,
-        offline_max_per_user: cfg.limits.offline_max_per_user,
-        archive: rookery_router::ArchiveSettings {
-            enabled: cfg.mam.enabled,
-            default: archive_default(cfg.mam.default_policy),
-            // A single node mints every id itself; cluster routers get distinct numbers.
-            node: 0,
-        },
     }
 }
 
-fn archive_default(p: ArchivePolicy) -> rookery_storage::ArchiveDefault {
-    match p {
-        ArchivePolicy::Always => rookery_storage::ArchiveDefault::Always,
-        ArchivePolicy::Never => rookery_storage::ArchiveDefault::Never,
-        ArchivePolicy::Roster => rookery_storage::ArchiveDefault::Roster,
-    }
-}
-
-/// The modules a node runs: the crate's standard set, plus MAM queries when archiving is on.
-pub fn modules(cfg: &Config) -> impl FnOnce(&mut Registrar) + use<> {
-    let mam = cfg.mam.enabled.then(|| rookery_modules::MamConfig {
-        max_page: cfg.mam.max_page,
-        default_page: cfg.mam.default_page,
-        count_cap: cfg.mam.count_limit,
-        default_policy: archive_default(cfg.mam.default_policy),
-        ..rookery_modules::MamConfig::default()
-    });
-    move |r: &mut Registrar| {
-        rookery_modules::register_all(r);
-        if let Some(m) = mam {
-            r.add(Arc::new(rookery_modules::Mam::new(m)));
-        }
-    }
+/// The modules a node runs, each from its own section of the configuration.
+pub fn modules(cfg: &Config, node: u16) -> impl FnOnce(&mut Registrar) + use<> {
+    rookery_modules::catalog::from_config(cfg, rookery_modules::catalog::NodeInfo { node })
 }
 
 /// The edge's settings from the configuration.
@@ -135,8 +108,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         Arc::new(MemoryRegistry::new()),
         hub.clone(),
         stores.clone(),
-        modules(&cfg),
-    );
+        modules(&cfg, 0),
+    )?;
     let tls = rookery_edge::tls::load_or_generate(
         cfg.tls.cert.as_deref(),
         cfg.tls.key.as_deref(),

@@ -7,13 +7,6 @@ use rookery_core::{IqRequest, IqType, Target};
 use rookery_jid::FullJid;
 use rookery_stanza::{Condition, Envelope, StanzaError, ns};
 
-/// XEP-0191 §3.3: what a user gets for addressing someone they blocked.
-pub(crate) fn blocked_error() -> StanzaError {
-    StanzaError::new(Condition::NotAcceptable)
-        .with_type(rookery_stanza::ErrorType::Cancel)
-        .with_app("blocked", ns::BLOCKING_ERRORS)
-}
-
 impl LocalRouter {
     pub(crate) async fn route_iq(&self, env: Envelope) {
         let Ok(from) = FullJid::try_from(env.from.clone()) else { return };
@@ -40,7 +33,7 @@ impl LocalRouter {
         };
         let to = env.to.clone();
         if !self.is_local(to.domain()) {
-            self.bounce(&env, StanzaError::new(Condition::RemoteServerNotFound)).await;
+            self.route_remote(env, false).await;
             return;
         }
         let sender = from.to_bare();
@@ -60,12 +53,12 @@ impl LocalRouter {
         };
         if target == Target::OtherUser {
             let Some(user) = crate::user_of(&to) else { return };
-            // XEP-0191 §3.3: the sender blocked the addressee.
-            if self.blocks.blocks(&sender, &to).await {
-                self.bounce(&env, blocked_error()).await;
+            // The sender's own policy refuses the addressee.
+            if let Some(err) = self.denied(&sender, &to, true).await {
+                self.bounce(&env, err).await;
                 return;
             }
-            if self.blocks.blocks(&user, &env.from).await || !self.account_exists(&user).await {
+            if self.blocked(&user, &env.from).await || !self.account_exists(&user).await {
                 self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable)).await;
                 return;
             }
@@ -126,12 +119,14 @@ impl LocalRouter {
     async fn iq_to_full(&self, env: &Envelope, from: &FullJid) {
         let Ok(to) = FullJid::try_from(env.to.clone()) else { return };
         let user = to.to_bare();
-        if self.blocks.blocks(&user, &env.from).await {
+        if self.blocked(&user, &env.from).await {
             self.bounce(env, StanzaError::new(Condition::ServiceUnavailable)).await;
             return;
         }
-        if user != from.to_bare() && self.blocks.blocks(&from.to_bare(), &env.to).await {
-            self.bounce(env, blocked_error()).await;
+        if user != from.to_bare()
+            && let Some(err) = self.denied(&from.to_bare(), &env.to, true).await
+        {
+            self.bounce(env, err).await;
             return;
         }
         // RFC 6121 §8.5.3.1: a get/set reaches a resource only from someone it shares
@@ -161,7 +156,7 @@ impl LocalRouter {
         if let Ok(to) = FullJid::try_from(env.to.clone())
             && self.is_local(to.domain())
         {
-            if self.blocks.blocks(&to.to_bare(), &env.from).await {
+            if self.blocked(&to.to_bare(), &env.from).await {
                 return;
             }
             self.send_full(&to, env.wire()).await;

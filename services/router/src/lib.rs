@@ -4,28 +4,29 @@
 //! `SessionRegistry`, durable data in the `Stores`, so the same code runs in one process or
 //! as stateless cluster workers.
 //!
+//! The router is the kernel (DESIGN §3): it runs the RFC rules and the hook points
+//! (`rookery_core::hooks`) where modules join in; a feature's own logic lives in its
+//! module in crates/modules, which never sees `LocalRouter`.
+//!
 //! Owns: delivery rules (RFC 6121 §8.5), presence broadcast/probes/directed presence
 //! (RFC 6121 §4), subscriptions (RFC 6121 §3, Appendix A), the roster protocol (RFC 6121 §2
-//! with XEP-0237 versioning), offline storage (XEP-0160), block-list enforcement (XEP-0191
-//! §3.6-§3.7), writing user message archives with XEP-0359 stanza-ids (XEP-0313 §3.5,
-//! §6.1.1; XEP-0334 hints), and message carbons on delivery (XEP-0280 §6-§9, §11).
+//! with roster versioning), the IQ dispatch, and running the hook points where the RFC
+//! rules leave room for features (`rookery_core::hooks`).
 //! Must not touch: sockets, TLS, SASL, XML framing; the storage backend is only seen
 //! through traits.
 
-mod archive;
-mod blocking;
-mod carbons;
 mod iq;
 mod message;
-mod offline;
+mod policy;
 mod presence;
 mod roster;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use rookery_core::hooks::{REMOTE_CHANGE, RemoteChange, SESSION_BOUND, SESSION_CLOSED, SessionEvent};
 use rookery_core::{
-    BindError, Ctx, Dispatch, EdgeLink, Features, Location, Module, ModuleInfo, Outbound, Registrar, Router, ServerApi,
-    SessionEntry, SessionRegistry, Support, XepSupport,
+    BindError, Ctx, Dispatch, EdgeLink, Features, Hooks, Location, Module, ModuleInfo, Outbound, Registrar, Router,
+    ServerApi, SessionEntry, SessionRegistry, SetupError, Support, XepSupport,
 };
 use rookery_jid::{BareJid, FullJid, Jid};
 use rookery_stanza::{Envelope, Kind, StreamCondition};
@@ -34,8 +35,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-pub use archive::{ARCHIVE_TIMEOUT, ArchiveSettings, NS_SID, PREFS_TTL};
-pub use blocking::BlockCache;
+/// Published when an account is deleted: every cache of that user's data is dropped.
+pub const ACCOUNT_TOPIC: &str = "account";
 
 /// Router settings taken from the configuration.
 #[derive(Debug, Clone)]
@@ -43,9 +44,6 @@ pub struct RouterConfig {
     pub domains: Vec<String>,
     pub allow_registration: bool,
     pub min_password_len: usize,
-    pub offline_max_per_user: usize,
-    /// Archiving of 1:1 messages (XEP-0313).
-    pub archive: ArchiveSettings,
 }
 
 /// Everything the router needs, shared by all sessions.
@@ -56,18 +54,13 @@ pub struct LocalRouter {
     stores: Stores,
     dispatch: Dispatch,
     features: Arc<Features>,
-    blocks: BlockCache,
+    hooks: Arc<Hooks>,
+    components: Arc<rookery_core::Components>,
     started: Instant,
     push_ids: AtomicU64,
-    /// Mints the archive ids that are also the stanza-ids (XEP-0359).
-    archive_ids: rookery_storage::ArchiveIdGen,
-    /// Archiving preferences by user (see archive.rs).
-    prefs: archive::PrefsCache,
     me: OnceLock<std::sync::Weak<LocalRouter>>,
     /// Cluster mode: tells the other routers when cached per-user data changes.
     bus: OnceLock<Arc<dyn rookery_core::ChangeBus>>,
-    /// Serialises offline store/flush per user (striped).
-    offline_locks: Vec<tokio::sync::Mutex<()>>,
     /// Serialises roster read-modify-write per user (striped); never held across a
     /// call that takes another user's lock.
     roster_locks: Vec<tokio::sync::Mutex<()>>,
@@ -84,72 +77,21 @@ fn stripe(user: &BareJid) -> usize {
 
 /// The specs implemented by the router itself (not by a module); they are listed in
 /// docs/compliance.md together with the modules'.
-pub struct CoreSpecs {
-    /// Archiving is on: accounts advertise `urn:xmpp:sid:0` (XEP-0359 §5).
-    pub archiving: bool,
-}
+pub struct CoreSpecs;
 
 impl Module for CoreSpecs {
     fn info(&self) -> ModuleInfo {
         ModuleInfo {
+            depends: &[],
             name: "router",
-            specs: &[
-                XepSupport {
-                    spec: "RFC 6121",
-                    version: "2011",
-                    support: Support::Full,
-                    note: "roster, subscriptions incl. pre-approval, presence, delivery rules §8.5",
-                },
-                XepSupport {
-                    spec: "XEP-0160",
-                    version: "1.0.1",
-                    support: Support::Full,
-                    note: "offline messages, delivered on next available presence with XEP-0203 delay",
-                },
-                XepSupport {
-                    spec: "XEP-0203",
-                    version: "2.0",
-                    support: Support::Full,
-                    note: "delay stamp on offline messages",
-                },
-                XepSupport {
-                    spec: "XEP-0237",
-                    version: "1.3",
-                    support: Support::Partial,
-                    note: "roster `ver`; a changed roster is sent whole instead of as pushes",
-                },
-                XepSupport {
-                    spec: "XEP-0191",
-                    version: "1.3",
-                    support: Support::Full,
-                    note: "enforcement on delivery (the IQ side is the blocking module)",
-                },
-                XepSupport {
-                    spec: "XEP-0280",
-                    version: "1.0.1",
-                    support: Support::Partial,
-                    note: "copies on delivery (§6-§9), forged copies refused (§11); error messages are not copied",
-                },
-                XepSupport {
-                    spec: "XEP-0313",
-                    version: "1.1.3",
-                    support: Support::Partial,
-                    note: "archiving 1:1 chat/normal messages of local users on delivery (§3.5, §6.1.1), \
-                           XEP-0441 preferences applied; queries are the mam module",
-                },
-                XepSupport {
-                    spec: "XEP-0334",
-                    version: "1.0.0",
-                    support: Support::Full,
-                    note: "store, no-store, no-permanent-store (archive and offline), no-copy (carbons)",
-                },
-                XepSupport {
-                    spec: "XEP-0359",
-                    version: "0.7.0",
-                    support: Support::Full,
-                    note: "stanza-id of archived messages; spoofed ids by our accounts or domains removed (§3)",
-                },
-            ],
+            specs: &[XepSupport {
+                spec: "RFC 6121",
+                version: "2011",
+                support: Support::Full,
+                note: "roster, subscriptions incl. pre-approval, presence, delivery rules §8.5; roster \
+                           versioning §2.6: an unchanged roster gets an empty result, a \
+                           changed one is sent whole (§2.6.3 allows it) rather than as the missed pushes",
+            }],
         }
     }
     fn register(self: Arc<Self>, r: &mut Registrar) {
@@ -162,12 +104,8 @@ impl Module for CoreSpecs {
             &[rookery_core::Target::Host, rookery_core::Target::Own],
             Arc::new(SessionNoop),
         );
-        r.host_feature(rookery_stanza::ns::OFFLINE);
         r.host_feature(rookery_stanza::ns::ROSTER_VER);
         r.host_feature(rookery_stanza::ns::PRE_APPROVAL);
-        if self.archiving {
-            r.account_feature(archive::NS_SID);
-        }
     }
 }
 
@@ -189,13 +127,12 @@ impl LocalRouter {
         link: Arc<dyn EdgeLink>,
         stores: Stores,
         register_modules: impl FnOnce(&mut Registrar),
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, SetupError> {
         let mut r = Registrar::new();
-        r.add(Arc::new(CoreSpecs { archiving: cfg.archive.enabled }));
+        r.add(Arc::new(CoreSpecs));
         register_modules(&mut r);
-        let (dispatch, features) = r.build();
-        let blocks = BlockCache::new(stores.blocking.clone());
-        let archive_ids = rookery_storage::ArchiveIdGen::new(cfg.archive.node);
+        let built = r.finish()?;
+        let (dispatch, features, hooks, components) = (built.dispatch, built.features, built.hooks, built.components);
         let router = Arc::new(LocalRouter {
             cfg,
             registry,
@@ -203,18 +140,16 @@ impl LocalRouter {
             stores,
             dispatch,
             features,
-            blocks,
+            hooks,
+            components,
             started: Instant::now(),
             push_ids: AtomicU64::new(1),
-            archive_ids,
-            prefs: archive::PrefsCache::default(),
             me: OnceLock::new(),
             bus: OnceLock::new(),
-            offline_locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             roster_locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         });
         let _ = router.me.set(Arc::downgrade(&router));
-        router
+        Ok(router)
     }
 
     /// In a cluster: how this router tells the others that cached per-user data changed.
@@ -222,24 +157,46 @@ impl LocalRouter {
         let _ = self.bus.set(bus);
     }
 
-    /// Another router changed `user`'s data: drop the cached copy (nothing is re-published).
-    pub fn remote_change(&self, change: rookery_core::Change, user: &BareJid) {
-        match change {
-            rookery_core::Change::Blocklist => self.blocks.invalidate(user),
-            rookery_core::Change::ArchivePrefs => self.prefs.invalidate(user),
-        }
+    /// Another router changed `user`'s data cached under `topic`: drop the cached copy
+    /// (nothing is re-published).
+    pub fn remote_change(&self, topic: &str, user: &BareJid) {
+        self.spawn_change(topic, Some(user.clone()));
     }
 
     /// Change notices from other routers may have been missed: drop every cached copy.
     pub fn remote_reset(&self) {
-        self.blocks.clear();
-        self.prefs.clear();
+        self.spawn_change("", None);
     }
 
-    fn publish_change(&self, change: rookery_core::Change, user: &BareJid) {
-        if let Some(bus) = self.bus.get() {
-            bus.publish(change, user);
+    /// Runs `REMOTE_CHANGE` without holding up the caller (a Redis subscriber callback).
+    fn spawn_change(&self, topic: &str, user: Option<BareJid>) {
+        if self.hooks.is_empty(REMOTE_CHANGE) {
+            return;
         }
+        let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) else { return };
+        let topic = topic.to_owned();
+        tokio::spawn(async move { me.run_change(&topic, user).await });
+    }
+
+    /// Runs `REMOTE_CHANGE` for `topic` (`user: None`: every user) and waits for it.
+    pub async fn run_change(&self, topic: &str, user: Option<BareJid>) {
+        let Some(ctx) = self.ctx() else { return };
+        let mut ev = RemoteChange { topic: topic.to_owned(), user };
+        self.hooks.run(REMOTE_CHANGE, &ctx, &mut ev).await;
+    }
+
+    /// Handler failures since start: (errors, panics).
+    pub fn hook_failures(&self) -> (u64, u64) {
+        self.hooks.failures()
+    }
+
+    pub fn hooks(&self) -> &Arc<Hooks> {
+        &self.hooks
+    }
+
+    /// Domain → placement of the registered components, for the edges of a cluster.
+    pub fn placements(&self) -> rookery_core::PlacementTable {
+        self.components.placements()
     }
 
     pub fn features(&self) -> &Arc<Features> {
@@ -266,10 +223,6 @@ impl LocalRouter {
 
     pub(crate) fn is_local(&self, domain: &str) -> bool {
         self.cfg.domains.iter().any(|d| d == domain)
-    }
-
-    pub(crate) async fn offline_lock(&self, user: &BareJid) -> tokio::sync::MutexGuard<'_, ()> {
-        self.offline_locks[stripe(user)].lock().await
     }
 
     pub(crate) async fn roster_lock(&self, user: &BareJid) -> tokio::sync::MutexGuard<'_, ()> {
@@ -320,18 +273,8 @@ impl LocalRouter {
 #[async_trait]
 impl Router for LocalRouter {
     async fn bind(&self, jid: &FullJid, loc: Location) -> Result<(), BindError> {
-        let entry = SessionEntry {
-            jid: jid.clone(),
-            loc,
-            priority: 0,
-            available: false,
-            presence: None,
-            interested: false,
-            blocklist: false,
-            directed: Vec::new(),
-            carbons: false,
-        };
-        let replaced = self.registry.insert(entry).await.map_err(|e| {
+        let entry = SessionEntry::new(jid.clone(), loc);
+        let replaced = self.registry.insert(entry.clone()).await.map_err(|e| {
             tracing::warn!(event = "bind_registry_failed", jid = %jid, error = %e);
             BindError::Internal
         })?;
@@ -345,6 +288,7 @@ impl Router for LocalRouter {
                 self.broadcast_unavailable(&old, None).await;
             }
         }
+        self.session_event(SESSION_BOUND, entry).await;
         Ok(())
     }
 
@@ -357,6 +301,17 @@ impl Router for LocalRouter {
         };
         if !current {
             tracing::debug!(event = "stanza_from_replaced_session", from = %env.from);
+            return;
+        }
+        // A component's domain: its module takes the stanza (presence first goes through
+        // the presence rules, which remember directed presence and then hand it over).
+        if env.kind != Kind::Presence
+            && let Some(c) = self.components.get(env.to.domain())
+        {
+            let handler = c.handler.clone();
+            if let Some(ctx) = self.ctx() {
+                handler.handle(&ctx, env).await;
+            }
             return;
         }
         match env.kind {
@@ -393,6 +348,7 @@ impl Router for LocalRouter {
                 tracing::warn!(event = "last_activity_write_failed", user = %jid.to_bare(), error = %e);
             }
         }
+        self.session_event(SESSION_CLOSED, entry).await;
     }
 }
 
@@ -407,29 +363,37 @@ impl ServerApi for LocalRouter {
     async fn send_to_resource(&self, to: &FullJid, bytes: Bytes) -> bool {
         self.send_full(to, bytes).await
     }
-    async fn resources(&self, user: &BareJid, interest: rookery_core::Interest) -> Vec<FullJid> {
-        use rookery_core::Interest;
-        self.registry
-            .sessions(user)
-            .await
-            .into_iter()
-            .filter(|e| match interest {
-                Interest::Any => true,
-                Interest::Roster => e.interested,
-                Interest::Blocklist => e.blocklist,
-            })
-            .map(|e| e.jid)
-            .collect()
+    fn send_to_session(&self, session: &SessionEntry, bytes: Bytes) -> bool {
+        self.send(session, bytes)
     }
-    async fn mark_interest(&self, resource: &FullJid, interest: rookery_core::Interest) {
-        use rookery_core::Interest;
-        self.registry
-            .update(resource, &mut |e| match interest {
-                Interest::Any => {}
-                Interest::Roster => e.interested = true,
-                Interest::Blocklist => e.blocklist = true,
+    fn queue_capacity(&self, session: &SessionEntry) -> usize {
+        self.link.free_capacity(session.loc)
+    }
+    async fn resources(&self, user: &BareJid, ext: Option<&'static str>) -> Vec<FullJid> {
+        let sessions = match ext {
+            Some(key) => self.registry.sessions_with(user, key).await,
+            None => self.registry.sessions(user).await,
+        };
+        sessions.into_iter().map(|e| e.jid).collect()
+    }
+    async fn sessions(&self, user: &BareJid) -> Vec<SessionEntry> {
+        self.registry.sessions(user).await
+    }
+    async fn set_session_ext(&self, resource: &FullJid, key: &'static str, value: Option<Bytes>) -> bool {
+        let mut loc = None;
+        let found = self
+            .registry
+            .update(resource, &mut |e| {
+                e.ext.set_raw(key, value.clone());
+                loc = Some(e.loc);
             })
             .await;
+        if let Some(loc) = loc {
+            // The edge keeps a copy of the slots to re-register the session after a
+            // registry reset (cluster mode).
+            self.link.session_ext(loc, key, value);
+        }
+        found
     }
     async fn is_online(&self, user: &BareJid) -> bool {
         self.registry.sessions(user).await.iter().any(|e| e.available)
@@ -443,21 +407,23 @@ impl ServerApi for LocalRouter {
     fn min_password_len(&self) -> usize {
         self.cfg.min_password_len
     }
-    async fn blocklist_changed(&self, user: &BareJid, blocked: &[String], unblocked: &[String]) {
-        self.blocks.invalidate(user);
-        self.publish_change(rookery_core::Change::Blocklist, user);
-        self.on_blocklist_change(user, blocked, unblocked).await;
+    fn publish_change(&self, topic: &'static str, user: &BareJid) {
+        if let Some(bus) = self.bus.get() {
+            bus.publish(topic, user);
+        }
     }
-    fn archive_prefs_changed(&self, user: &BareJid) {
-        self.prefs.invalidate(user);
-        self.publish_change(rookery_core::Change::ArchivePrefs, user);
+    async fn presence_to(&self, user: &BareJid, contact: &Jid, available: bool) {
+        self.presence_to_contact(user, contact, available).await;
     }
-    async fn set_carbons(&self, resource: &FullJid, on: bool) -> bool {
-        self.registry.update(resource, &mut |e| e.carbons = on).await
+    async fn route_from_component(&self, env: Envelope) {
+        self.deliver_from_component(env).await;
     }
     async fn account_deleted(&self, user: &BareJid) {
-        self.blocks.invalidate(user);
-        // XEP-0077 §3.2: the client first gets the result of its <remove/>, which the
+        // Every cache of the user's data, here and on the other routers. The local run
+        // is awaited, so nothing cached outlives the account.
+        self.run_change(ACCOUNT_TOPIC, Some(user.clone())).await;
+        self.publish_change(ACCOUNT_TOPIC, user);
+        // The client first gets the result of the request that removed the account, which the
         // caller sends after this returns; close the sessions a moment later so the
         // result is written before the stream error.
         let sessions = self.registry.sessions(user).await;
@@ -468,6 +434,57 @@ impl ServerApi for LocalRouter {
                 link.deliver(e.loc, Outbound::Close(StreamCondition::NotAuthorized));
             }
         });
+    }
+}
+
+impl LocalRouter {
+    /// A stanza a component sends to its `to` (a local user, or another component).
+    async fn deliver_from_component(&self, env: Envelope) {
+        if let Some(c) = self.components.get(env.to.domain()) {
+            let handler = c.handler.clone();
+            if let Some(ctx) = self.ctx() {
+                handler.handle(&ctx, env).await;
+            }
+            return;
+        }
+        match env.kind {
+            Kind::Message => self.route_message_as(env, rookery_core::Origin::Component).await,
+            Kind::Presence => {
+                let (from, to) = (env.from.clone(), env.to.clone());
+                self.deliver_presence_from(&from, &to, env.wire()).await;
+            }
+            Kind::Iq => match FullJid::try_from(env.to.clone()) {
+                Ok(to) => {
+                    if !self.send_full(&to, env.wire()).await && matches!(env.stanza_type(), Some("get") | Some("set"))
+                    {
+                        self.bounce(
+                            &env,
+                            rookery_stanza::StanzaError::new(rookery_stanza::Condition::ServiceUnavailable),
+                        )
+                        .await;
+                    }
+                }
+                // Requests to a user's bare JID are answered on the user's behalf.
+                Err(_) => self.route_iq(env).await,
+            },
+        }
+    }
+
+    /// The component serving `domain`, if any.
+    pub(crate) fn component(&self, domain: &str) -> Option<Arc<dyn rookery_core::Component>> {
+        self.components.get(domain).map(|c| c.handler.clone())
+    }
+
+    pub(crate) async fn session_event(
+        &self,
+        point: rookery_core::hooks::HookPoint<SessionEvent>,
+        session: SessionEntry,
+    ) {
+        if self.hooks.is_empty(point) {
+            return;
+        }
+        let Some(ctx) = self.ctx() else { return };
+        self.hooks.run(point, &ctx, &mut SessionEvent { session }).await;
     }
 }
 

@@ -1,61 +1,27 @@
 //! Message delivery, RFC 6121 §8.5 (local users), §8.5.1 (no such user), §8.5.2 (bare
 //! JID: to the non-negative resource(s) of highest priority, else offline), §8.5.3 (full
-//! JID), plus XEP-0191 §3.6/§3.7 block checks. The order for one message: block checks,
-//! refusing forged carbons (XEP-0280 §11), removing spoofed stanza-ids (XEP-0359 §3),
-//! choosing the resources, archiving (archive.rs, written before anything is delivered),
-//! delivery or offline storage, then carbon copies (carbons.rs) once it was accepted.
+//! JID). The kernel's order for one message:
+//!
+//! 1. the sender's and the recipient's policies (`PRIVACY`);
+//! 2. the sender-side hooks (`MESSAGE_OUT`), which may refuse or rewrite it;
+//! 3. choosing the resources (§8.5.2, §8.5.3);
+//! 4. the recipient-side hooks (`DELIVERY`), which may refuse it or change the bytes
+//!    (e.g. stamp a stanza-id once the archive holds it);
+//! 5. writing to the chosen resources, or `OFFLINE` when none takes it;
+//! 6. once accepted, `DELIVERED` (e.g. copies to the parties' other resources).
+//!
+//! What each feature does at those points is in its module (crates/modules).
 
 use crate::LocalRouter;
-use crate::archive::{Inspect, Outgoing};
-use rookery_core::SessionEntry;
-use rookery_jid::BareJid;
-use rookery_stanza::{Condition, Envelope, StanzaError};
-
-/// RFC 6121 §5.2.2 message types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MsgType {
-    Normal,
-    Chat,
-    Groupchat,
-    Headline,
-    Error,
-}
-
-impl MsgType {
-    pub(crate) fn of(env: &Envelope) -> MsgType {
-        match env.stanza_type() {
-            Some("chat") => MsgType::Chat,
-            Some("groupchat") => MsgType::Groupchat,
-            Some("headline") => MsgType::Headline,
-            Some("error") => MsgType::Error,
-            // Unknown types are treated as normal (RFC 6121 §5.2.2).
-            _ => MsgType::Normal,
-        }
-    }
-}
-
-/// The resources a bare-JID message goes to: the available, non-negative ones with the
-/// highest priority ("most available", §8.5.2.1.1); all non-negative ones for headline.
-pub(crate) fn pick_resources(sessions: &[SessionEntry], all_non_negative: bool) -> Vec<&SessionEntry> {
-    let candidates = sessions.iter().filter(|s| s.available && s.priority >= 0);
-    if all_non_negative {
-        return candidates.collect();
-    }
-    let Some(top) = sessions.iter().filter(|s| s.available && s.priority >= 0).map(|s| s.priority).max() else {
-        return Vec::new();
-    };
-    candidates.filter(|s| s.priority == top).collect()
-}
-
-/// Where a message handed to the routing comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Origin {
-    /// Sent by a bound session, `from` stamped by the edge.
-    Client,
-    /// Queued earlier for a session that ended (`Router::undelivered`): it was already
-    /// archived, stamped and copied, and only needs a new destination.
-    Requeued,
-}
+use bytes::Bytes;
+use rookery_core::hooks::{
+    DELIVERED, DELIVERY, Delivery, MESSAGE_OUT, MessageOut, OFFLINE, Offline, REMOTE_DOMAIN, RemoteStanza,
+};
+use rookery_core::{Ctx, Flow, OfflineOutcome, Origin, Outbound, Outgoing, pick_resources};
+use rookery_jid::{BareJid, FullJid, Jid};
+use rookery_stanza::message::{MessageView, MsgType};
+use rookery_stanza::{Condition, Envelope, Kind, StanzaError};
+use rookery_xml::RawElement;
 
 impl LocalRouter {
     pub(crate) async fn route_message(&self, env: Envelope) {
@@ -66,10 +32,7 @@ impl LocalRouter {
         let mtype = MsgType::of(&env);
         let to = env.to.clone();
         if !self.is_local(to.domain()) {
-            // Federation is not enabled on this node yet.
-            if mtype != MsgType::Error {
-                self.bounce(&env, StanzaError::new(Condition::RemoteServerNotFound)).await;
-            }
+            self.route_remote(env, mtype == MsgType::Error).await;
             return;
         }
         let Some(user) = crate::user_of(&to) else {
@@ -79,41 +42,31 @@ impl LocalRouter {
             }
             return;
         };
-        // §3.6: the sender blocked the recipient.
+        // The sender's policy towards the recipient, then the recipient's towards the
+        // sender; an inbound refusal is answered like an unknown user, so it is not
+        // revealed.
         if let Some(sender) = crate::user_of(&env.from)
             && mtype != MsgType::Error
-            && self.blocks.blocks(&sender, &to).await
+            && let Some(err) = self.denied(&sender, &to, true).await
         {
-            self.bounce(&env, crate::iq::blocked_error()).await;
+            self.bounce(&env, err).await;
             return;
         }
-        // §3.7: the recipient blocked the sender; answered like an unknown user so the
-        // block is not revealed.
-        if self.blocks.blocks(&user, &env.from).await {
+        if let Some(err) = self.denied(&user, &env.from, false).await {
             if mtype != MsgType::Error && mtype != MsgType::Headline {
-                self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable)).await;
+                self.bounce(&env, err).await;
             }
             return;
         }
-        let mut msg = Inspect::new(&env);
-        // XEP-0280 §11: carbon copies come from the server alone. One that reaches this
-        // point was either made here and came back undelivered (the original went its
-        // way already) or was made up by a client.
-        if msg.is_carbon_copy() {
-            if origin == Origin::Client && mtype != MsgType::Error {
-                tracing::debug!(event = "forged_carbon_refused", from = %env.from, to = %env.to);
-                self.bounce(
-                    &env,
-                    StanzaError::new(Condition::NotAcceptable).with_text("carbon copies are made by the server only"),
-                )
-                .await;
+        let Some(ctx) = self.ctx() else { return };
+        let mut ev = MessageOut { msg: MessageView::new(env), mtype, origin, recipient: user, reject: None };
+        if self.hooks.run(MESSAGE_OUT, &ctx, &mut ev).await == Flow::Stop {
+            if let Some(err) = ev.reject {
+                self.bounce(&ev.msg.env, err).await;
             }
             return;
         }
-        if origin == Origin::Client {
-            // XEP-0359 §3 rule 2 (XEP-0313 §8.3): nobody outside may speak for our ids.
-            msg.strip_stanza_ids(|by| self.mints_ids_for(by));
-        }
+        let MessageOut { mut msg, recipient: user, .. } = ev;
         let sessions = self.registry.sessions(&user).await;
         let exact = to.resource().and_then(|res| sessions.iter().find(|s| s.jid.resource() == res));
         if to.resource().is_some() && exact.is_none() {
@@ -122,45 +75,83 @@ impl LocalRouter {
                 MsgType::Chat => {}
                 MsgType::Error | MsgType::Headline => return,
                 MsgType::Normal | MsgType::Groupchat => {
-                    self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable)).await;
+                    self.bounce(&msg.env, StanzaError::new(Condition::ServiceUnavailable)).await;
                     return;
                 }
             }
         }
         if exact.is_none() && mtype == MsgType::Groupchat {
-            self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable)).await;
+            self.bounce(&msg.env, StanzaError::new(Condition::ServiceUnavailable)).await;
             return;
         }
-        let picked;
-        let targets: &[&SessionEntry] = match &exact {
+        let targets: Vec<(FullJid, rookery_core::Location)> = match exact {
             // §8.5.3.1: an exact match gets it, whatever its priority.
-            Some(s) => std::slice::from_ref(s),
+            Some(s) => vec![(s.jid.clone(), s.loc)],
             None => {
-                picked = pick_resources(&sessions, mtype == MsgType::Headline);
-                &picked
+                pick_resources(&sessions, mtype == MsgType::Headline).iter().map(|s| (s.jid.clone(), s.loc)).collect()
             }
         };
-        if targets.is_empty() && !self.may_store(&env, &user, mtype).await {
+        if targets.is_empty() && !self.may_store(&msg.env, &user, mtype).await {
             return;
         }
-        let mut out = match origin {
-            Origin::Client => self.prepare_outgoing(&mut msg, &user, mtype).await,
-            Origin::Requeued => Outgoing::plain(env.wire()),
+        let out = Outgoing::plain(msg.wire());
+        let mut ev = Delivery {
+            msg,
+            mtype,
+            origin,
+            recipient: user,
+            sessions,
+            offline: targets.is_empty(),
+            targets: targets.iter().map(|(j, _)| j.clone()).collect(),
+            out,
+            reject: None,
         };
-        let accepted = if targets.is_empty() {
-            self.store_offline(&env, &user, &mut out).await
-        } else {
-            // XEP-0313 §3.5: what a client sees with a stanza-id is in the archive.
-            self.commit_archive(&mut out).await;
-            let mut delivered = false;
-            for s in targets {
-                delivered |= self.send(s, out.delivered.clone());
+        if self.hooks.run(DELIVERY, &ctx, &mut ev).await == Flow::Stop {
+            if let Some(err) = ev.reject.take() {
+                self.bounce(&ev.msg.env, err).await;
             }
-            delivered || (self.may_store(&env, &user, mtype).await && self.store_offline(&env, &user, &mut out).await)
-        };
-        if accepted && origin == Origin::Client {
-            self.send_carbons(&mut msg, mtype, &out, &user, &sessions, targets).await;
+            return;
         }
+        let mut delivered = false;
+        for (_, loc) in &targets {
+            delivered |= self.link.deliver(*loc, Outbound::Stanza(ev.out.delivered.clone()));
+        }
+        let accepted = delivered
+            || ((ev.offline || self.may_store(&ev.msg.env, &ev.recipient, mtype).await)
+                && self.offline(&ctx, &ev.msg.env, &ev.recipient, ev.out.delivered.clone()).await);
+        if accepted && !self.hooks.is_empty(DELIVERED) {
+            self.hooks.run(DELIVERED, &ctx, &mut ev).await;
+        }
+    }
+
+    /// §8.5.2.2: nobody takes the message. True when it was accepted (stored, or dropped
+    /// as not worth keeping); otherwise it was bounced.
+    async fn offline(&self, ctx: &Ctx, env: &Envelope, user: &BareJid, bytes: Bytes) -> bool {
+        let mut ev = Offline { env: env.clone(), recipient: user.clone(), bytes, outcome: OfflineOutcome::Unhandled };
+        self.hooks.run(OFFLINE, ctx, &mut ev).await;
+        match ev.outcome {
+            OfflineOutcome::Stored | OfflineOutcome::Dropped => true,
+            // §8.5.2.2.1: no offline storage.
+            OfflineOutcome::Unhandled => {
+                self.bounce(env, StanzaError::new(Condition::ServiceUnavailable)).await;
+                false
+            }
+            OfflineOutcome::Refused(err) => {
+                self.bounce(env, err).await;
+                false
+            }
+        }
+    }
+
+    /// A stanza for a domain not served here: the `REMOTE_DOMAIN` hook may take it;
+    /// otherwise it is answered `remote-server-not-found` (unless it is an error).
+    pub(crate) async fn route_remote(&self, env: Envelope, is_error: bool) {
+        let Some(ctx) = self.ctx() else { return };
+        let mut ev = RemoteStanza { env };
+        if self.hooks.run(REMOTE_DOMAIN, &ctx, &mut ev).await == Flow::Stop || is_error {
+            return;
+        }
+        self.bounce(&ev.env, StanzaError::new(Condition::RemoteServerNotFound)).await;
     }
 
     /// §8.5.2.2 / §8.5.1: nobody to deliver to. True when the message may go to offline
@@ -181,42 +172,21 @@ impl LocalRouter {
             }
         }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use rookery_core::Location;
-    use rookery_jid::FullJid;
-
-    fn s(res: &str, prio: i8, available: bool) -> SessionEntry {
-        SessionEntry {
-            jid: FullJid::parse(&format!("u@d/{res}")).unwrap(),
-            loc: Location { edge: 0, conn: 0 },
-            priority: prio,
-            available,
-            presence: None,
-            interested: false,
-            blocklist: false,
-            directed: vec![],
-            carbons: false,
+    /// See `Router::undelivered`: a stanza queued for a session that ended is handled as
+    /// if it had arrived after the session was gone.
+    pub(crate) async fn reroute_undelivered(&self, to: &FullJid, stanza: Bytes) {
+        let Ok(el) = RawElement::from_bytes(stanza, rookery_stanza::ns::CLIENT) else { return };
+        let Some(kind) = Kind::from_name(&el.name) else { return };
+        let Some(from) = el.from.as_deref().and_then(|f| Jid::parse(f).ok()) else { return };
+        let dest = el.to.as_deref().and_then(|t| Jid::parse(t).ok()).unwrap_or_else(|| to.as_jid().clone());
+        let env = Envelope { kind, from, to: dest, el };
+        match kind {
+            Kind::Message => self.route_message_as(env, Origin::Requeued).await,
+            Kind::Iq if matches!(env.stanza_type(), Some("get") | Some("set")) => {
+                self.bounce(&env, StanzaError::new(Condition::ServiceUnavailable)).await;
+            }
+            _ => {}
         }
-    }
-
-    #[test]
-    fn highest_non_negative_priority_wins() {
-        let list = vec![s("a", 1, true), s("b", 5, true), s("c", 5, true), s("d", 9, false), s("e", -1, true)];
-        let picked: Vec<_> = pick_resources(&list, false).iter().map(|e| e.jid.resource().to_string()).collect();
-        assert_eq!(picked, vec!["b", "c"]);
-        let all: Vec<_> = pick_resources(&list, true).iter().map(|e| e.jid.resource().to_string()).collect();
-        assert_eq!(all, vec!["a", "b", "c"]);
-    }
-
-    #[test]
-    fn negative_only_means_nobody() {
-        let list = vec![s("a", -1, true), s("b", 3, false)];
-        assert!(pick_resources(&list, false).is_empty());
-        assert!(pick_resources(&list, true).is_empty());
     }
 }

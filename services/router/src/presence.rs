@@ -4,13 +4,10 @@
 
 use crate::LocalRouter;
 use bytes::Bytes;
-use rookery_core::SessionEntry;
+use rookery_core::{MAX_DIRECTED, SessionEntry};
 use rookery_jid::{BareJid, FullJid, Jid};
 use rookery_stanza::{Condition, Envelope, StanzaError};
 use rookery_storage::Subscription;
-
-/// Directed-presence targets remembered per session (RFC 6121 §4.6).
-const MAX_DIRECTED: usize = 1000;
 
 /// The `<status/>` text of a presence stanza, if any.
 pub(crate) fn status_text(p: &Bytes) -> String {
@@ -31,20 +28,6 @@ pub(crate) fn readdress(p: &Bytes, to: &Jid) -> Bytes {
     rookery_stanza::push_attr(&mut out, "to", to.as_str());
     out.extend_from_slice(&p[OPEN.len()..]);
     Bytes::from(out)
-}
-
-/// RFC 6121 §4.7.2.3: priority is an integer in -128..=127; absent means 0.
-fn priority_of(env: &Envelope) -> i8 {
-    if env.el.self_closing {
-        return 0;
-    }
-    env.el
-        .parse()
-        .ok()
-        .and_then(|e| e.get_child("priority", rookery_stanza::ns::CLIENT).map(|p| p.text_content()))
-        .and_then(|t| t.trim().parse::<i64>().ok())
-        .map(|v| v.clamp(-128, 127) as i8)
-        .unwrap_or(0)
 }
 
 impl LocalRouter {
@@ -84,13 +67,41 @@ impl LocalRouter {
         )
     }
 
+    /// `user`'s presence towards one contact after a policy change (e.g. a block list
+    /// edit): unavailable from every available resource, or each one's current
+    /// presence again. Only a contact that may see the user's presence (§4.3, a `from`
+    /// or `both` subscription) hears anything.
+    pub(crate) async fn presence_to_contact(&self, user: &BareJid, target: &Jid, available: bool) {
+        let Some(contact) = crate::user_of(target) else { return };
+        if !self.contact_sees_presence(user, &contact).await {
+            return;
+        }
+        for s in self.registry.sessions(user).await.iter().filter(|s| s.available) {
+            let bytes = if available {
+                let Some(p) = &s.presence else { continue };
+                readdress(p, target)
+            } else {
+                rookery_stanza::presence(s.jid.as_jid(), target, Some("unavailable"))
+            };
+            self.deliver_presence_from(s.jid.as_jid(), target, bytes).await;
+        }
+    }
+
     /// Inbound presence (no type, unavailable, error) for `to`, §8.5.2.1.2 / §8.5.3.
     pub(crate) async fn deliver_presence_from(&self, from: &Jid, to: &Jid, bytes: Bytes) {
+        if let Some(component) = self.component(to.domain()) {
+            // Directed presence to a component JID (joining or leaving a room).
+            let Ok(el) = rookery_xml::RawElement::from_bytes(bytes, rookery_stanza::ns::CLIENT) else { return };
+            let Some(ctx) = self.ctx() else { return };
+            let env = Envelope { kind: rookery_stanza::Kind::Presence, from: from.clone(), to: to.clone(), el };
+            component.handle(&ctx, env).await;
+            return;
+        }
         if !self.is_local(to.domain()) {
             return;
         }
         let Some(user) = crate::user_of(to) else { return };
-        if self.blocks.blocks(&user, from).await {
+        if self.blocked(&user, from).await {
             return;
         }
         let sessions = self.registry.sessions(&user).await;
@@ -128,7 +139,7 @@ impl LocalRouter {
             }
             return;
         }
-        let priority = priority_of(&env);
+        let priority = rookery_stanza::presence_priority(&env);
         let mut was_available = false;
         let mut old_priority = 0;
         let mut snapshot = None;
@@ -146,7 +157,7 @@ impl LocalRouter {
         // §4.2.2 / §4.4.2: to subscribed contacts, and to all of the user's own
         // available resources including this one.
         for contact in self.contacts(&user, |s| matches!(s, Subscription::From | Subscription::Both)).await {
-            if self.blocks.blocks(&user, &contact).await {
+            if self.blocked(&user, &contact).await {
                 continue;
             }
             self.deliver_presence_from(from.as_jid(), &contact, readdress(&stored, &contact)).await;
@@ -156,14 +167,14 @@ impl LocalRouter {
             self.send(s, readdress(&stored, s.jid.as_jid()));
         }
         if was_available {
-            // XEP-0160 §2: stored messages wait for non-negative availability.
+            // RFC 6121 §8.5.2.1.1: only now may messages to the bare JID reach it.
             if old_priority < 0 && priority >= 0 {
-                self.flush_offline(&entry).await;
+                self.session_event(rookery_core::hooks::SESSION_AVAILABLE, entry).await;
             }
             return;
         }
         // Initial presence (§4.2): probes, other resources' presence, pending
-        // subscription requests, offline messages.
+        // subscription requests, then whatever waits for the session (SESSION_AVAILABLE).
         self.answer_probes(&entry).await;
         for s in own.iter().filter(|s| s.available && s.jid != *from) {
             if let Some(p) = &s.presence {
@@ -172,7 +183,7 @@ impl LocalRouter {
         }
         self.redeliver_pending_subscriptions(&entry).await;
         if priority >= 0 {
-            self.flush_offline(&entry).await;
+            self.session_event(rookery_core::hooks::SESSION_AVAILABLE, entry).await;
         }
     }
 
@@ -185,7 +196,7 @@ impl LocalRouter {
                 continue;
             }
             let Some(cbare) = crate::user_of(&contact) else { continue };
-            if self.blocks.blocks(&cbare, entry.jid.as_jid()).await || self.blocks.blocks(&user, &contact).await {
+            if self.blocked(&cbare, entry.jid.as_jid()).await || self.blocked(&user, &contact).await {
                 continue;
             }
             // Only if the contact really has us as from/both (rosters can disagree
@@ -216,8 +227,8 @@ impl LocalRouter {
         let mut sent: Vec<Jid> = Vec::new();
         if entry.available {
             for contact in self.contacts(&user, |s| matches!(s, Subscription::From | Subscription::Both)).await {
-                // XEP-0191 §3.3: nothing goes to a blocked contact.
-                if self.blocks.blocks(&user, &contact).await {
+                // Nothing goes to a contact the user's policy refuses.
+                if self.blocked(&user, &contact).await {
                     continue;
                 }
                 self.deliver_presence_from(entry.jid.as_jid(), &contact, readdress(&stored, &contact)).await;
@@ -232,7 +243,7 @@ impl LocalRouter {
             }
         }
         for target in &entry.directed {
-            if sent.iter().any(|s| s.as_str() == target.as_str()) || self.blocks.blocks(&user, target).await {
+            if sent.iter().any(|s| s.as_str() == target.as_str()) || self.blocked(&user, target).await {
                 continue;
             }
             self.deliver_presence_from(entry.jid.as_jid(), target, readdress(&stored, target)).await;
@@ -243,13 +254,12 @@ impl LocalRouter {
     async fn directed(&self, from: &FullJid, env: Envelope) {
         let to = env.to.clone();
         let user = from.to_bare();
-        if !self.is_local(to.domain()) {
-            if env.stanza_type() != Some("error") {
-                self.bounce(&env, StanzaError::new(Condition::RemoteServerNotFound)).await;
-            }
+        if !self.is_local(to.domain()) && self.component(to.domain()).is_none() {
+            let is_error = env.stanza_type() == Some("error");
+            self.route_remote(env, is_error).await;
             return;
         }
-        if self.blocks.blocks(&user, &to).await {
+        if self.blocked(&user, &to).await {
             return;
         }
         let unavailable = env.stanza_type() == Some("unavailable");
@@ -259,8 +269,6 @@ impl LocalRouter {
                 .update(from, &mut |e| {
                     e.directed.retain(|d| d != &target);
                     if !unavailable {
-                        // Bounded: the oldest target is forgotten (it may then miss the
-                        // final unavailable, which beats unbounded memory per session).
                         if e.directed.len() >= MAX_DIRECTED {
                             e.directed.remove(0);
                         }
@@ -281,13 +289,14 @@ impl LocalRouter {
         if contact == user {
             return;
         }
-        if self.blocks.blocks(&user, contact.as_jid()).await {
+        if self.blocked(&user, contact.as_jid()).await {
             return;
         }
-        // Federation is not enabled yet: say so instead of recording a request that can
-        // never be answered.
+        // Without a REMOTE_DOMAIN handler (federation) this is answered
+        // remote-server-not-found instead of recording a request that can never be
+        // answered.
         if !self.is_local(contact.domain()) {
-            self.bounce(&env, StanzaError::new(Condition::RemoteServerNotFound)).await;
+            self.route_remote(env, false).await;
             return;
         }
         let kind = env.stanza_type().unwrap_or_default().to_owned();

@@ -1,10 +1,10 @@
-//! The roster (RFC 6121 §2, versioned per XEP-0237) and the subscription state machine
+//! The roster (RFC 6121 §2, versioned per §2.6) and the subscription state machine
 //! (RFC 6121 §3 and Appendix A, including pre-approval §3.4). Every change is stored, then
 //! pushed to the user's interested resources (§2.1.6).
 
 use crate::LocalRouter;
 use bytes::Bytes;
-use rookery_core::{IqType, SessionEntry};
+use rookery_core::{IqType, RosterInterest, ServerApi, SessionEntry, SessionExt};
 use rookery_jid::{BareJid, FullJid, Jid};
 use rookery_stanza::{Condition, StanzaError, ns};
 use rookery_storage::{RosterItem, Subscription};
@@ -131,7 +131,7 @@ impl LocalRouter {
             el.remove_attr("approved");
         }
         let query = Element::new("query", ns::ROSTER).attr("ver", ver.to_string()).child(el);
-        for s in self.registry.sessions(user).await.iter().filter(|s| s.interested) {
+        for s in self.registry.sessions_with(user, RosterInterest::KEY).await.iter() {
             let bytes = rookery_stanza::iq_request("set", None, &s.jid, &self.next_push_id(), &query);
             self.send(s, bytes);
         }
@@ -228,7 +228,7 @@ impl LocalRouter {
         if !self.account_exists(contact).await {
             return;
         }
-        if self.blocks.blocks(contact, user.as_jid()).await {
+        if self.blocked(contact, user.as_jid()).await {
             return;
         }
         let guard = self.roster_lock(contact).await;
@@ -324,9 +324,9 @@ impl LocalRouter {
         let Ok(roster) = self.stores.roster.get(&user).await else { return };
         for item in roster.items {
             let Some(p) = item.pending_in else { continue };
-            // XEP-0191 §3.3: nothing from a JID the user has blocked since.
+            // Nothing from a JID the user's policy refuses since.
             if let Ok(from) = Jid::parse(&item.jid)
-                && self.blocks.blocks(&user, &from).await
+                && self.blocked(&user, &from).await
             {
                 continue;
             }
@@ -344,13 +344,14 @@ impl LocalRouter {
         let user = from.to_bare();
         match kind {
             IqType::Get => {
-                self.registry.update(from, &mut |e| e.interested = true).await;
+                // §2.1.6: from now on this resource gets roster pushes.
+                self.set_session_ext(from, RosterInterest::KEY, Some(RosterInterest.encode())).await;
                 let roster = self.stores.roster.get(&user).await.map_err(|e| {
                     tracing::warn!(event = "roster_read_failed", user = %user, error = %e);
                     StanzaError::new(Condition::InternalServerError)
                 })?;
                 let ver = roster.version.to_string();
-                // XEP-0237 §4: an unchanged roster is answered with an empty result.
+                // RFC 6121 §2.6.3: an unchanged roster is answered with an empty result.
                 if payload.get_attr("ver") == Some(ver.as_str()) {
                     return Ok(None);
                 }

@@ -1,4 +1,5 @@
-//! Router unit tests: an in-process router with memory stores and a capturing edge link.
+//! Router tests: the kernel with the standard feature modules (carbons, blocking,
+//! offline storage, the archive) registered, memory stores and a capturing edge link.
 #![allow(clippy::unwrap_used)]
 
 use super::*;
@@ -39,6 +40,22 @@ struct World {
     cap: Arc<Capture>,
 }
 
+/// How the world archives (the MAM module, when enabled).
+#[derive(Debug, Clone, Copy)]
+struct ArchiveSettings {
+    enabled: bool,
+    default: rookery_storage::ArchiveDefault,
+}
+
+impl Default for ArchiveSettings {
+    fn default() -> Self {
+        ArchiveSettings { enabled: true, default: rookery_storage::ArchiveDefault::Always }
+    }
+}
+
+/// XEP-0359.
+const NS_SID: &str = rookery_stanza::ns::SID;
+
 fn parse_one(xml: &str) -> rookery_xml::RawElement {
     let mut f = rookery_xml::Framer::new(rookery_xml::Limits::default());
     f.read_buf().extend_from_slice(
@@ -76,16 +93,22 @@ async fn world_with(
             .unwrap();
     }
     let cap = Arc::new(Capture::default());
-    let cfg = RouterConfig {
-        domains: vec!["example.com".into()],
-        allow_registration: false,
-        min_password_len: 8,
-        offline_max_per_user: 3,
-        archive,
-    };
+    let cfg = RouterConfig { domains: vec!["example.com".into()], allow_registration: false, min_password_len: 8 };
     let router = LocalRouter::new(cfg, Arc::new(rookery_core::MemoryRegistry::new()), cap.clone(), stores, |r| {
-        r.add(Arc::new(rookery_modules::Carbons))
-    });
+        r.add(Arc::new(rookery_modules::Carbons));
+        r.add(Arc::new(rookery_modules::Blocking::new()));
+        r.add(Arc::new(rookery_modules::StanzaIds));
+        r.add(Arc::new(rookery_modules::OfflineStore::new(rookery_modules::offline::OfflineConfig {
+            max_per_user: 3,
+        })));
+        if archive.enabled {
+            r.add(Arc::new(rookery_modules::Mam::new(rookery_modules::MamConfig {
+                default_policy: archive.default,
+                ..Default::default()
+            })));
+        }
+    })
+    .unwrap();
     World { router, cap }
 }
 
@@ -368,11 +391,20 @@ async fn blocked_contact_gets_no_presence_and_blocked_iq_is_refused() {
     subscribed_pair(&w).await;
     w.send("alice@example.com/a", "<presence/>").await;
     w.send("bob@example.com/b", "<presence/>").await;
-    let alice = BareJid::parse("alice@example.com").unwrap();
-    w.router.stores().blocking.block(&alice, &["bob@example.com".to_string()]).await.unwrap();
-    w.router.blocklist_changed(&alice, &["bob@example.com".to_string()], &[]).await;
     w.cap.take(1);
     w.cap.take(2);
+    w.send(
+        "alice@example.com/a",
+        "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='bob@example.com'/></block></iq>",
+    )
+    .await;
+    assert!(w.cap.take(1).iter().any(|s| s.contains("id=\"b\"") && s.contains("type=\"result\"")));
+    // XEP-0191 §3.3: the newly blocked contact sees alice go unavailable.
+    let b = w.cap.take(2);
+    assert!(
+        b.iter().any(|s| s.starts_with("<presence") && s.contains("alice@example.com/a") && s.contains("unavailable")),
+        "{b:?}"
+    );
     w.send("alice@example.com/a", "<presence type='unavailable'><status>away until May</status></presence>").await;
     assert!(w.cap.take(2).iter().all(|s| !s.contains("away until May")), "status reached a blocked contact");
     w.send("alice@example.com/a", "<iq type='get' id='v' to='bob@example.com'><vCard xmlns='vcard-temp'/></iq>").await;

@@ -16,7 +16,10 @@ const ME: &str = "juliet@example.com/chamber";
 const BASE_MICROS: u64 = 1_600_000_000_000_000;
 
 fn harness_with(config: MamConfig) -> Harness {
-    let h = Harness::new(|r| r.add(Arc::new(Mam::new(config))));
+    let h = Harness::new(|r| {
+        r.add(Arc::new(crate::StanzaIds));
+        r.add(Arc::new(Mam::new(config)));
+    });
     h.server.connect(ME, true, true);
     h.server.connect("juliet@example.com/balcony", true, true);
     h
@@ -505,7 +508,7 @@ async fn preferences_round_trip() {
         applied.get_child("always", NS_MAM2).unwrap().elements().map(|j| j.text_content()).collect();
     assert_eq!(jids, ["romeo@montague.lit", "nurse@capulet.lit/Kitchen"]);
     assert_eq!(h.ctx.stores.archive.get_prefs(&bare(JULIET)).await.unwrap(), Some(expect.clone()));
-    assert_eq!(*h.server.prefs_changes.lock().unwrap(), [bare(JULIET)]);
+    assert_eq!(h.server.published_for(super::PREFS_TOPIC), [bare(JULIET)]);
 
     let got = h.get_own(ME, "<prefs xmlns='urn:xmpp:mam:2'/>").await.unwrap().unwrap();
     assert_eq!(got, applied);
@@ -518,7 +521,7 @@ async fn preferences_round_trip() {
         applied,
         prefs::to_element(NS_MAM1, &ArchivePrefs { default: ArchiveDefault::Never, ..Default::default() })
     );
-    assert_eq!(h.server.prefs_changes.lock().unwrap().len(), 2);
+    assert_eq!(h.server.published_for(super::PREFS_TOPIC).len(), 2);
 }
 
 #[tokio::test]
@@ -542,7 +545,7 @@ async fn invalid_preferences_change_nothing() {
         h.set_own(ME, &format!("<prefs xmlns='urn:xmpp:mam:2' default='always'><never>{many}</never></prefs>")).await;
     assert_eq!(e.unwrap_err().condition, Condition::NotAcceptable);
     assert!(h.ctx.stores.archive.get_prefs(&bare(JULIET)).await.unwrap().is_none());
-    assert!(h.server.prefs_changes.lock().unwrap().is_empty());
+    assert!(h.server.published_for(super::PREFS_TOPIC).is_empty());
 }
 
 #[tokio::test]
@@ -788,7 +791,7 @@ async fn assert_all_internal_errors(h: &Harness) {
         assert_eq!(e, StanzaError::new(Condition::InternalServerError), "{payload}");
     }
     assert!(h.server.sent().is_empty());
-    assert!(h.server.prefs_changes.lock().unwrap().is_empty());
+    assert!(h.server.published_for(super::PREFS_TOPIC).is_empty());
 }
 
 #[tokio::test]

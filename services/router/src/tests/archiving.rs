@@ -106,7 +106,8 @@ impl World {
     }
     async fn prefs(&self, owner: &str, prefs: ArchivePrefs) {
         self.router.stores().archive.set_prefs(&bare(owner), &prefs).await.unwrap();
-        self.router.archive_prefs_changed(&bare(owner));
+        // As the MAM module publishes it when a client sets preferences.
+        self.router.run_change(rookery_modules::mam::PREFS_TOPIC, Some(bare(owner))).await;
     }
 }
 
@@ -305,7 +306,7 @@ async fn a_prefs_change_applies_once_reported() {
     w.router.stores().archive.set_prefs(&bare(BOB), &never).await.unwrap();
     w.send("alice@example.com/a", msg).await;
     assert_eq!(w.archive(BOB).await.len(), 2, "the cached preference holds until the change is reported");
-    w.router.archive_prefs_changed(&bare(BOB));
+    w.router.run_change(rookery_modules::mam::PREFS_TOPIC, Some(bare(BOB))).await;
     w.send("alice@example.com/a", msg).await;
     assert_eq!(w.archive(BOB).await.len(), 2, "after the report the new preference applies");
     assert_eq!(w.archive(ALICE).await.len(), 3);
