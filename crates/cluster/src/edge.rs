@@ -71,6 +71,10 @@ pub struct RemoteRouterConfig {
     /// How long the JID of an ended session is remembered, so late deliveries to it come
     /// back to a router as `Undelivered`.
     pub closed_retention: Duration,
+    /// The components' placements: a stanza for a component placed by `to` goes to the
+    /// ring owner of its bare `to` (the router that owns the room), others to the owner of
+    /// the sender's bare JID.
+    pub placements: rookery_core::PlacementTable,
 }
 
 impl Default for RemoteRouterConfig {
@@ -95,6 +99,7 @@ impl Default for RemoteRouterConfig {
             max_message_bytes: 16 * 1024 * 1024,
             proto_version: rookery_proto::PROTO_VERSION,
             closed_retention: Duration::from_secs(60),
+            placements: rookery_core::PlacementTable::default(),
         }
     }
 }
@@ -627,8 +632,9 @@ impl Router for RemoteRouter {
     }
 
     async fn route(&self, from: Location, env: Envelope) {
-        let key = fnv1a(env.from.bare_str().as_bytes());
-        let observed = matches!(env.kind, Kind::Presence | Kind::Iq);
+        let key = fnv1a(self.shared.cfg.placements.key(&env).as_bytes());
+        // Presence is observed for re-registration; its order with the call matters.
+        let observed = env.kind == Kind::Presence;
         let slot = if observed { self.shared.slot(from.conn) } else { None };
         let sent = match slot {
             Some(slot) => {

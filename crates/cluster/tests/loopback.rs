@@ -898,3 +898,71 @@ async fn cluster_link_reports_unknown_edges_as_gone() {
     assert!(link.connected_edges().is_empty());
     assert_eq!(link.request_resync().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_placed_by_its_jid_is_owned_by_one_router_whoever_writes_to_it() {
+    let log = Arc::new(Log::default());
+    let r0 = RouterProc::start("router-0", None, &log).await;
+    let r1 = RouterProc::start("router-1", None, &log).await;
+    let placements = rookery_core::PlacementTable::new([
+        ("rooms.example.com".to_owned(), rookery_core::Placement::ByTo),
+        ("upload.example.com".to_owned(), rookery_core::Placement::BySender),
+    ]);
+    let edge = EdgeProc::start_with(&[&r0, &r1], RemoteRouterConfig { placements, ..edge_cfg() }).await;
+    edge.wait_up(2).await;
+    let users = 40usize;
+    bind_users(&edge, users).await;
+    // Every user writes to two rooms, to the upload service and to another user; the
+    // sequence numbers are per (sender, destination).
+    let rooms = ["lecture-1@rooms.example.com", "lecture-2@rooms.example.com"];
+    let per = 5u64;
+    for n in 0..per {
+        for i in 0..users {
+            for to in rooms.iter().copied().chain(["upload.example.com", "sink@example.com"]) {
+                let id = format!("{}-{n}", to.split('@').next().unwrap_or(to));
+                edge.remote.route(loc(i as u64 + 1), msg(&user(i), to, &id)).await;
+            }
+        }
+    }
+    let total = users * 4 * per as usize;
+    log.wait("all routes", |l| l.iter().filter(|(_, c)| matches!(c, Call::Route { .. })).count() >= total).await;
+    let routes: Vec<(String, String, String)> = log
+        .snapshot()
+        .into_iter()
+        .filter_map(|(r, c)| match c {
+            Call::Route { from, id, .. } => Some((r, from, id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(routes.len(), total);
+    for room in rooms {
+        let prefix = format!("{}-", room.split('@').next().unwrap());
+        let owners: std::collections::BTreeSet<&str> =
+            routes.iter().filter(|(_, _, id)| id.starts_with(&prefix)).map(|(r, _, _)| r.as_str()).collect();
+        assert_eq!(owners.len(), 1, "{room} is handled by one router, whoever writes: {owners:?}");
+        // Order per (sender, room) holds.
+        for i in 0..users {
+            let seqs: Vec<u64> = routes
+                .iter()
+                .filter(|(_, f, id)| *f == user(i) && id.starts_with(&prefix))
+                .map(|(_, _, id)| id.rsplit('-').next().unwrap().parse().unwrap())
+                .collect();
+            assert_eq!(seqs, (0..per).collect::<Vec<_>>(), "order of {} to {room}", user(i));
+        }
+    }
+    // Everything else goes by the sender, as before.
+    for i in 0..users {
+        let owner = edge.remote.owner(&BareJid::parse(&format!("user{i}@example.com")).unwrap()).await.unwrap();
+        assert!(
+            routes
+                .iter()
+                .filter(|(_, f, id)| *f == user(i) && (id.starts_with("upload.") || id.starts_with("sink-")))
+                .all(|(r, _, _)| r == owner.as_str()),
+            "{} goes to its own ring owner",
+            user(i)
+        );
+    }
+    let sender_routers: std::collections::BTreeSet<&str> =
+        routes.iter().filter(|(_, _, id)| id.starts_with("sink-")).map(|(r, _, _)| r.as_str()).collect();
+    assert_eq!(sender_routers.len(), 2, "users are spread over both routers");
+}

@@ -7,8 +7,9 @@
 //!   account features; `service-unavailable` when the account does not exist or the
 //!   requester may not see the user's presence (§8 rule 1), so the reply never tells an
 //!   unauthorised entity whether an account exists.
-//! - disco#items (§4.1): an empty list for the server and for accounts (§8 rule 2: the only
-//!   account items would be available resources, which are not listed).
+//! - disco#items (§4.1): for the server, the services on domains of their own
+//!   (components, e.g. `conference.example.org`) under it; for accounts an empty list (§8
+//!   rule 2: the only account items would be available resources, which are not listed).
 //! - An unknown `node` (§3.2, §4.2, §7) is `item-not-found` where the target's existence
 //!   may be divulged.
 //!
@@ -60,7 +61,7 @@ impl TargetedHandler for Disco {
         if req.payload.ns == ns::DISCO_INFO {
             info(ctx, &req, target, node.as_deref()).await
         } else {
-            items(target, node.as_deref())
+            items(ctx, &req, target, node.as_deref())
         }
     }
 }
@@ -99,9 +100,22 @@ async fn info(ctx: &Ctx, req: &IqRequest, target: Target, node: Option<&str>) ->
     }
 }
 
-fn items(target: Target, node: Option<&str>) -> IqResult {
+fn items(ctx: &Ctx, req: &IqRequest, target: Target, node: Option<&str>) -> IqResult {
     match target {
         Target::Host | Target::Own if node.is_some() => Err(StanzaError::new(Condition::ItemNotFound)),
+        Target::Host => {
+            let host = req.to.domain();
+            let mut q = Element::new("query", ns::DISCO_ITEMS);
+            for (domain, name) in &ctx.features.services {
+                let under = domain.strip_suffix(host).is_some_and(|rest| rest.ends_with('.'));
+                if under {
+                    q.push_child(
+                        Element::new("item", ns::DISCO_ITEMS).attr("jid", domain.as_str()).attr("name", *name),
+                    );
+                }
+            }
+            Ok(Some(q))
+        }
         // §8 rule 2: another account's items are an empty result whatever the node and
         // whether or not the account exists.
         _ => Ok(Some(Element::new("query", ns::DISCO_ITEMS))),

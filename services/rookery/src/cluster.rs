@@ -301,7 +301,7 @@ pub async fn start_edge(cfg: Config) -> anyhow::Result<Process> {
     let routers: Vec<RouterEndpoint> =
         cfg.cluster.routers.iter().map(|r| RouterEndpoint::new(r, format!("http://{r}"))).collect();
     let membership = StaticMembership::new(routers);
-    let rcfg = RemoteRouterConfig { edge_id, ..RemoteRouterConfig::default() };
+    let rcfg = RemoteRouterConfig { edge_id, placements: placements(&cfg)?, ..RemoteRouterConfig::default() };
     let mut epoch = rcfg.epoch;
     let remote = RemoteRouter::start(rcfg, &membership, hub.clone());
 
@@ -427,4 +427,12 @@ fn epoch_conn_base() -> u64 {
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(0))
         .unwrap_or(0);
     micros << 8
+}
+
+/// Where the components the routers run want their stanzas: the same modules the routers
+/// register (same configuration), read without starting them.
+fn placements(cfg: &Config) -> anyhow::Result<rookery_core::PlacementTable> {
+    let mut r = rookery_core::Registrar::new();
+    modules(cfg, 0)(&mut r);
+    Ok(r.finish()?.components.placements())
 }

@@ -4,7 +4,8 @@
 
 use crate::LocalRouter;
 use bytes::Bytes;
-use rookery_core::{MAX_DIRECTED, SessionEntry};
+use rookery_core::hooks::{PRESENCE_IN, PRESENCE_OUT, PresenceEvent};
+use rookery_core::{Flow, MAX_DIRECTED, SessionEntry};
 use rookery_jid::{BareJid, FullJid, Jid};
 use rookery_stanza::{Condition, Envelope, StanzaError};
 use rookery_storage::Subscription;
@@ -31,8 +32,16 @@ pub(crate) fn readdress(p: &Bytes, to: &Jid) -> Bytes {
 }
 
 impl LocalRouter {
-    pub(crate) async fn route_presence(&self, env: Envelope) {
+    pub(crate) async fn route_presence(&self, mut env: Envelope) {
         let Ok(from) = FullJid::try_from(env.from.clone()) else { return };
+        if !self.hooks.is_empty(PRESENCE_OUT) {
+            let Some(ctx) = self.ctx() else { return };
+            let mut ev = PresenceEvent { env };
+            if self.hooks.run(PRESENCE_OUT, &ctx, &mut ev).await == Flow::Stop {
+                return;
+            }
+            env = ev.env;
+        }
         let ptype = env.stanza_type().map(str::to_owned);
         match ptype.as_deref() {
             None | Some("unavailable") if env.el.to.is_none() => self.broadcast(&from, env).await,
@@ -103,6 +112,17 @@ impl LocalRouter {
         let Some(user) = crate::user_of(to) else { return };
         if self.blocked(&user, from).await {
             return;
+        }
+        let mut bytes = bytes;
+        if !self.hooks.is_empty(PRESENCE_IN) {
+            let Ok(el) = rookery_xml::RawElement::from_bytes(bytes, rookery_stanza::ns::CLIENT) else { return };
+            let Some(ctx) = self.ctx() else { return };
+            let env = Envelope { kind: rookery_stanza::Kind::Presence, from: from.clone(), to: to.clone(), el };
+            let mut ev = PresenceEvent { env };
+            if self.hooks.run(PRESENCE_IN, &ctx, &mut ev).await == Flow::Stop {
+                return;
+            }
+            bytes = ev.env.wire();
         }
         let sessions = self.registry.sessions(&user).await;
         match to.resource() {

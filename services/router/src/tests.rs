@@ -38,6 +38,8 @@ impl Capture {
 struct World {
     router: Arc<LocalRouter>,
     cap: Arc<Capture>,
+    /// The test component at `echo.example.com`.
+    echo: Arc<components::Echo>,
 }
 
 /// How the world archives (the MAM module, when enabled).
@@ -93,8 +95,11 @@ async fn world_with(
             .unwrap();
     }
     let cap = Arc::new(Capture::default());
+    let echo = Arc::new(components::Echo::default());
     let cfg = RouterConfig { domains: vec!["example.com".into()], allow_registration: false, min_password_len: 8 };
     let router = LocalRouter::new(cfg, Arc::new(rookery_core::MemoryRegistry::new()), cap.clone(), stores, |r| {
+        r.add(Arc::new(rookery_modules::Disco));
+        r.add(echo.clone());
         r.add(Arc::new(rookery_modules::Carbons));
         r.add(Arc::new(rookery_modules::Blocking::new()));
         r.add(Arc::new(rookery_modules::StanzaIds));
@@ -109,7 +114,7 @@ async fn world_with(
         }
     })
     .unwrap();
-    World { router, cap }
+    World { router, cap, echo }
 }
 
 impl World {
@@ -461,3 +466,4 @@ async fn subscription_to_a_remote_domain_is_refused() {
 }
 
 mod archiving;
+mod components;

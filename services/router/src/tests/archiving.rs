@@ -86,7 +86,7 @@ fn text(b: &bytes::Bytes) -> String {
 
 impl World {
     /// Binds and sends available presence with `prio`, then forgets what it was sent.
-    async fn online(&self, jid: &str, conn: u64, prio: i8) {
+    pub(super) async fn online(&self, jid: &str, conn: u64, prio: i8) {
         self.bind(jid, conn).await;
         self.send(jid, &format!("<presence><priority>{prio}</priority></presence>")).await;
         self.cap.take(conn);
