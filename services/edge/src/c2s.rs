@@ -235,7 +235,7 @@ impl Conn {
                     queue.extend(self.machine.handle(Input::PasswordChecked(ok)));
                 }
                 Action::PreauthIq(req) => {
-                    let r = self.edge.router.preauth_iq(req).await;
+                    let r = self.edge.router.preauth_iq(*req).await;
                     queue.extend(self.machine.handle(Input::PreauthIqResult(r)));
                 }
                 Action::Auth(outcome) => self.auth_outcome(outcome).await,

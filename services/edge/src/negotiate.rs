@@ -141,7 +141,7 @@ pub enum Action {
     VerifyPassword { creds: Box<StoredCredentials>, password: String },
     /// Forward an IQ allowed before authentication (XEP-0077); answer with
     /// [`Input::PreauthIqResult`].
-    PreauthIq(IqRequest),
+    PreauthIq(Box<IqRequest>),
     /// An authentication attempt ended; a failure element, if any, follows as a `Write`.
     Auth(AuthOutcome),
     /// Send this stream error (after our header if not sent yet), then close.
@@ -664,7 +664,7 @@ impl Negotiator {
                 let Ok(to) = Jid::parse(&self.domain) else {
                     return out.push(stream_err(StreamCondition::InternalServerError));
                 };
-                out.push(Action::PreauthIq(IqRequest { from: None, to, kind, id: id.clone(), payload: p }));
+                out.push(Action::PreauthIq(Box::new(IqRequest { from: None, to, kind, id: id.clone(), payload: p })));
                 self.state = State::Preauth(id);
             }
             Some(p) if p.is("query", ns::REGISTER) => {
