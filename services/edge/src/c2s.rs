@@ -253,10 +253,11 @@ impl Conn {
         }
     }
 
-    /// RFC 6120 §5.4.3.3: `<proceed/>` is written; the TLS handshake follows. Bytes still
-    /// buffered in the clear would be taken as sent over TLS (CVE-2011-0411 class), so
-    /// anything but whitespace there ends the connection; whitespace (go-xmpp writes a
-    /// newline after `<starttls/>`) is a keepalive (§4.6.1) and is dropped.
+    /// RFC 6120 §5.4.2.3, §5.4.3: `<proceed/>` is written; the TLS handshake follows, then
+    /// the stream restarts (§5.3.2). Bytes still buffered in the clear would be taken as
+    /// sent over TLS (CVE-2011-0411 class; §5.4.3.1 rule 1), so anything but whitespace
+    /// there ends the connection. Whitespace, which §5.3.3 also forbids but go-xmpp sends
+    /// (a newline after `<starttls/>`), carries no data and is dropped.
     async fn starttls(&mut self) -> Result<Option<Vec<u8>>, End> {
         const DATA: &str = crate::negotiate::AbortReason::DataAfterStartTls.name();
         loop {

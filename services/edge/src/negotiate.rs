@@ -2,9 +2,8 @@
 //! bound resource.
 //!
 //! Owns: checking the stream header and answering it with ours and the stream features
-//! (RFC 6120 §4.3, §4.7, §8.2.1 of the features), STARTTLS (§5.4: `<starttls/>`,
-//! `<proceed/>`, the rule that nothing but whitespace may follow `<starttls/>` in the
-//! clear), SASL (§6.4, §6.5 failure conditions) with SCRAM-SHA-*(-PLUS) and PLAIN from
+//! (RFC 6120 §4.3.2, §4.7, §4.8), stream restarts (§4.3.3), STARTTLS (§5.4: `<starttls/>`,
+//! `<proceed/>`; no XML data may follow `<starttls/>` in the clear, §5.4.3.1 rule 1), SASL (§6.4, §6.5 failure conditions) with SCRAM-SHA-*(-PLUS) and PLAIN from
 //! `rookery_sasl`, the XEP-0440 channel-binding advertisement, in-band registration
 //! before authentication (XEP-0077 §3.1, forwarded), resource binding (§7, §7.7.2.1
 //! attempt limit) with the no-op RFC 3921 session request, the per-stream attempt
@@ -285,9 +284,11 @@ impl Negotiator {
         };
         match (&self.state, frame) {
             (State::Done, _) => {}
+            // §5.3.3 forbids even whitespace here, but go-xmpp writes a newline after
+            // <starttls/>; whitespace carries no data, so dropping it smuggles nothing.
             (State::TlsPending, Frame::Whitespace) => {}
-            // §5.4.3.3: after <starttls/> the client waits for <proceed/>; anything else in
-            // the clear would be read as if it had come over TLS.
+            // §5.4.3.1 rule 1: no XML data until TLS is up; anything sent in the clear
+            // now would be read as if it had come over TLS (CVE-2011-0411 class).
             (State::TlsPending, _) => out.push(Action::Abort(AbortReason::DataAfterStartTls)),
             (State::Header(stage), Frame::StreamOpen(h)) => {
                 let stage = *stage;
