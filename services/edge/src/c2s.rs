@@ -10,7 +10,7 @@
 //! stream is closed after it.
 //! Must not touch: negotiation rules (features, SASL, binding: `negotiate.rs`), routing.
 
-use crate::negotiate::{Action, AuthOutcome, Credentials, Input, Negotiator, Security};
+use crate::negotiate::{AbortReason, Action, AuthOutcome, Credentials, Input, Negotiator, Security};
 use crate::transport::Transport;
 use crate::{Edge, ListenKind};
 use bytes::{Bytes, BytesMut};
@@ -74,7 +74,8 @@ struct Conn {
     transport: Option<Transport>,
     framer: Framer,
     peer: SocketAddr,
-    machine: Negotiator,
+    /// Until the session is bound; dropped then, so a bound connection keeps none of it.
+    machine: Option<Box<Negotiator>>,
     pending_bind_result: Option<Vec<u8>>,
 }
 
@@ -106,7 +107,7 @@ pub async fn handle(
         transport: None,
         framer: Framer::new(limits),
         peer,
-        machine: Negotiator::new(edge.negotiation.clone(), Security::Plain),
+        machine: Some(Box::new(Negotiator::new(edge.negotiation.clone(), Security::Plain))),
         pending_bind_result: None,
     });
     let mut shutdown = shutdown;
@@ -170,7 +171,11 @@ impl Conn {
             End::ClientClosed => out.extend_from_slice(b"</stream:stream>"),
             End::Stream(e) => {
                 tracing::debug!(event = "stream_error", peer = %self.peer, condition = e.condition.name());
-                out = self.machine.error_bytes(&e);
+                out = match self.machine.as_deref() {
+                    Some(m) => m.error_bytes(&e),
+                    // Bound: our header went out long ago.
+                    None => [&e.to_bytes()[..], CLOSE_TAG].concat(),
+                };
             }
         }
         if let Some(t) = self.transport.as_mut() {
@@ -178,6 +183,13 @@ impl Conn {
                 let _ = tokio::time::timeout(Duration::from_secs(5), t.write_all(&out)).await;
             }
             let _ = tokio::time::timeout(Duration::from_secs(2), t.shutdown()).await;
+        }
+    }
+
+    fn feed(&mut self, input: Input) -> Vec<Action> {
+        match self.machine.as_mut() {
+            Some(m) => m.handle(input),
+            None => vec![Action::Abort(AbortReason::UnexpectedInput)],
         }
     }
 
@@ -195,7 +207,8 @@ impl Conn {
                 let t = Transport::Tls(Box::new(tls));
                 let exporter = t.tls_exporter();
                 self.transport = Some(t);
-                self.machine = Negotiator::new(self.edge.negotiation.clone(), Security::Tls { exporter });
+                self.machine =
+                    Some(Box::new(Negotiator::new(self.edge.negotiation.clone(), Security::Tls { exporter })));
             }
         }
         let mut queue: VecDeque<Action> = VecDeque::new();
@@ -206,14 +219,14 @@ impl Conn {
                         tracing::debug!(event = "negotiation_aborted", peer = %self.peer, reason = "connection_closed");
                     }
                 })?;
-                queue.extend(self.machine.handle(Input::Frame(frame)));
+                queue.extend(self.feed(Input::Frame(frame)));
                 continue;
             };
             match action {
                 Action::Write(bytes) => self.write(&bytes).await?,
                 Action::StartTls => {
                     let exporter = self.starttls().await?;
-                    queue.extend(self.machine.handle(Input::TlsEstablished { exporter }));
+                    queue.extend(self.feed(Input::TlsEstablished { exporter }));
                 }
                 Action::RestartStream => self.framer.restart(),
                 Action::LookupCredentials { user } => {
@@ -225,18 +238,18 @@ impl Conn {
                             Credentials::Failed
                         }
                     };
-                    queue.extend(self.machine.handle(Input::Credentials(c)));
+                    queue.extend(self.feed(Input::Credentials(c)));
                 }
                 Action::VerifyPassword { creds, password } => {
                     // PBKDF2 is deliberately slow: keep it off the I/O threads.
                     let ok = tokio::task::spawn_blocking(move || rookery_sasl::verify_password(&creds, &password))
                         .await
                         .unwrap_or(false);
-                    queue.extend(self.machine.handle(Input::PasswordChecked(ok)));
+                    queue.extend(self.feed(Input::PasswordChecked(ok)));
                 }
                 Action::PreauthIq(req) => {
                     let r = self.edge.router.preauth_iq(*req).await;
-                    queue.extend(self.machine.handle(Input::PreauthIqResult(r)));
+                    queue.extend(self.feed(Input::PreauthIqResult(r)));
                 }
                 Action::Auth(outcome) => self.auth_outcome(outcome).await,
                 Action::Close(e) => return Err(End::Stream(e)),
@@ -259,11 +272,11 @@ impl Conn {
     /// there ends the connection. Whitespace, which §5.3.3 also forbids but go-xmpp sends
     /// (a newline after `<starttls/>`), carries no data and is dropped.
     async fn starttls(&mut self) -> Result<Option<Vec<u8>>, End> {
-        const DATA: &str = crate::negotiate::AbortReason::DataAfterStartTls.name();
+        const DATA: &str = AbortReason::DataAfterStartTls.name();
         loop {
             match self.framer.next_frame() {
                 Ok(Some(f)) => {
-                    if let Some(a) = self.machine.handle(Input::Frame(f)).into_iter().next() {
+                    if let Some(a) = self.feed(Input::Frame(f)).into_iter().next() {
                         let reason = match a {
                             Action::Abort(r) => r.name(),
                             _ => DATA,
@@ -350,6 +363,7 @@ impl Conn {
     /// The bound session: a writer task drains the outbound queues; this task reads,
     /// checks and routes.
     async fn session(mut self: Box<Self>, jid: FullJid, mut shutdown: watch::Receiver<bool>) {
+        self.machine = None;
         let edge = self.edge.clone();
         let conn_id = edge.next_conn_id();
         let loc = Location { edge: edge.edge_id, conn: conn_id };
