@@ -13,7 +13,7 @@ const LIMITS: Limits = Limits { max_stanza_bytes: 4096, max_depth: 8, max_attrs:
 
 #[derive(Debug, PartialEq)]
 enum Seen {
-    Frame(Frame),
+    Frame(Box<Frame>),
     Error(rookery_xml::XmlError),
 }
 
@@ -34,7 +34,7 @@ fn run<'a>(chunks: impl Iterator<Item = &'a [u8]>) -> Vec<Seen> {
                             framer.restart();
                         }
                     }
-                    seen.push(Seen::Frame(frame));
+                    seen.push(Seen::Frame(Box::new(frame)));
                 }
                 Ok(None) => break,
                 Err(e) => {
