@@ -121,6 +121,10 @@ pub async fn handle(
     let bound = match negotiated {
         Ok(Ok(b)) => b,
         Ok(Err(end)) => {
+            // The other ends log in `finish` (stream_error, negotiation_aborted).
+            if matches!(end, End::Io) {
+                tracing::debug!(event = "negotiation_aborted", peer = %peer, reason = "connection_closed");
+            }
             conn.finish(end).await;
             return;
         }
@@ -214,11 +218,7 @@ impl Conn {
         let mut queue: VecDeque<Action> = VecDeque::new();
         loop {
             let Some(action) = queue.pop_front() else {
-                let frame = self.read_frame().await.inspect_err(|e| {
-                    if matches!(e, End::Io) {
-                        tracing::debug!(event = "negotiation_aborted", peer = %self.peer, reason = "connection_closed");
-                    }
-                })?;
+                let frame = self.read_frame().await?;
                 queue.extend(self.feed(Input::Frame(frame)));
                 continue;
             };
