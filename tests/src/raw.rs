@@ -250,7 +250,13 @@ impl RawClient {
     }
 
     pub async fn starttls(&mut self) {
-        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
+        self.starttls_with("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
+    }
+
+    /// STARTTLS with exactly these bytes as the request (e.g. with trailing whitespace,
+    /// as go-xmpp writes it): expects `<proceed/>`, then runs the TLS handshake.
+    pub async fn starttls_with(&mut self, request: &str) {
+        self.send(request).await;
         let p = self.recv().await;
         assert_eq!(p.name, "proceed");
         let Io::Plain(s) = std::mem::replace(&mut self.io, Io::Gone) else { panic!("already TLS") };

@@ -642,6 +642,124 @@ async fn plaintext_pipelined_after_starttls_is_refused() {
 }
 
 #[tokio::test]
+async fn starttls_followed_by_a_newline_completes_tls_and_sasl() {
+    within(async {
+        let s = scene(|_| {}).await;
+        // go-xmpp (go-sendxmpp) writes a newline after <starttls/>. Whitespace between
+        // elements is not data (RFC 6120 §4.6.1), so TLS and SASL must go on.
+        let mut c = opened(s.srv.c2s).await;
+        c.starttls_with("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\n").await;
+        c.open().await;
+        let r = c.auth_plain("mallory", "mallory-pw").await;
+        assert_eq!(r.name, "success", "{r:?}");
+        c.bind(Some("go-xmpp")).await;
+        ping(&mut c, "after-newline").await;
+        drop(c);
+        s.survives().await;
+    })
+    .await;
+}
+
+/// slixmpp 1.8's first attempt: SCRAM-SHA-512-PLUS with the `n` GS2 flag (no channel
+/// binding), which is a malformed request (RFC 5802 §6).
+fn plus_without_binding(user: &str) -> String {
+    use base64::Engine;
+    let first = base64::engine::general_purpose::STANDARD.encode(format!("n,,n={user},r=slixmppNonce0123456789"));
+    format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-512-PLUS'>{first}</auth>")
+}
+
+#[tokio::test]
+async fn protocol_errors_do_not_throttle_concurrent_logins_from_one_address() {
+    within(async {
+        // Default limits: three free failures, then a growing delay up to 30 s.
+        let s = scene(|_| {}).await;
+        let users: Vec<String> = (0..8).map(|i| format!("nat{i}")).collect();
+        for u in &users {
+            s.srv.add_user(u, &format!("{u}-pw")).await;
+        }
+        let started = Instant::now();
+        let logins: Vec<_> = users
+            .iter()
+            .map(|u| {
+                let (addr, u) = (s.srv.c2s, u.clone());
+                tokio::spawn(async move {
+                    let mut c = at_auth(addr).await;
+                    c.send(&plus_without_binding(&u)).await;
+                    let r = c.recv().await;
+                    assert_eq!(r.name, "failure", "{u}: {r:?}");
+                    assert!(r.get_child("malformed-request", "urn:ietf:params:xml:ns:xmpp-sasl").is_some(), "{r:?}");
+                    let r = c.auth_plain(&u, &format!("{u}-pw")).await;
+                    assert_eq!(r.name, "success", "{u}: {r:?}");
+                    c.bind(Some("slixmpp")).await;
+                    c
+                })
+            })
+            .collect();
+        let mut clients = Vec::new();
+        for l in logins {
+            clients.push(l.await.unwrap());
+        }
+        // Counted, the eight malformed requests delayed the last ones by 1, 2, 4, 8 and
+        // 16 s; uncounted, all eight finish long before the first of those 16 s.
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "8 logins from one address took {took:?}");
+        drop(clients);
+        s.survives().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_passwords_slow_that_account_not_others_from_the_same_address() {
+    within(async {
+        let s = scene(|cfg| {
+            cfg.limits.auth_failures_before_delay = 1;
+            cfg.limits.auth_delay_max_secs = 8;
+        })
+        .await;
+        s.srv.add_user("dave", "dave-pw").await;
+        let mut m = at_auth(s.srv.c2s).await;
+        let mut took = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let r = m.auth_plain("mallory", "wrong-password").await;
+            took.push(t.elapsed());
+            assert!(r.get_child("not-authorized", "urn:ietf:params:xml:ns:xmpp-sasl").is_some(), "{r:?}");
+        }
+        assert!(took[2] >= Duration::from_millis(900), "third failure answered after {:?}", took[2]);
+        // Someone else behind the same address mistypes once: answered at once, and
+        // the right password works.
+        let mut d = at_auth(s.srv.c2s).await;
+        let t = Instant::now();
+        let r = d.auth_plain("dave", "typo").await;
+        let dave_took = t.elapsed();
+        assert!(r.get_child("not-authorized", "urn:ietf:params:xml:ns:xmpp-sasl").is_some(), "{r:?}");
+        // Counted per address, it would be the fourth failure and wait 4 s.
+        assert!(dave_took < Duration::from_secs(2), "dave's first failure answered after {dave_took:?}");
+        let r = d.auth_plain("dave", "dave-pw").await;
+        assert_eq!(r.name, "success", "{r:?}");
+        // The attacked account stays slowed on a new connection.
+        // (The fourth failure waits 4 s: more than `recv`'s patience on a slow machine.)
+        let mut m2 = at_auth(s.srv.c2s).await;
+        let t = Instant::now();
+        let cred = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode("\0mallory\0still-wrong")
+        };
+        m2.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>")).await;
+        let r = match m2.recv_timeout(Duration::from_secs(15)).await {
+            Some(Incoming::Element(e)) => e,
+            other => panic!("expected a failure, got {other:?}"),
+        };
+        assert!(r.get_child("not-authorized", "urn:ietf:params:xml:ns:xmpp-sasl").is_some(), "{r:?}");
+        assert!(t.elapsed() >= Duration::from_millis(900), "mallory's next failure answered after {:?}", t.elapsed());
+        drop((m, m2, d));
+        s.survives().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn non_utf8_encoding_is_unsupported_encoding() {
     within(async {
         let s = scene(|_| {}).await;

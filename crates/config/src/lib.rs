@@ -151,9 +151,11 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
     /// Concurrent connections accepted from one IP address.
     pub max_connections_per_ip: u32,
-    /// Failed authentications on one connection before responses are delayed.
+    /// Wrong passwords for one account from one IP address before failures are answered
+    /// with a growing delay (protocol errors do not count; the account's count across
+    /// addresses allows ten times as many).
     pub auth_failures_before_delay: u32,
-    /// Upper bound of the (growing) delay after repeated authentication failures.
+    /// Upper bound of the (growing) delay after repeated wrong passwords.
     pub auth_delay_max_secs: u64,
     /// Stanzas per second one session may send (token bucket, burst twice this).
     pub stanza_rate_per_sec: u32,

@@ -520,10 +520,20 @@ impl Framer {
         Ok(None)
     }
 
-    /// Advances `pos` past bytes for which `plain` holds; `false` if the buffer ran out.
+    /// The unscanned bytes a fast scan may look at: never past the token's size limit, so
+    /// a byte beyond it is not judged before `run` reports the token too large, however
+    /// the stream was cut into reads (found by fuzz/framer).
+    #[inline]
+    fn scannable(&self) -> &[u8] {
+        let end = self.buf.len().min(self.token_limit.saturating_add(1));
+        self.buf.get(self.pos..end).unwrap_or_default()
+    }
+
+    /// Advances `pos` past bytes for which `plain` holds; `false` if the buffer (or the
+    /// token's size limit) ran out.
     #[inline]
     fn skip(&mut self, plain: &[bool; 256]) -> bool {
-        let rest = &self.buf[self.pos..];
+        let rest = self.scannable();
         match rest.iter().position(|&c| !plain[usize::from(c)]) {
             Some(n) => {
                 self.pos += n;
@@ -538,7 +548,7 @@ impl Framer {
 
     #[inline]
     fn skip_ws(&mut self) -> bool {
-        let rest = &self.buf[self.pos..];
+        let rest = self.scannable();
         match rest.iter().position(|&c| !is_ws(c)) {
             Some(n) => {
                 self.pos += n;

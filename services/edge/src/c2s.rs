@@ -1,19 +1,25 @@
-//! One client-to-server connection: stream negotiation (RFC 6120 §4.3: STARTTLS §5,
-//! SASL §6 with SCRAM-*-PLUS and XEP-0440 channel-binding advertisement, resource binding
-//! §7 with the "override" conflict policy of §7.7.2.2), then the bound session that stamps
-//! `from` (§8.1.2.1) and forwards stanzas to the router. Stream errors follow §4.9: our
-//! header is always sent before an error, and the stream is closed after it.
-//! In-band registration before authentication (XEP-0077 §3.1) is forwarded to the router.
+//! One client-to-server connection: the transport driver around the negotiation machine
+//! ([`crate::negotiate`]), then the bound session that stamps `from` (RFC 6120 §8.1.2.1)
+//! and forwards stanzas to the router.
+//!
+//! Owns: the socket and its TLS upgrade (STARTTLS §5.4.3.3, direct TLS XEP-0368), reading
+//! frames into the machine and carrying out what it asks (writes, the TLS handshake, the
+//! credential lookup, password checks off the I/O threads, the XEP-0077 forward, the login
+//! throttle's delay), the negotiation timeout, and the bound session loop with its writer
+//! task. Stream errors follow §4.9: our header is always sent before an error, and the
+//! stream is closed after it.
+//! Must not touch: negotiation rules (features, SASL, binding: `negotiate.rs`), routing.
 
+use crate::negotiate::{AbortReason, Action, AuthOutcome, Credentials, Input, Negotiator, Security};
 use crate::transport::Transport;
 use crate::{Edge, ListenKind};
 use bytes::{Bytes, BytesMut};
 use rookery_core::hub::{ConnQueues, control_lane};
-use rookery_core::{IqRequest, IqType, Location, Outbound};
-use rookery_jid::{BareJid, FullJid, Jid};
-use rookery_sasl::{ChannelBindings, Mechanism, SaslError, ScramServer};
+use rookery_core::{Location, Outbound};
+use rookery_jid::{FullJid, Jid};
 use rookery_stanza::{Condition, Envelope, Kind, StanzaError, StreamCondition, StreamError, ns};
 use rookery_xml::{Frame, Framer, Limits, RawElement, XmlError};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,11 +27,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// Attempts before the stream is closed (RFC 6120 §6.4.5 asks for 2..=5 retries).
-const MAX_AUTH_ATTEMPTS: u32 = 5;
-/// Refused requests before binding after which the stream is closed (§7.7.2.1 says
-/// 5 to 10).
-const MAX_BIND_ATTEMPTS: u32 = 5;
 /// The end of a stream; on the control queue it asks the writer for a plain close.
 const CLOSE_TAG: &[u8] = b"</stream:stream>";
 /// A client that does not take written bytes for this long is dropped.
@@ -38,6 +39,9 @@ enum End {
     Stream(StreamError),
     /// The client closed the stream (`</stream:stream>`): answer in kind.
     ClientClosed,
+    /// Negotiation was given up for this reason (a stable name for logs); nothing more
+    /// is written.
+    Aborted(&'static str),
     /// The socket is gone; nothing more can be written.
     Io,
 }
@@ -65,24 +69,13 @@ fn stream_err(c: StreamCondition) -> End {
     End::Stream(StreamError::new(c))
 }
 
-/// Negotiation progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-/// Negotiation progress: what the stream needs next.
-enum Phase {
-    Tls,
-    Auth,
-    Bind,
-}
-
 struct Conn {
     edge: Arc<Edge>,
     transport: Option<Transport>,
     framer: Framer,
     peer: SocketAddr,
-    header_sent: bool,
-    domain: String,
-    auth_failures: u32,
-    user: Option<BareJid>,
+    /// Until the session is bound; dropped then, so a bound connection keeps none of it.
+    machine: Option<Box<Negotiator>>,
     pending_bind_result: Option<Vec<u8>>,
 }
 
@@ -98,14 +91,9 @@ pub async fn handle(
     let Some(_slot) = edge.conn_limiter.acquire(peer.ip()) else {
         tracing::info!(event = "conn_limit_per_ip", peer = %peer);
         let mut sock = sock;
-        let domain = edge.cfg.domains.first().cloned().unwrap_or_default();
-        let mut out = header_bytes(&domain, None);
-        out.extend_from_slice(
-            &StreamError::new(StreamCondition::PolicyViolation)
-                .with_text("too many connections from your address")
-                .to_bytes(),
-        );
-        out.extend_from_slice(b"</stream:stream>");
+        let err =
+            StreamError::new(StreamCondition::PolicyViolation).with_text("too many connections from your address");
+        let out = Negotiator::new(edge.negotiation.clone(), Security::Plain).error_bytes(&err);
         let _ = tokio::time::timeout(Duration::from_secs(2), sock.write_all(&out)).await;
         return;
     };
@@ -115,14 +103,11 @@ pub async fn handle(
     // (twice, as the upvar and the local), so passing the ~1 KiB connection by value put it
     // into this task's future several times over.
     let mut conn = Box::new(Conn {
-        domain: edge.cfg.domains.first().cloned().unwrap_or_default(),
         edge: edge.clone(),
         transport: None,
         framer: Framer::new(limits),
         peer,
-        header_sent: false,
-        auth_failures: 0,
-        user: None,
+        machine: Some(Box::new(Negotiator::new(edge.negotiation.clone(), Security::Plain))),
         pending_bind_result: None,
     });
     let mut shutdown = shutdown;
@@ -136,6 +121,10 @@ pub async fn handle(
     let bound = match negotiated {
         Ok(Ok(b)) => b,
         Ok(Err(end)) => {
+            // The other ends log in `finish` (stream_error, negotiation_aborted).
+            if matches!(end, End::Io) {
+                tracing::debug!(event = "negotiation_aborted", peer = %peer, reason = "connection_closed");
+            }
             conn.finish(end).await;
             return;
         }
@@ -149,62 +138,6 @@ pub async fn handle(
         }
     };
     conn.session(bound, shutdown).await;
-}
-
-/// Our stream header (RFC 6120 §4.7).
-fn header_bytes(domain: &str, to: Option<&str>) -> Vec<u8> {
-    let mut id = [0u8; 12];
-    let _ = getrandom::fill(&mut id);
-    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(
-        b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'",
-    );
-    rookery_stanza::push_attr(&mut out, "id", &id);
-    rookery_stanza::push_attr(&mut out, "from", domain);
-    if let Some(to) = to {
-        rookery_stanza::push_attr(&mut out, "to", to);
-    }
-    out.extend_from_slice(b" version='1.0' xml:lang='en'>");
-    out
-}
-
-/// An IQ error to a stream that has no bound JID yet (no `to` to address it to).
-fn iq_error(id: &str, err: &StanzaError) -> Vec<u8> {
-    let mut out = Vec::with_capacity(160);
-    out.extend_from_slice(b"<iq");
-    rookery_stanza::push_attr(&mut out, "id", id);
-    rookery_stanza::push_attr(&mut out, "type", "error");
-    out.push(b'>');
-    err.write_to(&mut out);
-    out.extend_from_slice(b"</iq>");
-    out
-}
-
-/// A `<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>` with the condition.
-fn sasl_failure(cond: &str) -> Vec<u8> {
-    format!("<failure xmlns='{}'><{cond}/></failure>", ns::SASL).into_bytes()
-}
-
-fn b64(data: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
-
-fn unb64(text: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let t = text.trim();
-    if t == "=" {
-        return Some(Vec::new());
-    }
-    base64::engine::general_purpose::STANDARD.decode(t).ok()
-}
-
-fn random_resource() -> String {
-    let mut r = [0u8; 6];
-    let _ = getrandom::fill(&mut r);
-    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    format!("rookery-{hex}")
 }
 
 impl Conn {
@@ -236,14 +169,17 @@ impl Conn {
         let mut out = Vec::new();
         match end {
             End::Io => {}
+            End::Aborted(reason) => {
+                tracing::debug!(event = "negotiation_aborted", peer = %self.peer, reason);
+            }
             End::ClientClosed => out.extend_from_slice(b"</stream:stream>"),
             End::Stream(e) => {
                 tracing::debug!(event = "stream_error", peer = %self.peer, condition = e.condition.name());
-                if !self.header_sent {
-                    out.extend_from_slice(&header_bytes(&self.domain, None));
-                }
-                out.extend_from_slice(&e.to_bytes());
-                out.extend_from_slice(b"</stream:stream>");
+                out = match self.machine.as_deref() {
+                    Some(m) => m.error_bytes(&e),
+                    // Bound: our header went out long ago.
+                    None => [&e.to_bytes()[..], CLOSE_TAG].concat(),
+                };
             }
         }
         if let Some(t) = self.transport.as_mut() {
@@ -254,452 +190,148 @@ impl Conn {
         }
     }
 
-    /// Reads and checks a stream header, then answers with ours and the features.
-    async fn open_stream(&mut self, phase: Phase) -> Result<(), End> {
-        let h = loop {
-            match self.read_frame().await? {
-                Frame::StreamOpen(h) => break h,
-                Frame::Whitespace => continue,
-                _ => return Err(stream_err(StreamCondition::NotWellFormed)),
-            }
-        };
-        if let Some(to) = &h.to {
-            match Jid::parse(to) {
-                Ok(j)
-                    if j.node().is_none()
-                        && j.resource().is_none()
-                        && self.edge.cfg.domains.iter().any(|d| d == j.domain()) =>
-                {
-                    self.domain = j.domain().to_owned();
-                }
-                _ => return Err(stream_err(StreamCondition::HostUnknown)),
-            }
+    fn feed(&mut self, input: Input) -> Vec<Action> {
+        match self.machine.as_mut() {
+            Some(m) => m.handle(input),
+            None => vec![Action::Abort(AbortReason::UnexpectedInput)],
         }
-        if h.local_name != "stream" || h.ns.as_deref() != Some(ns::STREAM) {
-            return Err(stream_err(StreamCondition::InvalidNamespace));
-        }
-        if h.default_ns.as_deref() != Some(ns::CLIENT) {
-            return Err(stream_err(StreamCondition::InvalidNamespace));
-        }
-        // RFC 6120 §4.7.5: no version means a pre-1.0 client we cannot serve.
-        match h.version.as_deref().and_then(|v| v.split('.').next()).and_then(|m| m.parse::<u32>().ok()) {
-            Some(major) if major >= 1 => {}
-            _ => return Err(stream_err(StreamCondition::UnsupportedVersion)),
-        }
-        let client_from = h.from.as_deref().and_then(|f| Jid::parse(f).ok()).map(|j| j.to_string());
-        let mut out = header_bytes(&self.domain, client_from.as_deref());
-        self.header_sent = true;
-        out.extend_from_slice(&self.features(phase));
-        self.write(&out).await
     }
 
-    fn features(&self, phase: Phase) -> Vec<u8> {
-        let mut f = String::from("<stream:features>");
-        match phase {
-            Phase::Tls => {
-                f.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>");
-            }
-            Phase::Auth => {
-                let cb = self.bindings();
-                f.push_str("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
-                for m in Mechanism::ALL {
-                    if m.is_plus() && cb.types().is_empty() {
-                        continue;
-                    }
-                    f.push_str("<mechanism>");
-                    f.push_str(m.name());
-                    f.push_str("</mechanism>");
-                }
-                f.push_str("</mechanisms>");
-                // XEP-0440: which channel-binding types the -PLUS mechanisms accept.
-                let types = cb.types();
-                if !types.is_empty() {
-                    f.push_str("<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>");
-                    for t in types {
-                        f.push_str("<channel-binding type='");
-                        f.push_str(t);
-                        f.push_str("'/>");
-                    }
-                    f.push_str("</sasl-channel-binding>");
-                }
-                if self.edge.cfg.allow_registration {
-                    f.push_str("<register xmlns='http://jabber.org/features/iq-register'/>");
-                }
-            }
-            Phase::Bind => {
-                f.push_str("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>");
-                // RFC 3921 session establishment, kept optional for old clients.
-                f.push_str("<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>");
-                f.push_str("<ver xmlns='urn:xmpp:features:rosterver'/>");
-                f.push_str("<sub xmlns='urn:xmpp:features:pre-approval'/>");
-            }
-        }
-        f.push_str("</stream:features>");
-        f.into_bytes()
-    }
-
-    fn bindings(&self) -> ChannelBindings {
-        let Some(t) = self.transport.as_ref().filter(|t| t.is_tls()) else { return ChannelBindings::default() };
-        ChannelBindings { tls_exporter: t.tls_exporter(), tls_server_end_point: self.edge.tls.end_point.clone() }
-    }
-
-    /// Runs negotiation up to a bound resource.
+    /// Runs negotiation up to a bound resource: feeds frames to the machine and carries
+    /// out its actions in order.
     async fn negotiate(&mut self, sock: TcpStream, kind: ListenKind) -> Result<FullJid, End> {
-        let mut phase = match kind {
-            ListenKind::StartTls => {
-                self.transport = Some(Transport::Plain(sock));
-                Phase::Tls
-            }
+        match kind {
+            ListenKind::StartTls => self.transport = Some(Transport::Plain(sock)),
             ListenKind::DirectTls => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(self.edge.tls.direct.clone());
                 let tls = acceptor.accept(sock).await.map_err(|e| {
                     tracing::debug!(event = "tls_handshake_failed", peer = %self.peer, error = %e);
-                    End::Io
+                    End::Aborted("tls_handshake_failed")
                 })?;
-                self.transport = Some(Transport::Tls(Box::new(tls)));
-                Phase::Auth
+                let t = Transport::Tls(Box::new(tls));
+                let exporter = t.tls_exporter();
+                self.transport = Some(t);
+                self.machine =
+                    Some(Box::new(Negotiator::new(self.edge.negotiation.clone(), Security::Tls { exporter })));
             }
-        };
+        }
+        let mut queue: VecDeque<Action> = VecDeque::new();
         loop {
-            self.open_stream(phase).await?;
-            match phase {
-                Phase::Tls => {
-                    self.starttls().await?;
-                    phase = Phase::Auth;
+            let Some(action) = queue.pop_front() else {
+                let frame = self.read_frame().await?;
+                queue.extend(self.feed(Input::Frame(frame)));
+                continue;
+            };
+            match action {
+                Action::Write(bytes) => self.write(&bytes).await?,
+                Action::StartTls => {
+                    let exporter = self.starttls().await?;
+                    queue.extend(self.feed(Input::TlsEstablished { exporter }));
                 }
-                Phase::Auth => {
-                    self.authenticate().await?;
-                    phase = Phase::Bind;
+                Action::RestartStream => self.framer.restart(),
+                Action::LookupCredentials { user } => {
+                    let c = match self.edge.accounts.get(&user).await {
+                        Ok(Some(acc)) => Credentials::Found(acc.credentials),
+                        Ok(None) => Credentials::Unknown,
+                        Err(e) => {
+                            tracing::warn!(event = "account_lookup_failed", error = %e);
+                            Credentials::Failed
+                        }
+                    };
+                    queue.extend(self.feed(Input::Credentials(c)));
                 }
-                Phase::Bind => return self.bind().await,
+                Action::VerifyPassword { creds, password } => {
+                    // PBKDF2 is deliberately slow: keep it off the I/O threads.
+                    let ok = tokio::task::spawn_blocking(move || rookery_sasl::verify_password(&creds, &password))
+                        .await
+                        .unwrap_or(false);
+                    queue.extend(self.feed(Input::PasswordChecked(ok)));
+                }
+                Action::PreauthIq(req) => {
+                    let r = self.edge.router.preauth_iq(*req).await;
+                    queue.extend(self.feed(Input::PreauthIqResult(r)));
+                }
+                Action::Auth(outcome) => self.auth_outcome(outcome).await,
+                Action::Close(e) => return Err(End::Stream(e)),
+                Action::ClientClosed => return Err(End::ClientClosed),
+                Action::Abort(reason) => return Err(End::Aborted(reason.name())),
+                Action::Bound { jid, reply } => {
+                    // Registration with the router happens in `session`, right before the
+                    // result is written, so nothing can be delivered before the client
+                    // knows its JID.
+                    self.pending_bind_result = Some(reply);
+                    return Ok(jid);
+                }
             }
-            self.framer.restart();
-            self.header_sent = false;
         }
     }
 
-    async fn next_element(&mut self) -> Result<RawElement, End> {
+    /// RFC 6120 §5.4.2.3, §5.4.3: `<proceed/>` is written; the TLS handshake follows, then
+    /// the stream restarts (§5.3.2). Bytes still buffered in the clear would be taken as
+    /// sent over TLS (CVE-2011-0411 class; §5.4.3.1 rule 1), so anything but whitespace
+    /// there ends the connection. Whitespace, which §5.3.3 also forbids but go-xmpp sends
+    /// (a newline after `<starttls/>`), carries no data and is dropped.
+    async fn starttls(&mut self) -> Result<Option<Vec<u8>>, End> {
+        const DATA: &str = AbortReason::DataAfterStartTls.name();
         loop {
-            match self.read_frame().await? {
-                Frame::Element(e) => return Ok(e),
-                Frame::Whitespace => continue,
-                Frame::StreamClose => return Err(End::ClientClosed),
-                Frame::StreamOpen(_) => return Err(stream_err(StreamCondition::NotWellFormed)),
+            match self.framer.next_frame() {
+                Ok(Some(f)) => {
+                    if let Some(a) = self.feed(Input::Frame(f)).into_iter().next() {
+                        let reason = match a {
+                            Action::Abort(r) => r.name(),
+                            _ => DATA,
+                        };
+                        return Err(End::Aborted(reason));
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return Err(End::Aborted(DATA)),
             }
         }
-    }
-
-    /// RFC 6120 §5.4.2: `<starttls/>`, `<proceed/>`, TLS handshake.
-    async fn starttls(&mut self) -> Result<(), End> {
-        let el = self.next_element().await?;
-        if el.name != "starttls" || el.ns != ns::TLS {
-            // §5.3.1: TLS is mandatory here.
-            return Err(End::Stream(
-                StreamError::new(StreamCondition::PolicyViolation).with_text("STARTTLS is required"),
-            ));
-        }
-        self.write(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await?;
-        // Bytes pipelined after <starttls/> would be plaintext injected into the TLS
-        // stream (CVE-2011-0411 class): refuse.
+        // Whitespace is consumed as it is framed: what is left is the start of an element.
         if self.framer.buffered_len() > 0 {
-            return Err(End::Io);
+            return Err(End::Aborted(DATA));
         }
         let Some(Transport::Plain(tcp)) = self.transport.take() else { return Err(End::Io) };
         let acceptor = tokio_rustls::TlsAcceptor::from(self.edge.tls.config.clone());
         let tls = acceptor.accept(tcp).await.map_err(|e| {
             tracing::debug!(event = "tls_handshake_failed", peer = %self.peer, error = %e);
-            End::Io
+            End::Aborted("tls_handshake_failed")
         })?;
-        self.transport = Some(Transport::Tls(Box::new(tls)));
-        Ok(())
+        let t = Transport::Tls(Box::new(tls));
+        let exporter = t.tls_exporter();
+        self.transport = Some(t);
+        self.framer.restart();
+        Ok(exporter)
     }
 
-    /// RFC 6120 §6: SASL until success; in-band registration is served meanwhile.
-    async fn authenticate(&mut self) -> Result<(), End> {
-        loop {
-            let el = self.next_element().await?;
-            if el.ns == ns::CLIENT && el.name == "iq" {
-                self.preauth_iq(el).await?;
-                continue;
+    /// Accounts an authentication attempt with the login throttle; wrong credentials are
+    /// answered after its delay.
+    async fn auth_outcome(&mut self, outcome: AuthOutcome) {
+        let ip = self.peer.ip();
+        match outcome {
+            AuthOutcome::Success { user } => {
+                self.edge.auth_throttle.succeeded(user.as_str(), ip);
+                tracing::info!(event = "auth_ok", user = %user, peer = %self.peer);
             }
-            if el.ns != ns::SASL {
-                return Err(End::Stream(
-                    StreamError::new(StreamCondition::NotAuthorized).with_text("authenticate first"),
-                ));
-            }
-            if el.name != "auth" {
-                self.write(&sasl_failure("malformed-request")).await?;
-                continue;
-            }
-            match self.sasl_exchange(&el).await? {
-                Ok(user) => {
-                    self.edge.auth_throttle.succeeded(self.peer.ip());
-                    tracing::info!(event = "auth_ok", user = %user, peer = %self.peer);
-                    self.user = Some(user);
-                    return Ok(());
-                }
-                Err(cond) => {
-                    self.auth_failures += 1;
-                    let delay = self.edge.auth_throttle.failed(self.peer.ip());
-                    tracing::info!(event = "auth_failed", peer = %self.peer, condition = cond, delay_ms = delay.as_millis() as u64);
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    self.write(&sasl_failure(cond)).await?;
-                    if self.auth_failures >= MAX_AUTH_ATTEMPTS {
-                        return Err(End::Stream(
-                            StreamError::new(StreamCondition::PolicyViolation)
-                                .with_text("too many failed authentication attempts"),
-                        ));
-                    }
+            AuthOutcome::WrongCredentials { user, condition } => {
+                let delay = self.edge.auth_throttle.failed(user.as_ref().map(|u| u.as_str()), ip);
+                tracing::info!(
+                    event = "auth_failed",
+                    peer = %self.peer,
+                    user = user.as_ref().map(|u| u.as_str()).unwrap_or_default(),
+                    condition,
+                    counted = true,
+                    delay_ms = delay.as_millis() as u64
+                );
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
                 }
             }
-        }
-    }
-
-    /// One SASL exchange. Outer error: the stream ends; inner error: a `<failure/>`.
-    async fn sasl_exchange(&mut self, auth: &RawElement) -> Result<Result<BareJid, &'static str>, End> {
-        let Ok(el) = auth.parse() else { return Ok(Err("malformed-request")) };
-        let Some(mech) = el.get_attr("mechanism").and_then(Mechanism::from_name) else {
-            return Ok(Err("invalid-mechanism"));
-        };
-        let bindings = self.bindings();
-        let plus_advertised = !bindings.types().is_empty();
-        if mech.is_plus() && !plus_advertised {
-            return Ok(Err("invalid-mechanism"));
-        }
-        let text = el.text_content();
-        let initial = if text.trim().is_empty() { None } else { Some(text) };
-        let initial = match initial.as_deref().map(unb64) {
-            None => None,
-            Some(Some(d)) => Some(d),
-            Some(None) => return Ok(Err("incorrect-encoding")),
-        };
-        if mech == Mechanism::Plain {
-            let data = match self.initial_response(initial).await? {
-                Ok(d) => d,
-                Err(cond) => return Ok(Err(cond)),
-            };
-            return self.plain(&data).await;
-        }
-        let mut scram = match ScramServer::new(mech, bindings, plus_advertised) {
-            Ok(s) => s,
-            Err(e) => return Ok(Err(e.condition())),
-        };
-        let first = match self.initial_response(initial).await? {
-            Ok(d) => d,
-            Err(cond) => return Ok(Err(cond)),
-        };
-        let cf = match scram.client_first(&first) {
-            Ok(cf) => cf,
-            Err(e) => return Ok(Err(e.condition())),
-        };
-        let user = BareJid::from_parts(Some(&cf.username), &self.domain).ok();
-        let creds = match &user {
-            Some(u) => match self.edge.accounts.get(u).await {
-                Ok(Some(acc)) => acc.credentials.into_iter().find(|c| Some(c.alg) == mech.hash()),
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(event = "account_lookup_failed", error = %e);
-                    return Ok(Err("temporary-auth-failure"));
-                }
-            },
-            None => None,
-        };
-        let sf = scram.server_first(creds, &self.edge.cfg.fake_secret);
-        self.write(format!("<challenge xmlns='{}'>{}</challenge>", ns::SASL, b64(&sf)).as_bytes()).await?;
-        let fin = match self.sasl_response().await? {
-            Ok(d) => d,
-            Err(cond) => return Ok(Err(cond)),
-        };
-        let server_final = match scram.client_final(&fin) {
-            Ok(v) => v,
-            Err(e) => return Ok(Err(e.condition())),
-        };
-        let Some(user) = user else { return Ok(Err("not-authorized")) };
-        if let Some(authz) = &cf.authzid
-            && !authzid_ok(authz, &user)
-        {
-            return Ok(Err(SaslError::InvalidAuthzid.condition()));
-        }
-        self.write(format!("<success xmlns='{}'>{}</success>", ns::SASL, b64(&server_final)).as_bytes()).await?;
-        Ok(Ok(user))
-    }
-
-    /// The initial response, or (RFC 6120 §6.4.2 without one) an empty challenge and the
-    /// client's answer to it; the inner error is the failure condition to send.
-    async fn initial_response(&mut self, initial: Option<Vec<u8>>) -> Result<Result<Vec<u8>, &'static str>, End> {
-        if let Some(d) = initial {
-            return Ok(Ok(d));
-        }
-        self.write(b"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>").await?;
-        self.sasl_response().await
-    }
-
-    /// Waits for `<response/>`; the inner error is the failure condition to send.
-    async fn sasl_response(&mut self) -> Result<Result<Vec<u8>, &'static str>, End> {
-        let el = self.next_element().await?;
-        if el.ns != ns::SASL {
-            return Err(stream_err(StreamCondition::NotAuthorized));
-        }
-        match el.name.as_str() {
-            "abort" => Ok(Err("aborted")),
-            "response" => {
-                let text = el.parse().map(|e| e.text_content()).unwrap_or_default();
-                // RFC 6120 §6.4.2 / §6.5.2: data that is not base64.
-                Ok(unb64(&text).ok_or("incorrect-encoding"))
+            AuthOutcome::Refused { condition } => {
+                tracing::info!(event = "auth_failed", peer = %self.peer, condition, counted = false, delay_ms = 0u64);
             }
-            _ => Ok(Err("malformed-request")),
         }
-    }
-
-    /// RFC 4616 over TLS only (this phase is only reached after TLS).
-    async fn plain(&mut self, data: &[u8]) -> Result<Result<BareJid, &'static str>, End> {
-        let req = match rookery_sasl::parse_plain(data) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e.condition())),
-        };
-        let Ok(user) = BareJid::from_parts(Some(&req.authcid), &self.domain) else {
-            return Ok(Err("not-authorized"));
-        };
-        if let Some(authz) = &req.authzid
-            && !authzid_ok(authz, &user)
-        {
-            return Ok(Err("invalid-authzid"));
-        }
-        let creds = match self.edge.accounts.get(&user).await {
-            Ok(Some(acc)) => acc.credentials,
-            Ok(None) => Vec::new(),
-            Err(e) => {
-                tracing::warn!(event = "account_lookup_failed", error = %e);
-                return Ok(Err("temporary-auth-failure"));
-            }
-        };
-        let Some(c) = creds.into_iter().max_by_key(|c| c.stored_key.len()) else {
-            return Ok(Err("not-authorized"));
-        };
-        let password = req.password;
-        // PBKDF2 is deliberately slow: keep it off the I/O threads.
-        let ok =
-            tokio::task::spawn_blocking(move || rookery_sasl::verify_password(&c, &password)).await.unwrap_or(false);
-        if !ok {
-            return Ok(Err("not-authorized"));
-        }
-        self.write(format!("<success xmlns='{}'/>", ns::SASL).as_bytes()).await?;
-        Ok(Ok(user))
-    }
-
-    /// XEP-0077 §3.1 before authentication; everything else is refused.
-    async fn preauth_iq(&mut self, el: RawElement) -> Result<(), End> {
-        let id = el.id.clone().unwrap_or_default();
-        let kind = match el.kind.as_deref() {
-            Some("get") => IqType::Get,
-            Some("set") => IqType::Set,
-            _ => return Err(stream_err(StreamCondition::NotAuthorized)),
-        };
-        let payload = el.parse().ok().and_then(|e| e.elements().next().cloned());
-        let result = match payload {
-            Some(p) if p.is("query", ns::REGISTER) && self.edge.cfg.allow_registration => {
-                let Ok(to) = Jid::parse(&self.domain) else { return Err(End::Io) };
-                let req = IqRequest { from: None, to, kind, id: id.clone(), payload: p };
-                self.edge.router.preauth_iq(req).await
-            }
-            Some(p) if p.is("query", ns::REGISTER) => Err(StanzaError::new(Condition::ServiceUnavailable)),
-            _ => return Err(stream_err(StreamCondition::NotAuthorized)),
-        };
-        let mut out = Vec::new();
-        out.extend_from_slice(b"<iq");
-        rookery_stanza::push_attr(&mut out, "id", &id);
-        match result {
-            Ok(p) => {
-                rookery_stanza::push_attr(&mut out, "type", "result");
-                match p {
-                    Some(p) => {
-                        out.push(b'>');
-                        p.write_to(&mut out, ns::CLIENT);
-                        out.extend_from_slice(b"</iq>");
-                    }
-                    None => out.extend_from_slice(b"/>"),
-                }
-            }
-            Err(e) => out = iq_error(&id, &e),
-        }
-        self.write(&out).await
-    }
-
-    /// RFC 6120 §7: resource binding (and the no-op RFC 3921 session request).
-    async fn bind(&mut self) -> Result<FullJid, End> {
-        let Some(user) = self.user.clone() else { return Err(End::Io) };
-        let mut refused = 0u32;
-        loop {
-            let el = self.next_element().await?;
-            if el.ns != ns::CLIENT || el.name != "iq" {
-                return Err(stream_err(StreamCondition::NotAuthorized));
-            }
-            // RFC 6120 §8.3.1: results and errors are never answered.
-            if matches!(el.kind.as_deref(), Some("result") | Some("error")) {
-                continue;
-            }
-            // §7.7.2.1: a client that keeps asking for unusable resources is cut off.
-            if refused >= MAX_BIND_ATTEMPTS {
-                return Err(End::Stream(
-                    StreamError::new(StreamCondition::PolicyViolation).with_text("too many failed bind attempts"),
-                ));
-            }
-            let id = el.id.clone().unwrap_or_default();
-            let Ok(tree) = el.parse() else { return Err(stream_err(StreamCondition::NotWellFormed)) };
-            let reply_err = |e: StanzaError| iq_error(&id, &e);
-            if tree.get_child("session", ns::SESSION).is_some() && el.kind.as_deref() == Some("set") {
-                let out = format!("<iq id='{}' type='result'/>", rookery_xml::escape_attr(&id));
-                self.write(out.as_bytes()).await?;
-                continue;
-            }
-            let Some(b) = tree.get_child("bind", ns::BIND).filter(|_| el.kind.as_deref() == Some("set")) else {
-                // §7.2: stanzas before binding are not allowed.
-                let out = reply_err(StanzaError::new(Condition::NotAuthorized));
-                self.write(&out).await?;
-                refused += 1;
-                continue;
-            };
-            let requested =
-                b.get_child("resource", ns::BIND).map(|r| r.text_content()).filter(|r| !r.trim().is_empty());
-            let full = match requested {
-                Some(r) => match user.with_resource(&r) {
-                    Ok(f) => f,
-                    Err(_) => {
-                        // §7.7.2.1
-                        let out = reply_err(StanzaError::new(Condition::BadRequest));
-                        self.write(&out).await?;
-                        refused += 1;
-                        continue;
-                    }
-                },
-                None => match user.with_resource(&random_resource()) {
-                    Ok(f) => f,
-                    Err(_) => return Err(End::Io),
-                },
-            };
-            let out = format!(
-                "<iq id='{}' type='result'><bind xmlns='{}'><jid>{}</jid></bind></iq>",
-                rookery_xml::escape_attr(&id),
-                ns::BIND,
-                rookery_xml::escape_text(full.as_str())
-            );
-            // Registration with the router happens in `session`, right before the
-            // result is written, so nothing can be delivered before the client knows
-            // its JID.
-            self.pending_bind_result = Some(out.into_bytes());
-            return Ok(full);
-        }
-    }
-}
-
-/// RFC 6120 §6.3.8 / RFC 4422: an authorization identity must be the authenticated
-/// account itself (no proxy authorization).
-fn authzid_ok(authz: &str, user: &BareJid) -> bool {
-    match Jid::parse(authz) {
-        Ok(j) => j.is_bare() && j.as_str() == user.as_str(),
-        Err(_) => false,
     }
 }
 
@@ -731,6 +363,7 @@ impl Conn {
     /// The bound session: a writer task drains the outbound queues; this task reads,
     /// checks and routes.
     async fn session(mut self: Box<Self>, jid: FullJid, mut shutdown: watch::Receiver<bool>) {
+        self.machine = None;
         let edge = self.edge.clone();
         let conn_id = edge.next_conn_id();
         let loc = Location { edge: edge.edge_id, conn: conn_id };

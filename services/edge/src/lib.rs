@@ -9,6 +9,7 @@
 //! account credentials for SASL.
 
 pub mod c2s;
+pub mod negotiate;
 pub mod throttle;
 pub mod tls;
 pub mod transport;
@@ -126,6 +127,8 @@ pub struct Edge {
     pub accounts: Arc<dyn AccountStore>,
     pub conn_limiter: throttle::ConnLimiter,
     pub auth_throttle: throttle::AuthThrottle,
+    /// What every client negotiation shares (namespace `jabber:client`).
+    pub negotiation: Arc<negotiate::Settings>,
     next_conn: AtomicU64,
     /// Edge id in the cluster (0 in the single binary).
     pub edge_id: u32,
@@ -150,7 +153,15 @@ impl Edge {
     ) -> Arc<Edge> {
         let conn_limiter = throttle::ConnLimiter::new(cfg.max_connections_per_ip);
         let auth_throttle = throttle::AuthThrottle::new(cfg.auth_failures_before_delay, cfg.auth_delay_max);
+        let negotiation = Arc::new(negotiate::Settings {
+            stream_ns: rookery_stanza::ns::CLIENT,
+            domains: cfg.domains.clone(),
+            allow_registration: cfg.allow_registration,
+            fake_secret: cfg.fake_secret.clone(),
+            tls_server_end_point: tls.end_point.clone(),
+        });
         Arc::new(Edge {
+            negotiation,
             tls,
             router,
             hub,

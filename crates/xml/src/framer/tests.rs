@@ -414,6 +414,30 @@ fn size_limit_is_enforced_before_the_element_ends() {
 }
 
 #[test]
+fn size_limit_wins_over_a_later_error_in_any_chunking() {
+    // A long text run passes the limit and an illegal character follows beyond it: the
+    // stanza is too large, whether it arrives in one read or byte by byte (fuzz/framer
+    // found one read reporting the character instead).
+    let limits = Limits { max_stanza_bytes: 100, ..Limits::default() };
+    let input = format!("{HEADER}<message><body>{}\u{1}</body></message>", "x".repeat(200));
+    for chunks in [&[usize::MAX][..], &[1], &[7, 64]] {
+        let got = feed(&mut Framer::new(limits), input.as_bytes(), chunks);
+        assert_eq!(got.unwrap_err(), XmlError::TooLarge, "chunks {chunks:?}");
+    }
+    // Same for a whitespace run inside a start tag and an attribute value.
+    for body in [format!("<message{}\u{1}/>", " ".repeat(200)), format!("<message a='{}\u{1}'/>", "y".repeat(200))] {
+        let input = format!("{HEADER}{body}");
+        for chunks in [&[usize::MAX][..], &[1]] {
+            let got = feed(&mut Framer::new(limits), input.as_bytes(), chunks);
+            assert_eq!(got.unwrap_err(), XmlError::TooLarge, "{body:?} chunks {chunks:?}");
+        }
+    }
+    // Below the limit the character is still reported.
+    let input = format!("{HEADER}<message><body>x\u{1}</body></message>");
+    assert!(matches!(feed(&mut Framer::new(limits), input.as_bytes(), &[usize::MAX]), Err(XmlError::NotWellFormed(_))));
+}
+
+#[test]
 fn header_limit() {
     let limits = Limits { max_header_bytes: 64, ..Limits::default() };
     let long = format!("<stream:stream xmlns:stream='u' to='{}'>", "a".repeat(100));
