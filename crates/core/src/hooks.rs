@@ -327,6 +327,25 @@ impl Hooks {
         Flow::Continue
     }
 
+    /// Runs a module's handler that is not a hook (an IQ handler, a component) the same
+    /// way: a panic is logged, counted with the hook failures, and answered `None`, so it
+    /// cannot take the caller's task (a session, a router lane) down.
+    pub async fn guard<T>(&self, what: &'static str, fut: impl std::future::Future<Output = T>) -> Option<T> {
+        match AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(v) => Some(v),
+            Err(panic) => {
+                self.stats.panics.fetch_add(1, Ordering::Relaxed);
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(event = "module_handler_panicked", handler = what, panic = %text);
+                None
+            }
+        }
+    }
+
     /// (handler errors, handler panics) since start.
     pub fn failures(&self) -> (u64, u64) {
         (self.stats.errors.load(Ordering::Relaxed), self.stats.panics.load(Ordering::Relaxed))

@@ -96,7 +96,11 @@ impl LocalRouter {
             match (self.dispatch.handler(&payload.name, &payload.ns, kind, target), self.ctx()) {
                 (Some(h), Some(ctx)) => {
                     let req = IqRequest { from: Some(from.clone()), to: to.clone(), kind, id: id.clone(), payload };
-                    h.handle(&ctx, req).await
+                    // A panicking handler is answered like a failing one.
+                    self.hooks
+                        .guard("iq", h.handle(&ctx, req))
+                        .await
+                        .unwrap_or_else(|| Err(StanzaError::new(Condition::InternalServerError)))
                 }
                 // RFC 6120 §8.4: an unsupported namespace is service-unavailable.
                 _ => Err(StanzaError::new(Condition::ServiceUnavailable)),

@@ -310,7 +310,7 @@ impl Router for LocalRouter {
         {
             let handler = c.handler.clone();
             if let Some(ctx) = self.ctx() {
-                handler.handle(&ctx, env).await;
+                self.hooks.guard("component", handler.handle(&ctx, env)).await;
             }
             return;
         }
@@ -325,7 +325,9 @@ impl Router for LocalRouter {
         let name = req.payload.name.clone();
         let ns = req.payload.ns.clone();
         match (self.dispatch.handler(&name, &ns, req.kind, rookery_core::Target::Host), self.ctx()) {
-            (Some(h), Some(ctx)) => h.handle(&ctx, req).await,
+            (Some(h), Some(ctx)) => self.hooks.guard("preauth_iq", h.handle(&ctx, req)).await.unwrap_or_else(|| {
+                Err(rookery_stanza::StanzaError::new(rookery_stanza::Condition::InternalServerError))
+            }),
             _ => Err(rookery_stanza::StanzaError::new(rookery_stanza::Condition::ServiceUnavailable)),
         }
     }
@@ -443,7 +445,7 @@ impl LocalRouter {
         if let Some(c) = self.components.get(env.to.domain()) {
             let handler = c.handler.clone();
             if let Some(ctx) = self.ctx() {
-                handler.handle(&ctx, env).await;
+                self.hooks.guard("component", handler.handle(&ctx, env)).await;
             }
             return;
         }

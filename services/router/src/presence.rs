@@ -103,7 +103,7 @@ impl LocalRouter {
             let Ok(el) = rookery_xml::RawElement::from_bytes(bytes, rookery_stanza::ns::CLIENT) else { return };
             let Some(ctx) = self.ctx() else { return };
             let env = Envelope { kind: rookery_stanza::Kind::Presence, from: from.clone(), to: to.clone(), el };
-            component.handle(&ctx, env).await;
+            self.hooks.guard("component", component.handle(&ctx, env)).await;
             return;
         }
         if !self.is_local(to.domain()) {

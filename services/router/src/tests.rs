@@ -100,6 +100,7 @@ async fn world_with(
     let router = LocalRouter::new(cfg, Arc::new(rookery_core::MemoryRegistry::new()), cap.clone(), stores, |r| {
         r.add(Arc::new(rookery_modules::Disco));
         r.add(echo.clone());
+        r.add(Arc::new(components::Panicky));
         r.add(Arc::new(rookery_modules::Carbons));
         r.add(Arc::new(rookery_modules::Blocking::new()));
         r.add(Arc::new(rookery_modules::StanzaIds));

@@ -3,7 +3,10 @@
 //! `ServerApi::route_from_component`, and is listed in the server's disco#items.
 
 use super::*;
-use rookery_core::{Component, Module, ModuleInfo, Placement, Registrar};
+use rookery_core::hooks::{MESSAGE_OUT, MessageOut};
+use rookery_core::{
+    Component, Flow, Handler, HookResult, IqHandler, IqRequest, IqResult, Module, ModuleInfo, Placement, Registrar,
+};
 
 /// A stand-in service at `echo.example.com`: echoes messages back from the addressed
 /// JID, answers IQs with an empty result, and records the presence it gets.
@@ -116,4 +119,53 @@ async fn the_service_is_listed_in_the_servers_disco_items() {
         el,
     };
     assert_eq!(table.key(&env), "room@echo.example.com", "the room's JID places it in a cluster");
+}
+
+/// A module whose IQ handler and `MESSAGE_OUT` handler panic on request.
+pub(super) struct Panicky;
+
+impl Module for Panicky {
+    fn info(&self) -> ModuleInfo {
+        ModuleInfo { name: "panicky", specs: &[], depends: &[] }
+    }
+    fn register(self: Arc<Self>, r: &mut Registrar) {
+        r.iq("query", "urn:x:panic", rookery_core::IqType::Get, &[rookery_core::Target::Host], self.clone());
+        r.hook(MESSAGE_OUT, rookery_core::prio::DEFAULT, self);
+    }
+}
+
+#[async_trait]
+impl IqHandler for Panicky {
+    async fn handle(&self, _ctx: &Ctx, _req: IqRequest) -> IqResult {
+        panic!("the IQ handler broke")
+    }
+}
+
+#[async_trait]
+impl Handler<MessageOut> for Panicky {
+    async fn handle(&self, _ctx: &Ctx, ev: &mut MessageOut) -> HookResult {
+        if ev.msg.env.id() == Some("boom") {
+            panic!("the hook broke");
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_contained_counted_and_answered() {
+    let w = world(&["alice@example.com", "bob@example.com"]).await;
+    w.online("alice@example.com/a", 1, 0).await;
+    w.online("bob@example.com/b", 2, 0).await;
+    w.send("alice@example.com/a", "<iq to='example.com' type='get' id='p1'><query xmlns='urn:x:panic'/></iq>").await;
+    let got = w.cap.take(1);
+    assert!(got.iter().any(|s| s.contains("id=\"p1\"") && s.contains("internal-server-error")), "{got:?}");
+    // The hook panics; the pipeline goes on and the message is delivered.
+    w.send("alice@example.com/a", "<message to='bob@example.com' type='chat' id='boom'><body>x</body></message>").await;
+    let got = w.cap.take(2);
+    assert!(got.iter().any(|s| s.contains("id=\"boom\"")), "{got:?}");
+    assert_eq!(w.router.hook_failures(), (0, 2));
+    // The same session goes on working.
+    w.send("alice@example.com/a", "<message to='bob@example.com' type='chat' id='after'><body>y</body></message>")
+        .await;
+    assert!(w.cap.take(2).iter().any(|s| s.contains("id=\"after\"")));
 }
