@@ -216,9 +216,12 @@ async fn list_users(State(st): State<AdminState>, headers: HeaderMap, Query(q): 
 
 async fn stats(State(st): State<AdminState>, headers: HeaderMap) -> Answer {
     authorized(&st, &headers)?;
+    let (hook_errors, handler_panics) = st.router.hook_failures();
     let mut body = serde_json::json!({
         "sessions": st.router.registry().count().await,
         "uptime_secs": st.router.uptime_secs(),
+        "module_handler_errors": hook_errors,
+        "module_handler_panics": handler_panics,
     });
     if let (Some(extra), Some(obj)) = (&st.extra_stats, body.as_object_mut())
         && let serde_json::Value::Object(more) = extra()
