@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use rookery_core::{Ctx, IqHandler, IqRequest, IqResult, IqType, Registrar, Target};
 use rookery_jid::BareJid;
 use rookery_stanza::{Condition, StanzaError};
-use rookery_storage::{StoreError, Subscription};
+use rookery_storage::StoreError;
 use std::sync::Arc;
 
 /// A handler that is told which [`Target`] it was dispatched for. `IqRequest` does not
@@ -70,9 +70,7 @@ pub(crate) async fn may_see_presence(
     user: &BareJid,
     requester: &BareJid,
 ) -> Result<bool, StanzaError> {
-    if requester == user {
-        return Ok(true);
-    }
-    let item = ctx.stores.roster.get_item(user, requester.as_str()).await.map_err(|e| store_failed(module, &e))?;
-    Ok(matches!(item.map(|i| i.subscription), Some(Subscription::From | Subscription::Both)))
+    rookery_storage::sees_presence(ctx.stores.roster.as_ref(), user, requester.as_str())
+        .await
+        .map_err(|e| store_failed(module, &e))
 }

@@ -65,6 +65,23 @@ pub enum Subscription {
     Both,
 }
 
+impl Subscription {
+    /// The contact is subscribed to the owner's presence (`from` or `both`, RFC 6121
+    /// §2.1.2.5): it gets the owner's presence and may see the owner's resources.
+    pub fn contact_sees_presence(self) -> bool {
+        matches!(self, Subscription::From | Subscription::Both)
+    }
+}
+
+/// Whether `contact` may see `user`'s presence: `contact` is `user`, or holds a `from` or
+/// `both` subscription in `user`'s roster.
+pub async fn sees_presence(roster: &dyn RosterStore, user: &BareJid, contact: &str) -> Result<bool> {
+    if user.as_str() == contact {
+        return Ok(true);
+    }
+    Ok(roster.get_item(user, contact).await?.is_some_and(|i| i.subscription.contact_sees_presence()))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RosterItem {
     pub jid: BareJidString,

@@ -70,10 +70,7 @@ impl LocalRouter {
 
     /// Whether `contact` is subscribed to `user`'s presence (subscription from/both).
     pub(crate) async fn contact_sees_presence(&self, user: &BareJid, contact: &BareJid) -> bool {
-        matches!(
-            self.stores.roster.get_item(user, contact.as_str()).await,
-            Ok(Some(i)) if matches!(i.subscription, Subscription::From | Subscription::Both)
-        )
+        rookery_storage::sees_presence(self.stores.roster.as_ref(), user, contact.as_str()).await.unwrap_or(false)
     }
 
     /// `user`'s presence towards one contact after a policy change (e.g. a block list
@@ -176,7 +173,7 @@ impl LocalRouter {
         let Some(entry) = snapshot else { return };
         // §4.2.2 / §4.4.2: to subscribed contacts, and to all of the user's own
         // available resources including this one.
-        for contact in self.contacts(&user, |s| matches!(s, Subscription::From | Subscription::Both)).await {
+        for contact in self.contacts(&user, Subscription::contact_sees_presence).await {
             if self.blocked(&user, &contact).await {
                 continue;
             }
@@ -246,7 +243,7 @@ impl LocalRouter {
         });
         let mut sent: Vec<Jid> = Vec::new();
         if entry.available {
-            for contact in self.contacts(&user, |s| matches!(s, Subscription::From | Subscription::Both)).await {
+            for contact in self.contacts(&user, Subscription::contact_sees_presence).await {
                 // Nothing goes to a contact the user's policy refuses.
                 if self.blocked(&user, &contact).await {
                     continue;

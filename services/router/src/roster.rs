@@ -183,7 +183,7 @@ impl LocalRouter {
                     item.approved = false;
                     item.hidden = false;
                     self.save_item(user, item, was_visible).await;
-                } else if matches!(item.subscription, Subscription::From | Subscription::Both) {
+                } else if item.subscription.contact_sees_presence() {
                     route = false;
                 } else {
                     if !item.approved {
@@ -196,7 +196,7 @@ impl LocalRouter {
             }
             "unsubscribed" => {
                 // A.2.4: cancel or deny the contact's subscription.
-                let had_from = matches!(item.subscription, Subscription::From | Subscription::Both);
+                let had_from = item.subscription.contact_sees_presence();
                 let before = item.clone();
                 item.subscription = lose_from(item.subscription);
                 item.pending_in = None;
@@ -239,7 +239,7 @@ impl LocalRouter {
         let mut auto_reply = None;
         match kind {
             "subscribe" => {
-                if matches!(item.subscription, Subscription::From | Subscription::Both) {
+                if item.subscription.contact_sees_presence() {
                     // §3.1.3: already subscribed: the server answers for the contact.
                     auto_reply = Some(Self::sub_stanza(contact, user, "subscribed"));
                 } else if item.approved {
@@ -267,7 +267,7 @@ impl LocalRouter {
                 }
             "unsubscribe" => {
                 // A.3.2
-                let had_from = matches!(item.subscription, Subscription::From | Subscription::Both);
+                let had_from = item.subscription.contact_sees_presence();
                 let before = item.clone();
                 item.subscription = lose_from(item.subscription);
                 item.pending_in = None;
@@ -425,7 +425,7 @@ impl LocalRouter {
             return Err(StanzaError::new(Condition::ItemNotFound));
         };
         let local = self.is_local(contact.domain()) && contact.node().is_some();
-        let had_from = matches!(item.subscription, Subscription::From | Subscription::Both);
+        let had_from = item.subscription.contact_sees_presence();
         if had_from {
             // Only a contact that saw the user's presence is told it ends (§11: a
             // pending requester must not learn the user's resources).

@@ -23,7 +23,7 @@ use rookery_stanza::{Condition, StanzaError};
 use rookery_storage::{ArchiveId, WithFilter};
 use rookery_xml::Element;
 
-pub(super) const RSM: &str = "http://jabber.org/protocol/rsm";
+pub(super) use rookery_stanza::ns::RSM;
 
 /// A parsed query.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

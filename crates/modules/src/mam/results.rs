@@ -14,7 +14,7 @@ use rookery_stanza::{ns, push_attr};
 use rookery_storage::{ArchiveEntry, ArchiveId};
 use rookery_xml::{Element, RawElement};
 
-const FORWARD: &str = "urn:xmpp:forward:0";
+use rookery_stanza::ns::FORWARD;
 
 /// The stored stanza ready to sit inside `<forwarded/>`, or None when the bytes are not
 /// one well-formed element.
