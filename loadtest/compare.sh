@@ -30,7 +30,8 @@
 # steps, "1000 2000 5000 10000 20000 40000 60000 80000"), LOGIN_RATES ("100 200 500 1000
 # 1500 2000 3000"), SAT_STEADY (20, seconds), IDLE_MAX (50000); for `cluster`: CLUSTER_RATES
 # ("1000 2500 5000") and CLUSTER_MAM (false: archiving off in both setups, so the table shows
-# what the cluster hops cost; true: on, with the cluster's shared SQLite store).
+# what the cluster hops cost; true: on, with the cluster's shared SQLite store); ROOKERY_BIN
+# (another rookery binary to measure instead of target/release/rookery).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -53,7 +54,8 @@ IDLE_MAX=${IDLE_MAX:-50000}
 CLUSTER_MAM=${CLUSTER_MAM:-false}
 SCN=loadtest/scenarios/compare
 LOAD=$root/target/release/rookery-load
-ROOKERY=$root/target/release/rookery
+# ROOKERY_BIN: measure another build of rookery (loadtest/versions.sh puts two side by side).
+ROOKERY=${ROOKERY_BIN:-$root/target/release/rookery}
 
 declare -A PORT=([rookery]=25222 [prosody]=25322 [ejabberd]=25422)
 RK_HTTP=25280
@@ -83,7 +85,11 @@ prepare() {
         "${sudo[@]}" systemctl stop prosody ejabberd 2>/dev/null || true
     fi
     log "building release binaries"
-    cargo build --release -q -p rookery -p rookery-load
+    if [ -n "${ROOKERY_BIN:-}" ]; then
+        cargo build --release -q -p rookery-load
+    else
+        cargo build --release -q -p rookery -p rookery-load
+    fi
     mkdir -p "$out"
     if [ ! -f "$out/tls/cert.pem" ]; then
         mkdir -p "$out/tls"
