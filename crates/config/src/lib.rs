@@ -505,26 +505,50 @@ pub struct Admin {
 
 impl Config {
     /// Parses a TOML document. Unknown keys and wrongly typed values are rejected with the
-    /// full key path. Does not apply the environment and does not call [`Config::validate`].
+    /// full key path, all of them at once. Does not apply the environment and does not call
+    /// [`Config::validate`].
     pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
-        let table: toml::Table = s
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax { message: e.to_string().trim_end().to_owned() })?;
+        let (cfg, errors) = Config::parse_lenient(s);
+        ConfigError::from_list(errors).map_or(Ok(cfg), Err)
+    }
+
+    /// Parses what can be parsed: the configuration without the entries in error, and
+    /// the errors. Lets [`Config::load`] go on to the environment and validation and report
+    /// everything in one run.
+    fn parse_lenient(s: &str) -> (Config, Vec<ConfigError>) {
+        let mut table: toml::Table = match s.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                return (Config::default(), vec![ConfigError::Syntax { message: e.to_string().trim_end().to_owned() }]);
+            }
+        };
         // Walking the table first gives errors with the full dotted key and a suggestion,
         // which serde's own errors do not.
-        schema::check_table(&table)?;
-        table.try_into::<Config>().map_err(|e| ConfigError::Deserialize { message: e.message().to_owned() })
+        let mut errors = schema::check_table(&mut table);
+        match table.try_into::<Config>() {
+            Ok(cfg) => (cfg, errors),
+            Err(e) => {
+                errors.push(ConfigError::Deserialize { message: e.message().to_owned() });
+                (Config::default(), errors)
+            }
+        }
     }
 
     /// Builds the effective configuration: defaults, then the file at `path` (if given),
-    /// then `ROOKERY_*` environment variables, then [`Config::validate`].
+    /// then `ROOKERY_*` environment variables, then [`Config::validate`]. Every problem of
+    /// the file, the environment and validation is reported at once.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut errors = Vec::new();
         let mut cfg = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                Config::from_toml_str(&text)
-                    .map_err(|e| ConfigError::File { path: path.to_owned(), source: Box::new(e) })?
+                let (cfg, file_errors) = Config::parse_lenient(&text);
+                errors.extend(
+                    file_errors.into_iter().map(|e| ConfigError::File { path: path.to_owned(), source: Box::new(e) }),
+                );
+                cfg
             }
             None => Config::default(),
         };
@@ -533,16 +557,26 @@ impl Config {
             let k = k.into_string().ok()?;
             k.starts_with(schema::ENV_PREFIX).then(|| (k, v.to_string_lossy().into_owned()))
         });
-        cfg.apply_env(vars)?;
-        cfg.validate()?;
-        Ok(cfg)
+        errors.extend(schema::apply_env(&mut cfg, vars));
+        if let Err(ConfigError::Invalid(mut problems)) = cfg.validate() {
+            // A key already reported kept its default; a rule tripping over that default
+            // would only repeat the same mistake in other words.
+            let reported: Vec<String> =
+                errors.iter().flat_map(ConfigError::keys).map(str::to_owned).collect();
+            problems.retain(|p| !reported.contains(&p.key));
+            if !problems.is_empty() {
+                errors.push(ConfigError::Invalid(problems));
+            }
+        }
+        ConfigError::from_list(errors).map_or(Ok(cfg), Err)
     }
 
     /// Applies `ROOKERY_*` overrides from `vars`. Variables without the prefix are ignored, as
     /// are the reserved ones ([`RESERVED_ENV`], and any starting with [`RESERVED_ENV_PREFIX`]).
-    /// An unknown `ROOKERY_*` variable or a malformed value is an error.
+    /// An unknown `ROOKERY_*` variable or a malformed value is an error; every one is
+    /// reported, and the valid ones are applied.
     pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
-        schema::apply_env(self, vars)
+        ConfigError::from_list(schema::apply_env(self, vars)).map_or(Ok(()), Err)
     }
 
     /// Checks cross-field rules and ranges. Reports every problem found, each with its key

@@ -238,6 +238,72 @@ fn unknown_top_level_key_suggests() {
 }
 
 #[test]
+fn misspelt_top_level_key_suggests() {
+    // Swapped letters: the most common typo, at the top level as inside a section.
+    let e = Config::from_toml_str("domian = [\"a.org\"]\n").unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("unknown key `domian`; did you mean `domains`?"), "{msg}");
+    let msg = Config::from_toml_str("dtaa_dir = \"/x\"\n").unwrap_err().to_string();
+    assert!(msg.contains("did you mean `data_dir`?"), "{msg}");
+    let msg = Config::from_toml_str("[lsiten]\nc2s = \"off\"\n").unwrap_err().to_string();
+    assert!(msg.contains("did you mean `listen`?"), "{msg}");
+}
+
+#[test]
+fn every_file_error_is_reported() {
+    let text = "domian = [\"a.org\"]\n[limits]\nmax_depht = 3\nmax_stanza_bytes = \"big\"\n\
+                [listen]\nc2s = \"localhost:5222\"\n";
+    let e = Config::from_toml_str(text).unwrap_err();
+    assert_eq!(e.keys(), vec!["domian", "limits.max_depht", "limits.max_stanza_bytes", "listen.c2s"], "{e}");
+    let msg = e.to_string();
+    assert!(msg.starts_with("4 configuration errors:"), "{msg}");
+    assert!(msg.contains("did you mean `domains`?"), "{msg}");
+    assert!(msg.contains("did you mean `max_depth`?"), "{msg}");
+    assert!(msg.contains("for example `max_stanza_bytes = 262144`"), "{msg}");
+    assert!(msg.contains("for example `c2s = \"0.0.0.0:5222\"`"), "{msg}");
+    assert_eq!(msg.lines().count(), 5, "{msg}");
+}
+
+#[test]
+fn every_env_error_is_reported() {
+    let mut c = Config::default();
+    let e = c
+        .apply_env(env(&[
+            ("ROOKERY_DOMIANS", "a.org"),
+            ("ROOKERY_LIMITS_MAX_DEPTH", "deep"),
+            ("ROOKERY_LOG_LEVEL", "debug"),
+            ("ROOKERY_C2S", "localhost"),
+        ]))
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.starts_with("3 configuration errors:"), "{msg}");
+    assert!(msg.contains("ROOKERY_DOMIANS; did you mean `ROOKERY_DOMAINS`?"), "{msg}");
+    assert!(msg.contains("ROOKERY_LIMITS_MAX_DEPTH=\"deep\""), "{msg}");
+    assert!(msg.contains("ROOKERY_C2S=\"localhost\""), "{msg}");
+    // The valid override is applied all the same.
+    assert_eq!(c.log.level, "debug");
+}
+
+#[test]
+fn load_reports_file_and_validation_errors_together() {
+    let path = std::env::temp_dir().join(format!("rookery-config-test-many-{}.toml", std::process::id()));
+    std::fs::write(&path, "domian = [\"a.org\"]\n[limits]\nmax_depht = 3\nmax_depth = 1\n[tls]\ncert = \"/x.pem\"\nkey = 5\n")
+        .unwrap();
+    let e = Config::load(Some(&path)).unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    let msg = e.to_string();
+    // `tls.key` is reported once, as a bad value, not again by the rule that pairs it
+    // with `tls.cert`.
+    assert_eq!(e.keys(), vec!["domian", "limits.max_depht", "tls.key", "limits.max_depth"], "{msg}");
+    assert!(msg.starts_with("4 configuration errors:"), "{msg}");
+    for line in msg.lines().skip(1) {
+        assert!(line.starts_with("  - "), "{msg}");
+        assert!(line.contains("fix:") || line.contains("for example") || line.contains("did you mean"), "{line}");
+    }
+    assert_eq!(msg.matches(&*path.display().to_string()).count(), 3, "{msg}");
+}
+
+#[test]
 fn key_in_wrong_section_suggests_full_path() {
     let msg = Config::from_toml_str("max_depth = 9\n").unwrap_err().to_string();
     assert!(msg.contains("did you mean `limits.max_depth`?"), "{msg}");
