@@ -53,6 +53,8 @@ pub struct Config {
     pub storage: Storage,
     /// Message archive (XEP-0313).
     pub mam: Mam,
+    /// XMPP routing policies (both `rookery serve` and `rookery router`).
+    pub router: Router,
     /// Cluster mode (`rookery edge` / `rookery router`); unused by `rookery serve`.
     pub cluster: Cluster,
     /// Logging.
@@ -72,6 +74,7 @@ impl Default for Config {
             limits: Limits::default(),
             storage: Storage::default(),
             mam: Mam::default(),
+            router: Router::default(),
             cluster: Cluster::default(),
             log: Log::default(),
             admin: Admin::default(),
@@ -173,6 +176,50 @@ impl Default for Limits {
             stanza_rate_per_sec: 200,
             outbound_queue: 4096,
             offline_max_per_user: 1000,
+        }
+    }
+}
+
+/// XMPP routing policies (`[router]`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Router {
+    /// Who may send an IQ get/set to another user's full JID.
+    pub iq_to_full_jid: IqToFullJid,
+}
+
+/// Who may send an IQ get/set to another user's full JID (`router.iq_to_full_jid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IqToFullJid {
+    /// Only someone the resource shares presence with (a `from`/`both` subscription or
+    /// directed presence); others get `service-unavailable`. RFC 6121 §8.5.3.1 advises this:
+    /// otherwise anyone can find out which resources of a user are online.
+    #[default]
+    PresenceShared,
+    /// Anyone; the addressed resource answers or not. What Prosody and ejabberd do, and
+    /// what some clients expect for version, ping or in-band bytestreams between
+    /// non-contacts.
+    Always,
+}
+
+impl IqToFullJid {
+    /// Spelling in TOML and in the environment.
+    pub const NAMES: &'static [&'static str] = &["presence-shared", "always"];
+
+    /// The name as written in TOML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IqToFullJid::PresenceShared => "presence-shared",
+            IqToFullJid::Always => "always",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "presence-shared" => Some(IqToFullJid::PresenceShared),
+            "always" => Some(IqToFullJid::Always),
+            _ => None,
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crate::error::ConfigError;
-use crate::{ArchivePolicy, Config, Durability, LogFormat, StorageBackend, listener, suggest};
+use crate::{ArchivePolicy, Config, Durability, IqToFullJid, LogFormat, StorageBackend, listener, suggest};
 
 pub(crate) const ENV_PREFIX: &str = "ROOKERY_";
 
@@ -103,6 +103,7 @@ pub(crate) const FIELDS: &[Field] = &[
         r#"{ "students.example.org" = 180 }"#,
     ),
     f("mam.retention_interval_secs", "ROOKERY_MAM_RETENTION_INTERVAL_SECS", U64, "3600"),
+    f("router.iq_to_full_jid", "ROOKERY_ROUTER_IQ_TO_FULL_JID", Kind::Enum(IqToFullJid::NAMES), r#""presence-shared""#),
     f("cluster.node_id", "ROOKERY_NODE_ID", Kind::UInt { max: 1023 }, "1"),
     f("cluster.grpc", "ROOKERY_CLUSTER_GRPC", Kind::Listener, r#""0.0.0.0:7000""#),
     f(
@@ -423,6 +424,7 @@ fn set(cfg: &mut Config, key: &str, raw: &str) -> Result<(), Malformed> {
         "storage.durability" => {
             cfg.storage.durability = Durability::parse(raw.trim()).ok_or(Malformed)?;
         }
+        "router.iq_to_full_jid" => cfg.router.iq_to_full_jid = IqToFullJid::parse(raw.trim()).ok_or(Malformed)?,
         "cluster.node_id" => cfg.cluster.node_id = uint::<u32>(raw).ok().filter(|n| *n <= 1023).ok_or(Malformed)?,
         "cluster.grpc" => cfg.cluster.grpc = listener::parse(raw).map_err(|_| Malformed)?,
         "cluster.routers" => cfg.cluster.routers = list(raw),

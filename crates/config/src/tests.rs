@@ -102,6 +102,7 @@ fn example_file_parses_and_validates() {
     assert_eq!(c.limits, Limits::default());
     assert_eq!(c.storage, Storage::default());
     assert_eq!(c.log, Log::default());
+    assert_eq!(c.router, crate::Router::default());
 }
 
 #[test]
@@ -155,6 +156,8 @@ request_timeout_ms = 2500
 offline_ttl_days = 30
 [storage.sqlite]
 path = "/srv/rookery/shared.sqlite3"
+[router]
+iq_to_full_jid = "always"
 [log]
 level = "debug,rookery_edge=trace"
 format = "json"
@@ -180,6 +183,7 @@ token_file = "/run/secrets/token"
     assert_eq!((sc.request_timeout_ms, sc.offline_ttl_days), (2500, 30));
     assert_eq!(sc.password.as_deref(), Some("pw"));
     assert_eq!(c.sqlite_path(), PathBuf::from("/srv/rookery/shared.sqlite3"));
+    assert_eq!(c.router.iq_to_full_jid, crate::IqToFullJid::Always);
     assert_eq!(c.log.format, LogFormat::Json);
     assert_eq!(c.admin_token_path(), PathBuf::from("/run/secrets/token"));
 
@@ -371,6 +375,7 @@ fn bad_types_name_key_and_expected_type() {
     bad_value("[storage.scylla]\nlocal_dc = 1\n", "storage.scylla.local_dc", "a string");
     bad_value("[storage]\nscylla = \"yes\"\n", "storage.scylla", "a table (a `[storage.scylla]` section)");
     bad_value("[log]\nformat = \"yaml\"\n", "log.format", "\"text\", \"json\"");
+    bad_value("[router]\niq_to_full_jid = \"contacts\"\n", "router.iq_to_full_jid", "\"presence-shared\", \"always\"");
     bad_value("[log]\nlevel = 3\n", "log.level", "a string");
     bad_value("limits = 5\n", "limits", "a table");
 }
@@ -431,6 +436,7 @@ const ENV_CASES: &[EnvCase] = &[
         c.mam.retention_for("a.org") == 7 && c.mam.retention_for("b.example") == 0
     }),
     ("ROOKERY_MAM_RETENTION_INTERVAL_SECS", "60", |c| c.mam.retention_interval_secs == 60),
+    ("ROOKERY_ROUTER_IQ_TO_FULL_JID", "always", |c| c.router.iq_to_full_jid == crate::IqToFullJid::Always),
     ("ROOKERY_NODE_ID", "7", |c| c.cluster.node_id == 7),
     ("ROOKERY_CLUSTER_GRPC", "127.0.0.1:7100", |c| c.cluster.grpc == Some("127.0.0.1:7100".parse().unwrap())),
     ("ROOKERY_CLUSTER_ROUTERS", "r1:7000, r2:7000", |c| c.cluster.routers == ["r1:7000", "r2:7000"]),

@@ -74,6 +74,10 @@ pub fn router_config(cfg: &Config) -> RouterConfig {
             // A single node mints every id itself; cluster routers get distinct numbers.
             node: 0,
         },
+        iq_to_full_jid: match cfg.router.iq_to_full_jid {
+            rookery_config::IqToFullJid::PresenceShared => rookery_router::IqToFullJid::PresenceShared,
+            rookery_config::IqToFullJid::Always => rookery_router::IqToFullJid::Always,
+        },
     }
 }
 

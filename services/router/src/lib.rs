@@ -36,6 +36,7 @@ use std::time::Instant;
 
 pub use archive::{ARCHIVE_TIMEOUT, ArchiveSettings, NS_SID, PREFS_TTL};
 pub use blocking::BlockCache;
+pub use iq::IqToFullJid;
 
 /// Router settings taken from the configuration.
 #[derive(Debug, Clone)]
@@ -46,6 +47,8 @@ pub struct RouterConfig {
     pub offline_max_per_user: usize,
     /// Archiving of 1:1 messages (XEP-0313).
     pub archive: ArchiveSettings,
+    /// Who may send an IQ get/set to another user's full JID (RFC 6121 §8.5.3.1).
+    pub iq_to_full_jid: IqToFullJid,
 }
 
 /// Everything the router needs, shared by all sessions.

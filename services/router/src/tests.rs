@@ -82,6 +82,7 @@ async fn world_with(
         min_password_len: 8,
         offline_max_per_user: 3,
         archive,
+        iq_to_full_jid: crate::IqToFullJid::default(),
     };
     let router = LocalRouter::new(cfg, Arc::new(rookery_core::MemoryRegistry::new()), cap.clone(), stores, |r| {
         r.add(Arc::new(rookery_modules::Carbons))
