@@ -130,6 +130,17 @@ pub fn edge_config(cfg: &Config, fake_secret: String) -> EdgeConfig {
 /// Starts a node from a validated configuration.
 pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Ports first: a busy port is the most common start-up failure, and it must not leave
+    // a data directory, a certificate and an admin token behind for a server that never ran.
+    let bound = |addr: Option<SocketAddr>| async move {
+        match addr {
+            Some(a) => rookery_edge::bind(a).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let c2s = bound(cfg.listen.c2s).await?;
+    let c2s_tls = bound(cfg.listen.c2s_tls).await?;
+    let http = bound(cfg.listen.http).await?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
     let stores = crate::stores::open_stores(&cfg).await?;
@@ -156,15 +167,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     if cfg.mam.enabled {
         tasks.spawn(crate::retention::run(stores.clone(), cfg.mam.clone(), cfg.domains.clone(), rx.clone()));
     }
-    let bound = |addr: Option<SocketAddr>| async move {
-        match addr {
-            Some(a) => rookery_edge::bind(a).await.map(Some),
-            None => Ok(None),
-        }
-    };
-    let c2s = bound(cfg.listen.c2s).await?;
-    let c2s_tls = bound(cfg.listen.c2s_tls).await?;
-    let http = bound(cfg.listen.http).await?;
     let c2s_addr = c2s.as_ref().and_then(|l| l.local_addr().ok());
     let c2s_tls_addr = c2s_tls.as_ref().and_then(|l| l.local_addr().ok());
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
