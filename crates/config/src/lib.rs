@@ -608,8 +608,7 @@ impl Config {
         if let Err(ConfigError::Invalid(mut problems)) = cfg.validate() {
             // A key already reported kept its default; a rule tripping over that default
             // would only repeat the same mistake in other words.
-            let reported: Vec<String> =
-                errors.iter().flat_map(ConfigError::keys).map(str::to_owned).collect();
+            let reported: Vec<String> = errors.iter().flat_map(ConfigError::keys).map(str::to_owned).collect();
             problems.retain(|p| !reported.contains(&p.key));
             if !problems.is_empty() {
                 errors.push(ConfigError::Invalid(problems));

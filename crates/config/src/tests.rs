@@ -291,8 +291,11 @@ fn every_env_error_is_reported() {
 #[test]
 fn load_reports_file_and_validation_errors_together() {
     let path = std::env::temp_dir().join(format!("rookery-config-test-many-{}.toml", std::process::id()));
-    std::fs::write(&path, "domian = [\"a.org\"]\n[limits]\nmax_depht = 3\nmax_depth = 1\n[tls]\ncert = \"/x.pem\"\nkey = 5\n")
-        .unwrap();
+    std::fs::write(
+        &path,
+        "domian = [\"a.org\"]\n[limits]\nmax_depht = 3\nmax_depth = 1\n[tls]\ncert = \"/x.pem\"\nkey = 5\n",
+    )
+    .unwrap();
     let e = Config::load(Some(&path)).unwrap_err();
     std::fs::remove_file(&path).unwrap();
     let msg = e.to_string();
