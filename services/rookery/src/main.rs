@@ -217,8 +217,8 @@ async fn has_accounts(server: &rookery::Server, cfg: &Config) -> bool {
 }
 
 /// The command that creates a first account on this running server, spelt so that it
-/// works when pasted into another terminal: this binary, the same config file and data
-/// directory (where the admin token is), and the admin API's address when `rookery user`
+/// works when pasted into another terminal: this binary, the same config file and the data
+/// directory (where the admin token is) as absolute paths, and the admin API's address when `rookery user`
 /// would not find it from the config (a `--http` flag, port 0).
 fn add_user_hint(common: &Common, cfg: &Config, user_cfg: &Config, http: Option<SocketAddr>) -> String {
     let loopback =
@@ -234,9 +234,9 @@ fn add_user_hint(common: &Common, cfg: &Config, user_cfg: &Config, http: Option<
     if let Some(config) = &common.config {
         cmd.push_str(&format!(" --config {}", sh_quote(&absolute(config))));
     }
-    if let Some(dir) = &common.data_dir {
-        cmd.push_str(&format!(" --data-dir {}", sh_quote(&absolute(dir))));
-    }
+    // Always, and absolute: the admin token is found through it, from any directory and
+    // whether the data directory came from a flag, the file or the environment.
+    cmd.push_str(&format!(" --data-dir {}", sh_quote(&absolute(&cfg.data_dir))));
     let domain = cfg.domains.first().map(String::as_str).unwrap_or("localhost");
     cmd.push_str(&format!(" add alice@{domain} --password secret"));
     if http.is_some() {

@@ -8,14 +8,21 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// Where `rookery serve` is told its data directory.
+enum DataDir<'a> {
+    Flag(&'a Path),
+    Env(&'a Path),
+}
+
 /// `rookery serve` on loopback with free ports and its stdout/stderr piped (not a terminal).
-fn spawn_serve(data: &Path, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_rookery"))
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--c2s", "127.0.0.1:0", "--c2s-tls", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .args(extra)
+fn spawn_serve(data: DataDir) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rookery"));
+    cmd.arg("serve");
+    match data {
+        DataDir::Flag(dir) => cmd.arg("--data-dir").arg(dir),
+        DataDir::Env(dir) => cmd.env("ROOKERY_DATA_DIR", dir),
+    };
+    cmd.args(["--c2s", "127.0.0.1:0", "--c2s-tls", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .env_remove("ROOKERY_ADMIN_URL")
         .env_remove("ROOKERY_ADMIN_TOKEN")
         .env_remove("ROOKERY_CONFIG")
@@ -75,7 +82,9 @@ fn serve_output_when_piped() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
 
-    let mut child = spawn_serve(&data, &[]);
+    // The data directory from the environment, which the shell the hint is pasted into
+    // does not have.
+    let mut child = spawn_serve(DataDir::Env(&data));
     let rx = lines(&mut child);
     let mut seen = Vec::new();
     until(&rx, "  data ", &mut seen);
@@ -88,7 +97,15 @@ fn serve_output_when_piped() {
     assert!(hint.starts_with("no accounts yet; add one"), "{hint}");
     let cmd = hint.split_once(": ").unwrap().1;
     // Pasted into a shell as printed, from another directory.
-    let out = Command::new("sh").arg("-c").arg(cmd).current_dir(tmp.path()).output().unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(tmp.path())
+        .env_remove("ROOKERY_DATA_DIR")
+        .env_remove("ROOKERY_ADMIN_URL")
+        .env_remove("ROOKERY_ADMIN_TOKEN")
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{cmd}: {}{}",
@@ -105,7 +122,7 @@ fn serve_output_when_piped() {
     assert!(last.contains("stopped"), "the last line should say the server stopped:\n{stderr}");
 
     // alice@localhost exists now: no hint on the next start.
-    let mut child = spawn_serve(&data, &[]);
+    let mut child = spawn_serve(DataDir::Flag(&data));
     let rx = lines(&mut child);
     let mut seen = Vec::new();
     until(&rx, "  data ", &mut seen);
