@@ -16,6 +16,19 @@ use rookery_config::{Config, StorageBackend};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+/// The Python interpreter for the interop tests (slixmpp): `ROOKERY_TEST_PYTHON`, which
+/// `tests/run` points at the virtualenv it installs slixmpp into, or else `python3`.
+/// (`ROOKERY_TEST_*` because the server's configuration rejects every other unknown
+/// `ROOKERY_*` variable, and cluster tests start `rookery` processes with this environment.)
+pub fn python() -> String {
+    std::env::var("ROOKERY_TEST_PYTHON").ok().filter(|p| !p.is_empty()).unwrap_or_else(|| "python3".to_owned())
+}
+
+/// Whether [`python`] can import slixmpp.
+pub fn slixmpp_available() -> bool {
+    std::process::Command::new(python()).args(["-c", "import slixmpp"]).output().is_ok_and(|o| o.status.success())
+}
+
 /// A running node for a test; shut it down with [`TestServer::stop`].
 pub struct TestServer {
     pub server: rookery::Server,

@@ -1,6 +1,7 @@
 //! Protocol scenarios as data (DESIGN §6.8): a conversation script says who sends what and
 //! who must receive what, and the same script runs against any [`Target`]: the single
-//! node here ([`SingleNode`]), the loopback cluster once its harness implements the trait.
+//! node here ([`SingleNode`]) and the loopback cluster of `rookery` processes
+//! (`crate::cluster::ClusterTarget`).
 //!
 //! # Script format (TOML)
 //!

@@ -7,7 +7,7 @@
 //! No acknowledged message may be lost.
 //!
 //! When redis-server is missing the tests skip with a notice, except under `CI=true`
-//! (`.ci/run` installs it).
+//! (`tests/run` installs it).
 #![allow(clippy::unwrap_used)]
 
 use rookery_tests::cluster::{Cluster, DEAD_AFTER_MS, Options};

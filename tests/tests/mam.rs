@@ -1,26 +1,24 @@
 //! Message archive end to end with an external client library (slixmpp, Python):
 //! two users chat, both page through their archives forwards, backwards and filtered,
 //! the live stanza-ids equal the archive ids, and the archive survives a restart of the
-//! node on the same data directory. `.ci/run` installs slixmpp; outside CI the test is
-//! skipped with a notice when the module is missing.
+//! node on the same data directory. `tests/run` installs slixmpp into a virtualenv and names
+//! its python in `ROOKERY_TEST_PYTHON` (default `python3`); outside CI the test is skipped
+//! with a notice when the module is missing.
 #![allow(clippy::unwrap_used)]
 
-use rookery_tests::{TestServer, test_config};
+use rookery_tests::{TestServer, python, slixmpp_available, test_config};
 use std::path::Path;
 use std::process::Command;
-
-fn slixmpp_available() -> bool {
-    Command::new("python3").args(["-c", "import slixmpp"]).output().is_ok_and(|o| o.status.success())
-}
 
 async fn run_script(mode: &'static str, srv: &TestServer, state: &Path) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/slixmpp_mam.py");
     let port = srv.c2s.port().to_string();
     let domain = srv.domain.clone();
     let state = state.to_str().unwrap().to_owned();
+    let python = python();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("timeout")
-            .args(["120", "python3", script, mode, "127.0.0.1", &port, &domain, "mam-pw", &state])
+            .args(["120", &python, script, mode, "127.0.0.1", &port, &domain, "mam-pw", &state])
             .output()
     })
     .await
@@ -34,8 +32,8 @@ async fn run_script(mode: &'static str, srv: &TestServer, state: &Path) -> Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_chat_and_page_their_archives_across_a_restart() {
     if !slixmpp_available() {
-        assert!(std::env::var("CI").is_err(), "slixmpp must be installed in CI (pip install slixmpp)");
-        eprintln!("slixmpp is not installed: skipping (pip install slixmpp)");
+        assert!(std::env::var("CI").is_err(), "slixmpp must be installed in CI (tests/run installs it)");
+        eprintln!("slixmpp is not installed for {}: skipping (tests/run installs it)", python());
         return;
     }
     let srv = TestServer::start().await;

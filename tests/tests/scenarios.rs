@@ -160,3 +160,79 @@ fn bad_scripts_are_rejected() {
     let undeclared = BROKEN.replace("connect = { client = \"a\" }", "connect = { client = \"z\" }");
     assert!(scenario::parse(&undeclared).unwrap_err().contains("undeclared client"));
 }
+
+/// Alice and Bob share no presence (no subscription, no directed presence). Alice sends a
+/// version request to Bob's full JID; the policy decides the rest. `${policy_steps}` is
+/// replaced per policy.
+const IQ_TO_STRANGER: &str = r#"
+name = "iq_to_stranger"
+description = "An iq get to the full JID of someone who shares no presence with the sender."
+[[user]]
+local = "alice"
+password = "alice-pw"
+[[user]]
+local = "bob"
+password = "bob-pw"
+[[client]]
+name = "a"
+user = "alice"
+resource = "laptop"
+[[client]]
+name = "b"
+user = "bob"
+resource = "phone"
+[[step]]
+connect = { client = "a" }
+[[step]]
+connect = { client = "b" }
+[[step]]
+send = { client = "a", xml = "<iq type='get' id='v1' to='${b}'><query xmlns='jabber:iq:version'/></iq>" }
+POLICY_STEPS
+[[step]]
+note = "a resource that is not online gets service-unavailable under every policy"
+send = { client = "a", xml = "<iq type='get' id='v2' to='${b.bare}/elsewhere'><ping xmlns='urn:xmpp:ping'/></iq>" }
+[[step]]
+expect = { client = "a", match = { name = "iq", type = "error", id = "v2", child = "error/service-unavailable" } }
+"#;
+
+async fn run_iq_to_stranger(policy: rookery_config::IqToFullJid, steps: &str) {
+    let sc = scenario::parse(&IQ_TO_STRANGER.replace("POLICY_STEPS", steps)).unwrap();
+    let mut node = SingleNode::start_with(|cfg| cfg.router.iq_to_full_jid = policy).await;
+    let res = scenario::run(&sc, &mut node).await;
+    scenario::Target::stop(node).await;
+    res.unwrap();
+}
+
+/// `router.iq_to_full_jid = "presence-shared"` (the default, RFC 6121 §8.5.3.1): refused
+/// with service-unavailable, and Bob never sees it.
+#[tokio::test]
+async fn iq_to_full_jid_presence_shared_refuses_non_contacts() {
+    assert_eq!(rookery_config::Config::default().router.iq_to_full_jid, rookery_config::IqToFullJid::PresenceShared);
+    run_iq_to_stranger(
+        rookery_config::IqToFullJid::PresenceShared,
+        r#"
+[[step]]
+expect = { client = "a", match = { name = "iq", type = "error", id = "v1", from = "${b}", child = "error/service-unavailable", child_ns = "urn:ietf:params:xml:ns:xmpp-stanzas" } }
+[[step]]
+expect_none = { client = "b", ms = 300, match = { name = "iq" } }
+"#,
+    )
+    .await;
+}
+
+/// `router.iq_to_full_jid = "always"`: delivered to Bob's resource, and his result goes back.
+#[tokio::test]
+async fn iq_to_full_jid_always_delivers_to_non_contacts() {
+    run_iq_to_stranger(
+        rookery_config::IqToFullJid::Always,
+        r#"
+[[step]]
+expect = { client = "b", match = { name = "iq", type = "get", id = "v1", from = "${a}", to = "${b}", child = "query", child_ns = "jabber:iq:version" } }
+[[step]]
+send = { client = "b", xml = "<iq type='result' id='v1' to='${a}'><query xmlns='jabber:iq:version'><name>raw</name></query></iq>" }
+[[step]]
+expect = { client = "a", match = { name = "iq", type = "result", id = "v1", from = "${b}", child = "query/name", text = "raw" } }
+"#,
+    )
+    .await;
+}

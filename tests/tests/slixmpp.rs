@@ -1,20 +1,17 @@
 //! Interop with slixmpp (Python): login with each SASL mechanism and a chat message.
-//! `.ci/run` installs slixmpp; outside CI the test is skipped with a notice when the
-//! module is missing, but under `CI=true` a missing slixmpp is a failure.
+//! `tests/run` installs slixmpp into a virtualenv and names its python in
+//! `ROOKERY_TEST_PYTHON` (default `python3`); outside CI the test is skipped with a notice
+//! when the module is missing, but under `CI=true` a missing slixmpp is a failure.
 #![allow(clippy::unwrap_used)]
 
-use rookery_tests::TestServer;
+use rookery_tests::{TestServer, python, slixmpp_available};
 use std::process::Command;
-
-fn slixmpp_available() -> bool {
-    Command::new("python3").args(["-c", "import slixmpp"]).output().is_ok_and(|o| o.status.success())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slixmpp_logs_in_with_every_mechanism_and_chats() {
     if !slixmpp_available() {
-        assert!(std::env::var("CI").is_err(), "slixmpp must be installed in CI (pip install slixmpp)");
-        eprintln!("slixmpp is not installed: skipping (pip install slixmpp)");
+        assert!(std::env::var("CI").is_err(), "slixmpp must be installed in CI (tests/run installs it)");
+        eprintln!("slixmpp is not installed for {}: skipping (tests/run installs it)", python());
         return;
     }
     let srv = TestServer::start().await;
@@ -22,8 +19,9 @@ async fn slixmpp_logs_in_with_every_mechanism_and_chats() {
     srv.add_user("bob", "interop-pw").await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/slixmpp_chat.py");
     let port = srv.c2s.port().to_string();
+    let python = python();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("timeout").args(["120", "python3", script, "127.0.0.1", &port, "localhost", "interop-pw"]).output()
+        Command::new("timeout").args(["120", &python, script, "127.0.0.1", &port, "localhost", "interop-pw"]).output()
     })
     .await
     .unwrap()

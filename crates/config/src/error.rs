@@ -104,6 +104,11 @@ pub enum ConfigError {
     /// [`crate::Config::validate`] failed; every problem is listed.
     #[error("{}", InvalidList(.0))]
     Invalid(Vec<Problem>),
+
+    /// Several errors found in one pass (file, environment and validation), in the order
+    /// found, so an operator fixes them all in one round. Never nested, never holds one.
+    #[error("{}", ManyList(.0))]
+    Many(Vec<ConfigError>),
 }
 
 impl ConfigError {
@@ -117,11 +122,67 @@ impl ConfigError {
             }
             ConfigError::BadEnv { key, .. } => vec![key],
             ConfigError::Invalid(problems) => problems.iter().map(|p| p.key.as_str()).collect(),
+            ConfigError::Many(errors) => errors.iter().flat_map(ConfigError::keys).collect(),
             ConfigError::Read { .. }
             | ConfigError::Syntax { .. }
             | ConfigError::UnknownEnv { .. }
             | ConfigError::Deserialize { .. } => Vec::new(),
         }
+    }
+}
+
+impl ConfigError {
+    /// One error for a list of them: `None` for none, the error itself for one, otherwise
+    /// [`ConfigError::Many`] with nested lists flattened (several validation problems become
+    /// one entry each, so every line of the message is one problem).
+    pub(crate) fn from_list(mut errors: Vec<ConfigError>) -> Option<ConfigError> {
+        if let [ConfigError::Invalid(_)] = errors.as_slice() {
+            // Validation alone already lists all of its problems.
+            return errors.pop();
+        }
+        let mut flat = Vec::with_capacity(errors.len());
+        for e in errors {
+            flatten_into(e, &mut flat);
+        }
+        match flat.len() {
+            0 => None,
+            1 => flat.pop(),
+            _ => Some(ConfigError::Many(flat)),
+        }
+    }
+}
+
+fn flatten_into(e: ConfigError, out: &mut Vec<ConfigError>) {
+    match e {
+        ConfigError::Many(errors) => {
+            for e in errors {
+                flatten_into(e, out);
+            }
+        }
+        ConfigError::Invalid(problems) if problems.len() > 1 => {
+            out.extend(problems.into_iter().map(|p| ConfigError::Invalid(vec![p])));
+        }
+        ConfigError::File { path, source } => match *source {
+            ConfigError::Many(errors) => {
+                for e in errors {
+                    flatten_into(ConfigError::File { path: path.clone(), source: Box::new(e) }, out);
+                }
+            }
+            source => out.push(ConfigError::File { path, source: Box::new(source) }),
+        },
+        other => out.push(other),
+    }
+}
+
+struct ManyList<'a>(&'a [ConfigError]);
+
+impl fmt::Display for ManyList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} configuration errors:", self.0.len())?;
+        for e in self.0 {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
     }
 }
 

@@ -55,6 +55,8 @@ pub struct Config {
     pub mam: Mam,
     /// Contact addresses of the service (XEP-0157).
     pub contact: Contact,
+    /// XMPP routing policies (both `rookery serve` and `rookery router`).
+    pub router: Router,
     /// Cluster mode (`rookery edge` / `rookery router`); unused by `rookery serve`.
     pub cluster: Cluster,
     /// Logging.
@@ -75,6 +77,7 @@ impl Default for Config {
             storage: Storage::default(),
             mam: Mam::default(),
             contact: Contact::default(),
+            router: Router::default(),
             cluster: Cluster::default(),
             log: Log::default(),
             admin: Admin::default(),
@@ -178,6 +181,50 @@ impl Default for Limits {
             stanza_rate_per_sec: 200,
             outbound_queue: 4096,
             offline_max_per_user: 1000,
+        }
+    }
+}
+
+/// XMPP routing policies (`[router]`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Router {
+    /// Who may send an IQ get/set to another user's full JID.
+    pub iq_to_full_jid: IqToFullJid,
+}
+
+/// Who may send an IQ get/set to another user's full JID (`router.iq_to_full_jid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IqToFullJid {
+    /// Only someone the resource shares presence with (a `from`/`both` subscription or
+    /// directed presence); others get `service-unavailable`. RFC 6121 §8.5.3.1 advises this:
+    /// otherwise anyone can find out which resources of a user are online.
+    #[default]
+    PresenceShared,
+    /// Anyone; the addressed resource answers or not. What Prosody and ejabberd do, and
+    /// what some clients expect for version, ping or in-band bytestreams between
+    /// non-contacts.
+    Always,
+}
+
+impl IqToFullJid {
+    /// Spelling in TOML and in the environment.
+    pub const NAMES: &'static [&'static str] = &["presence-shared", "always"];
+
+    /// The name as written in TOML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IqToFullJid::PresenceShared => "presence-shared",
+            IqToFullJid::Always => "always",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "presence-shared" => Some(IqToFullJid::PresenceShared),
+            "always" => Some(IqToFullJid::Always),
+            _ => None,
         }
     }
 }
@@ -595,26 +642,50 @@ pub struct Admin {
 
 impl Config {
     /// Parses a TOML document. Unknown keys and wrongly typed values are rejected with the
-    /// full key path. Does not apply the environment and does not call [`Config::validate`].
+    /// full key path, all of them at once. Does not apply the environment and does not call
+    /// [`Config::validate`].
     pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
-        let table: toml::Table = s
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax { message: e.to_string().trim_end().to_owned() })?;
+        let (cfg, errors) = Config::parse_lenient(s);
+        ConfigError::from_list(errors).map_or(Ok(cfg), Err)
+    }
+
+    /// Parses what can be parsed: the configuration without the entries in error, and
+    /// the errors. Lets [`Config::load`] go on to the environment and validation and report
+    /// everything in one run.
+    fn parse_lenient(s: &str) -> (Config, Vec<ConfigError>) {
+        let mut table: toml::Table = match s.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                return (Config::default(), vec![ConfigError::Syntax { message: e.to_string().trim_end().to_owned() }]);
+            }
+        };
         // Walking the table first gives errors with the full dotted key and a suggestion,
         // which serde's own errors do not.
-        schema::check_table(&table)?;
-        table.try_into::<Config>().map_err(|e| ConfigError::Deserialize { message: e.message().to_owned() })
+        let mut errors = schema::check_table(&mut table);
+        match table.try_into::<Config>() {
+            Ok(cfg) => (cfg, errors),
+            Err(e) => {
+                errors.push(ConfigError::Deserialize { message: e.message().to_owned() });
+                (Config::default(), errors)
+            }
+        }
     }
 
     /// Builds the effective configuration: defaults, then the file at `path` (if given),
-    /// then `ROOKERY_*` environment variables, then [`Config::validate`].
+    /// then `ROOKERY_*` environment variables, then [`Config::validate`]. Every problem of
+    /// the file, the environment and validation is reported at once.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut errors = Vec::new();
         let mut cfg = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                Config::from_toml_str(&text)
-                    .map_err(|e| ConfigError::File { path: path.to_owned(), source: Box::new(e) })?
+                let (cfg, file_errors) = Config::parse_lenient(&text);
+                errors.extend(
+                    file_errors.into_iter().map(|e| ConfigError::File { path: path.to_owned(), source: Box::new(e) }),
+                );
+                cfg
             }
             None => Config::default(),
         };
@@ -623,16 +694,25 @@ impl Config {
             let k = k.into_string().ok()?;
             k.starts_with(schema::ENV_PREFIX).then(|| (k, v.to_string_lossy().into_owned()))
         });
-        cfg.apply_env(vars)?;
-        cfg.validate()?;
-        Ok(cfg)
+        errors.extend(schema::apply_env(&mut cfg, vars));
+        if let Err(ConfigError::Invalid(mut problems)) = cfg.validate() {
+            // A key already reported kept its default; a rule tripping over that default
+            // would only repeat the same mistake in other words.
+            let reported: Vec<String> = errors.iter().flat_map(ConfigError::keys).map(str::to_owned).collect();
+            problems.retain(|p| !reported.contains(&p.key));
+            if !problems.is_empty() {
+                errors.push(ConfigError::Invalid(problems));
+            }
+        }
+        ConfigError::from_list(errors).map_or(Ok(cfg), Err)
     }
 
     /// Applies `ROOKERY_*` overrides from `vars`. Variables without the prefix are ignored, as
     /// are the reserved ones ([`RESERVED_ENV`], and any starting with [`RESERVED_ENV_PREFIX`]).
-    /// An unknown `ROOKERY_*` variable or a malformed value is an error.
+    /// An unknown `ROOKERY_*` variable or a malformed value is an error; every one is
+    /// reported, and the valid ones are applied.
     pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
-        schema::apply_env(self, vars)
+        ConfigError::from_list(schema::apply_env(self, vars)).map_or(Ok(()), Err)
     }
 
     /// Checks cross-field rules and ranges. Reports every problem found, each with its key

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crate::error::ConfigError;
-use crate::{ArchivePolicy, Config, Durability, LogFormat, StorageBackend, listener, suggest};
+use crate::{ArchivePolicy, Config, Durability, IqToFullJid, LogFormat, StorageBackend, listener, suggest};
 
 pub(crate) const ENV_PREFIX: &str = "ROOKERY_";
 
@@ -118,6 +118,7 @@ pub(crate) const FIELDS: &[Field] = &[
         Kind::DomainContacts,
         r#"{ "students.example.org" = { support = ["https://help.example.org"] } }"#,
     ),
+    f("router.iq_to_full_jid", "ROOKERY_ROUTER_IQ_TO_FULL_JID", Kind::Enum(IqToFullJid::NAMES), r#""presence-shared""#),
     f("cluster.node_id", "ROOKERY_NODE_ID", Kind::UInt { max: 1023 }, "1"),
     f("cluster.grpc", "ROOKERY_CLUSTER_GRPC", Kind::Listener, r#""0.0.0.0:7000""#),
     f(
@@ -311,34 +312,49 @@ fn check_value(field: &Field, v: &toml::Value) -> Result<(), ConfigError> {
 }
 
 /// Walks a parsed document against the schema: unknown keys and wrongly typed values are
-/// reported with their full dotted path before serde sees the document.
-pub(crate) fn check_table(table: &toml::Table) -> Result<(), ConfigError> {
-    check_level("", table)
+/// reported with their full dotted path before serde sees the document. Every offending
+/// entry is reported and removed from `table`, so the rest still deserializes and later
+/// checks (environment, validation) can report their own problems in the same run.
+pub(crate) fn check_table(table: &mut toml::Table) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    check_level("", table, &mut errors);
+    errors
 }
 
-fn check_level(prefix: &str, table: &toml::Table) -> Result<(), ConfigError> {
-    for (name, value) in table {
+fn check_level(prefix: &str, table: &mut toml::Table, errors: &mut Vec<ConfigError>) {
+    let mut bad = Vec::new();
+    for (name, value) in table.iter_mut() {
         let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
         if let Some(f) = field(&key) {
-            check_value(f, value)?;
+            if let Err(e) = check_value(f, value) {
+                errors.push(e);
+                bad.push(name.clone());
+            }
         } else if is_section(&key) {
-            let Some(inner) = value.as_table() else {
-                return Err(ConfigError::BadValue {
+            if let Some(inner) = value.as_table_mut() {
+                check_level(&key, inner, errors);
+            } else {
+                errors.push(ConfigError::BadValue {
                     found: describe(value),
                     expected: format!("a table (a `[{key}]` section)"),
                     example: format!("[{key}]"),
                     key,
                 });
-            };
-            check_level(&key, inner)?;
+                bad.push(name.clone());
+            }
         } else {
-            return Err(unknown_key(prefix, name));
+            errors.push(unknown_key(prefix, name));
+            bad.push(name.clone());
         }
     }
-    Ok(())
+    for name in bad {
+        table.remove(&name);
+    }
 }
 
-pub(crate) fn apply_env(cfg: &mut Config, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+/// Applies every valid override and reports every bad variable, in the order given.
+pub(crate) fn apply_env(cfg: &mut Config, vars: impl IntoIterator<Item = (String, String)>) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
     for (var, value) in vars {
         if !var.starts_with(ENV_PREFIX) || RESERVED_ENV.contains(&var.as_str()) || var.starts_with(RESERVED_ENV_PREFIX)
         {
@@ -346,17 +362,18 @@ pub(crate) fn apply_env(cfg: &mut Config, vars: impl IntoIterator<Item = (String
         }
         let Some(field) = FIELDS.iter().find(|f| f.env == var) else {
             let valid: Vec<&'static str> = FIELDS.iter().map(|f| f.env).collect();
-            return Err(ConfigError::UnknownEnv {
+            errors.push(ConfigError::UnknownEnv {
                 suggestion: suggest::closest(&var, valid.iter().copied()).map(str::to_owned),
                 var,
                 valid,
             });
+            continue;
         };
         if set(cfg, field.key, &value).is_err() {
-            return Err(ConfigError::BadEnv { var, value, key: field.key, expected: field.kind.env_expected() });
+            errors.push(ConfigError::BadEnv { var, value, key: field.key, expected: field.kind.env_expected() });
         }
     }
-    Ok(())
+    errors
 }
 
 struct Malformed;
@@ -455,6 +472,7 @@ fn set(cfg: &mut Config, key: &str, raw: &str) -> Result<(), Malformed> {
         "storage.durability" => {
             cfg.storage.durability = Durability::parse(raw.trim()).ok_or(Malformed)?;
         }
+        "router.iq_to_full_jid" => cfg.router.iq_to_full_jid = IqToFullJid::parse(raw.trim()).ok_or(Malformed)?,
         "cluster.node_id" => cfg.cluster.node_id = uint::<u32>(raw).ok().filter(|n| *n <= 1023).ok_or(Malformed)?,
         "cluster.grpc" => cfg.cluster.grpc = listener::parse(raw).map_err(|_| Malformed)?,
         "cluster.routers" => cfg.cluster.routers = list(raw),

@@ -102,6 +102,7 @@ fn example_file_parses_and_validates() {
     assert_eq!(c.limits, Limits::default());
     assert_eq!(c.storage, Storage::default());
     assert_eq!(c.log, Log::default());
+    assert_eq!(c.router, crate::Router::default());
 }
 
 #[test]
@@ -155,6 +156,8 @@ request_timeout_ms = 2500
 offline_ttl_days = 30
 [storage.sqlite]
 path = "/srv/rookery/shared.sqlite3"
+[router]
+iq_to_full_jid = "always"
 [log]
 level = "debug,rookery_edge=trace"
 format = "json"
@@ -180,6 +183,7 @@ token_file = "/run/secrets/token"
     assert_eq!((sc.request_timeout_ms, sc.offline_ttl_days), (2500, 30));
     assert_eq!(sc.password.as_deref(), Some("pw"));
     assert_eq!(c.sqlite_path(), PathBuf::from("/srv/rookery/shared.sqlite3"));
+    assert_eq!(c.router.iq_to_full_jid, crate::IqToFullJid::Always);
     assert_eq!(c.log.format, LogFormat::Json);
     assert_eq!(c.admin_token_path(), PathBuf::from("/run/secrets/token"));
 
@@ -235,6 +239,75 @@ fn unknown_top_level_key_suggests() {
     assert!(msg.contains("unknown key `domain`; did you mean `domains`?"), "{msg}");
     let msg = Config::from_toml_str("[limit]\nmax_depth = 9\n").unwrap_err().to_string();
     assert!(msg.contains("unknown key `limit`; did you mean `limits`?"), "{msg}");
+}
+
+#[test]
+fn misspelt_top_level_key_suggests() {
+    // Swapped letters: the most common typo, at the top level as inside a section.
+    let e = Config::from_toml_str("domian = [\"a.org\"]\n").unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("unknown key `domian`; did you mean `domains`?"), "{msg}");
+    let msg = Config::from_toml_str("dtaa_dir = \"/x\"\n").unwrap_err().to_string();
+    assert!(msg.contains("did you mean `data_dir`?"), "{msg}");
+    let msg = Config::from_toml_str("[lsiten]\nc2s = \"off\"\n").unwrap_err().to_string();
+    assert!(msg.contains("did you mean `listen`?"), "{msg}");
+}
+
+#[test]
+fn every_file_error_is_reported() {
+    let text = "domian = [\"a.org\"]\n[limits]\nmax_depht = 3\nmax_stanza_bytes = \"big\"\n\
+                [listen]\nc2s = \"localhost:5222\"\n";
+    let e = Config::from_toml_str(text).unwrap_err();
+    assert_eq!(e.keys(), vec!["domian", "limits.max_depht", "limits.max_stanza_bytes", "listen.c2s"], "{e}");
+    let msg = e.to_string();
+    assert!(msg.starts_with("4 configuration errors:"), "{msg}");
+    assert!(msg.contains("did you mean `domains`?"), "{msg}");
+    assert!(msg.contains("did you mean `max_depth`?"), "{msg}");
+    assert!(msg.contains("for example `max_stanza_bytes = 262144`"), "{msg}");
+    assert!(msg.contains("for example `c2s = \"0.0.0.0:5222\"`"), "{msg}");
+    assert_eq!(msg.lines().count(), 5, "{msg}");
+}
+
+#[test]
+fn every_env_error_is_reported() {
+    let mut c = Config::default();
+    let e = c
+        .apply_env(env(&[
+            ("ROOKERY_DOMIANS", "a.org"),
+            ("ROOKERY_LIMITS_MAX_DEPTH", "deep"),
+            ("ROOKERY_LOG_LEVEL", "debug"),
+            ("ROOKERY_C2S", "localhost"),
+        ]))
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.starts_with("3 configuration errors:"), "{msg}");
+    assert!(msg.contains("ROOKERY_DOMIANS; did you mean `ROOKERY_DOMAINS`?"), "{msg}");
+    assert!(msg.contains("ROOKERY_LIMITS_MAX_DEPTH=\"deep\""), "{msg}");
+    assert!(msg.contains("ROOKERY_C2S=\"localhost\""), "{msg}");
+    // The valid override is applied all the same.
+    assert_eq!(c.log.level, "debug");
+}
+
+#[test]
+fn load_reports_file_and_validation_errors_together() {
+    let path = std::env::temp_dir().join(format!("rookery-config-test-many-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "domian = [\"a.org\"]\n[limits]\nmax_depht = 3\nmax_depth = 1\n[tls]\ncert = \"/x.pem\"\nkey = 5\n",
+    )
+    .unwrap();
+    let e = Config::load(Some(&path)).unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    let msg = e.to_string();
+    // `tls.key` is reported once, as a bad value, not again by the rule that pairs it
+    // with `tls.cert`.
+    assert_eq!(e.keys(), vec!["domian", "limits.max_depht", "tls.key", "limits.max_depth"], "{msg}");
+    assert!(msg.starts_with("4 configuration errors:"), "{msg}");
+    for line in msg.lines().skip(1) {
+        assert!(line.starts_with("  - "), "{msg}");
+        assert!(line.contains("fix:") || line.contains("for example") || line.contains("did you mean"), "{line}");
+    }
+    assert_eq!(msg.matches(&*path.display().to_string()).count(), 3, "{msg}");
 }
 
 #[test]
@@ -305,6 +378,7 @@ fn bad_types_name_key_and_expected_type() {
     bad_value("[storage.scylla]\nlocal_dc = 1\n", "storage.scylla.local_dc", "a string");
     bad_value("[storage]\nscylla = \"yes\"\n", "storage.scylla", "a table (a `[storage.scylla]` section)");
     bad_value("[log]\nformat = \"yaml\"\n", "log.format", "\"text\", \"json\"");
+    bad_value("[router]\niq_to_full_jid = \"contacts\"\n", "router.iq_to_full_jid", "\"presence-shared\", \"always\"");
     bad_value("[log]\nlevel = 3\n", "log.level", "a string");
     bad_value("limits = 5\n", "limits", "a table");
 }
@@ -378,6 +452,7 @@ const ENV_CASES: &[EnvCase] = &[
         let a = c.contact.for_domain("a.org");
         a.support == ["https://h.a.org", "xmpp:h@a.org"] && a.abuse == ["mailto:ab@a.org"] && a.admin.is_empty()
     }),
+    ("ROOKERY_ROUTER_IQ_TO_FULL_JID", "always", |c| c.router.iq_to_full_jid == crate::IqToFullJid::Always),
     ("ROOKERY_NODE_ID", "7", |c| c.cluster.node_id == 7),
     ("ROOKERY_CLUSTER_GRPC", "127.0.0.1:7100", |c| c.cluster.grpc == Some("127.0.0.1:7100".parse().unwrap())),
     ("ROOKERY_CLUSTER_ROUTERS", "r1:7000, r2:7000", |c| c.cluster.routers == ["r1:7000", "r2:7000"]),

@@ -14,6 +14,8 @@ pub mod hub;
 pub mod module;
 pub mod prio;
 pub mod registry;
+/// The registry contract as a check; test code only, so production builds do not compile it.
+#[cfg(any(test, feature = "test-util"))]
 pub mod registry_conformance;
 
 use async_trait::async_trait;

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 pub mod archive;
+/// The conformance suite; test code only, so production builds do not compile it.
+#[cfg(feature = "test-util")]
 pub mod conformance;
 pub mod memory;
 

@@ -92,9 +92,18 @@ fn generate(dir: &Path, cert: &Path, key: &Path, domains: &[String]) -> Result<(
     if !names.iter().any(|d| d == "localhost") {
         names.push("localhost".into());
     }
-    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
-    std::fs::write(cert, ck.cert.pem()).map_err(|source| TlsError::Write { path: cert.to_path_buf(), source })?;
-    write_private(key, ck.signing_key.serialize_pem().as_bytes())?;
+    let generate_err = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    let mut params = rcgen::CertificateParams::new(names).map_err(generate_err)?;
+    // What a client shows when it asks the user to accept the certificate: the domain it
+    // is for and who made it, rather than rcgen's placeholder subject.
+    let mut subject = rcgen::DistinguishedName::new();
+    subject.push(rcgen::DnType::CommonName, domains.first().map_or("localhost", String::as_str));
+    subject.push(rcgen::DnType::OrganizationName, "Rookery XMPP server (self-signed)");
+    params.distinguished_name = subject;
+    let signing_key = rcgen::KeyPair::generate().map_err(generate_err)?;
+    let generated = params.self_signed(&signing_key).map_err(generate_err)?;
+    std::fs::write(cert, generated.pem()).map_err(|source| TlsError::Write { path: cert.to_path_buf(), source })?;
+    write_private(key, signing_key.serialize_pem().as_bytes())?;
     tracing::info!(event = "tls_self_signed_generated", cert = %cert.display());
     Ok(())
 }

@@ -137,11 +137,15 @@ fn load(common: &Common) -> anyhow::Result<Config> {
 }
 
 fn init_logging(cfg: &Config) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     // The store's own progress messages are noise at info level.
     let default = format!("{},fjall=warn,lsm_tree=warn", cfg.log.level);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: in journald, files and pipes the escape
+    // codes are noise that breaks grep.
+    let ansi = std::io::stderr().is_terminal();
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match cfg.log.format {
         rookery_config::LogFormat::Json => b.json().init(),
         rookery_config::LogFormat::Text => b.init(),
@@ -150,6 +154,8 @@ fn init_logging(cfg: &Config) {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = load(&args.common)?;
+    // What `rookery user` will see: the file and the environment, without serve's flags.
+    let user_cfg = cfg.clone();
     if !args.domains.is_empty() {
         cfg.domains = args.domains.iter().map(|d| d.to_ascii_lowercase()).collect();
     }
@@ -184,10 +190,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("  admin API/health http://{a}");
     }
     eprintln!("  data             {}", cfg.data_dir.display());
-    eprintln!(
-        "add a user: rookery user add alice@{} --password secret",
-        cfg.domains.first().map(String::as_str).unwrap_or("localhost")
-    );
+    if !has_accounts(&server, &cfg).await {
+        eprintln!("{}", add_user_hint(&args.common, &cfg, &user_cfg, server.http));
+    }
     let stop = server.shutdown_handle();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -195,7 +200,72 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
     server.wait().await;
+    tracing::info!(event = "stopped");
     Ok(())
+}
+
+/// Whether any served domain has an account. A store error counts as none: the hint it
+/// leads to is harmless.
+async fn has_accounts(server: &rookery::Server, cfg: &Config) -> bool {
+    let accounts = &server.router.stores().accounts;
+    for domain in &cfg.domains {
+        if accounts.list(domain).await.is_ok_and(|users| !users.is_empty()) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The command that creates a first account on this running server, spelt so that it
+/// works when pasted into another terminal: this binary, the same config file and the data
+/// directory (where the admin token is) as absolute paths, and the admin API's address when `rookery user`
+/// would not find it from the config (a `--http` flag, port 0).
+fn add_user_hint(common: &Common, cfg: &Config, user_cfg: &Config, http: Option<SocketAddr>) -> String {
+    let loopback =
+        |a: SocketAddr| if a.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], a.port())) } else { a };
+    let mut cmd = String::new();
+    if let Some(http) = http.map(loopback)
+        && user_cfg.listen.http.map(loopback) != Some(http)
+    {
+        cmd.push_str(&format!("ROOKERY_ADMIN_URL=http://{http} "));
+    }
+    cmd.push_str(&sh_quote(&own_command()));
+    cmd.push_str(" user");
+    if let Some(config) = &common.config {
+        cmd.push_str(&format!(" --config {}", sh_quote(&absolute(config))));
+    }
+    // Always, and absolute: the admin token is found through it, from any directory and
+    // whether the data directory came from a flag, the file or the environment.
+    cmd.push_str(&format!(" --data-dir {}", sh_quote(&absolute(&cfg.data_dir))));
+    let domain = cfg.domains.first().map(String::as_str).unwrap_or("localhost");
+    cmd.push_str(&format!(" add alice@{domain} --password secret"));
+    if http.is_some() {
+        format!("no accounts yet; add one (in another terminal): {cmd}")
+    } else {
+        format!("no accounts yet; the admin API is off, so stop the server and add one with: {cmd}")
+    }
+}
+
+/// How to run this binary again: the name it was found under on `PATH`, otherwise its
+/// absolute path (`cargo run` starts `target/debug/rookery`, which is not on `PATH`).
+fn own_command() -> String {
+    match std::env::args_os().next() {
+        Some(arg0) if !arg0.is_empty() && !arg0.to_string_lossy().contains('/') => arg0.to_string_lossy().into_owned(),
+        _ => std::env::current_exe().map_or_else(|_| "rookery".to_owned(), |p| p.display().to_string()),
+    }
+}
+
+fn absolute(p: &std::path::Path) -> String {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+}
+
+/// Quotes `s` for a POSIX shell when it holds anything but plainly safe characters.
+fn sh_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// Runs `rookery edge` or `rookery router` until SIGTERM/SIGINT.
@@ -229,6 +299,7 @@ async fn cluster_role(common: Common, edge: bool) -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
     process.wait().await;
+    tracing::info!(event = "stopped", role);
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -67,6 +68,10 @@ pub fn router_config(cfg: &Config) -> RouterConfig {
         domains: cfg.domains.clone(),
         allow_registration: cfg.registration.allow,
         min_password_len: cfg.registration.min_password_len,
+        iq_to_full_jid: match cfg.router.iq_to_full_jid {
+            rookery_config::IqToFullJid::PresenceShared => rookery_router::IqToFullJid::PresenceShared,
+            rookery_config::IqToFullJid::Always => rookery_router::IqToFullJid::Always,
+        },
     }
 }
 
@@ -99,6 +104,11 @@ pub fn edge_config(cfg: &Config, fake_secret: String) -> EdgeConfig {
 /// Starts a node from a validated configuration.
 pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Ports first: a busy port is the most common start-up failure, and it must not leave
+    // a data directory, a certificate and an admin token behind for a server that never ran.
+    let c2s = cfg.listen.c2s.map(reserve).transpose()?;
+    let c2s_tls = cfg.listen.c2s_tls.map(reserve).transpose()?;
+    let http = cfg.listen.http.map(reserve).transpose()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
     let stores = crate::stores::open_stores(&cfg).await?;
@@ -125,15 +135,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     if cfg.mam.enabled {
         tasks.spawn(crate::retention::run(stores.clone(), cfg.mam.clone(), cfg.domains.clone(), rx.clone()));
     }
-    let bound = |addr: Option<SocketAddr>| async move {
-        match addr {
-            Some(a) => rookery_edge::bind(a).await.map(Some),
-            None => Ok(None),
-        }
-    };
-    let c2s = bound(cfg.listen.c2s).await?;
-    let c2s_tls = bound(cfg.listen.c2s_tls).await?;
-    let http = bound(cfg.listen.http).await?;
+    let c2s = c2s.map(listen).transpose()?;
+    let c2s_tls = c2s_tls.map(listen).transpose()?;
+    let http = http.map(listen).transpose()?;
     let c2s_addr = c2s.as_ref().and_then(|l| l.local_addr().ok());
     let c2s_tls_addr = c2s_tls.as_ref().and_then(|l| l.local_addr().ok());
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
@@ -164,4 +168,21 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         data_dir = %cfg.data_dir.display(),
     );
     Ok(Server { c2s: c2s_addr, c2s_tls: c2s_tls_addr, http: http_addr, router, admin_token, shutdown, tasks })
+}
+
+/// Binds `addr` without listening yet: the port is taken (a busy one fails here, naming the
+/// address), but connections are refused until [`listen`], so a client or probe that gets
+/// through finds a node that is ready.
+fn reserve(addr: SocketAddr) -> anyhow::Result<(SocketAddr, TcpSocket)> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    // As `TcpListener::bind` does: a restart must not wait for old connections' TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true).with_context(|| format!("cannot listen on {addr}"))?;
+    socket.bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    Ok((addr, socket))
+}
+
+fn listen((addr, socket): (SocketAddr, TcpSocket)) -> anyhow::Result<TcpListener> {
+    socket.listen(1024).with_context(|| format!("cannot listen on {addr}"))
 }

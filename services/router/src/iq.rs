@@ -7,6 +7,16 @@ use rookery_core::{IqRequest, IqType, Target};
 use rookery_jid::FullJid;
 use rookery_stanza::{Condition, Envelope, StanzaError, ns};
 
+/// Who may send an IQ get/set to another user's full JID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IqToFullJid {
+    /// Only someone the resource shares presence with (RFC 6121 §8.5.3.1, the default).
+    #[default]
+    PresenceShared,
+    /// Anyone, as Prosody and ejabberd do; reveals which resources are online.
+    Always,
+}
+
 impl LocalRouter {
     pub(crate) async fn route_iq(&self, env: Envelope) {
         let Ok(from) = FullJid::try_from(env.from.clone()) else { return };
@@ -135,8 +145,12 @@ impl LocalRouter {
         }
         // RFC 6121 §8.5.3.1: a get/set reaches a resource only from someone it shares
         // presence with (subscription from/both, or directed presence); otherwise it
-        // would reveal which resources are online.
-        if user != from.to_bare() && !self.shares_presence(&to, from).await {
+        // would reveal which resources are online. An operator may trade that for
+        // reachability between non-contacts (`router.iq_to_full_jid = "always"`).
+        if self.cfg.iq_to_full_jid == IqToFullJid::PresenceShared
+            && user != from.to_bare()
+            && !self.shares_presence(&to, from).await
+        {
             self.bounce(env, StanzaError::new(Condition::ServiceUnavailable)).await;
             return;
         }

@@ -35,6 +35,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+pub use iq::IqToFullJid;
+
 /// Published when an account is deleted: every cache of that user's data is dropped.
 pub const ACCOUNT_TOPIC: &str = "account";
 
@@ -44,6 +46,8 @@ pub struct RouterConfig {
     pub domains: Vec<String>,
     pub allow_registration: bool,
     pub min_password_len: usize,
+    /// Who may send an IQ get/set to another user's full JID (RFC 6121 §8.5.3.1).
+    pub iq_to_full_jid: IqToFullJid,
 }
 
 /// Everything the router needs, shared by all sessions.

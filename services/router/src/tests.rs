@@ -96,7 +96,12 @@ async fn world_with(
     }
     let cap = Arc::new(Capture::default());
     let echo = Arc::new(components::Echo::default());
-    let cfg = RouterConfig { domains: vec!["example.com".into()], allow_registration: false, min_password_len: 8 };
+    let cfg = RouterConfig {
+        domains: vec!["example.com".into()],
+        allow_registration: false,
+        min_password_len: 8,
+        iq_to_full_jid: crate::IqToFullJid::default(),
+    };
     let router = LocalRouter::new(cfg, Arc::new(rookery_core::MemoryRegistry::new()), cap.clone(), stores, |r| {
         r.add(Arc::new(rookery_modules::Disco));
         r.add(echo.clone());
