@@ -145,7 +145,14 @@ fn init_logging(cfg: &Config) {
     // Colours only for a person at a terminal: in journald, files and pipes the escape
     // codes are noise that breaks grep.
     let ansi = std::io::stderr().is_terminal();
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    // A log line that cannot be written is dropped. Reporting it would go through
+    // `eprintln!`, which panics when stderr is gone (a closed pipe) and would take down
+    // the task that logged, e.g. the one that turns SIGTERM into a shutdown.
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .log_internal_errors(false);
     match cfg.log.format {
         rookery_config::LogFormat::Json => b.json().init(),
         rookery_config::LogFormat::Text => b.init(),

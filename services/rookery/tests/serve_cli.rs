@@ -176,3 +176,31 @@ fn generated_certificate_names_the_domains_and_rookery() {
         assert!(names.iter().any(|n| n.contains(d)), "{d} not in {names:?}");
     }
 }
+
+/// SIGTERM still shuts the server down when whoever read its output has gone away (a
+/// closed stderr pipe): logging must not take the signal handling down with it.
+#[test]
+fn sigterm_stops_the_server_after_its_stderr_reader_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut child = spawn_serve(DataDir::Flag(&data));
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    // Up to the banner's last line (the hint, on a fresh data directory): nothing more is
+    // printed with eprintln! after it.
+    while !line.contains("add one") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "rookery exited during start-up");
+    }
+    drop(stderr);
+    assert!(Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("rookery did not stop on SIGTERM once its stderr was closed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(child.wait().unwrap().success());
+}
