@@ -184,6 +184,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     init_logging(&cfg);
+    let signals = StopSignals::register();
     let mut server = rookery::start(cfg.clone()).await?;
     let domains = cfg.domains.join(", ");
     eprintln!("rookery is serving {domains}");
@@ -202,7 +203,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let stop = server.shutdown_handle();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.wait().await;
         tracing::info!(event = "shutdown_requested");
         let _ = stop.send(true);
     });
@@ -280,6 +281,7 @@ async fn cluster_role(common: Common, edge: bool) -> anyhow::Result<()> {
     let cfg = load(&common)?;
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     init_logging(&cfg);
+    let signals = StopSignals::register();
     let mut process = if edge {
         rookery::cluster::start_edge(cfg.clone()).await?
     } else {
@@ -301,7 +303,7 @@ async fn cluster_role(common: Common, edge: bool) -> anyhow::Result<()> {
     }
     let stop = process.shutdown_handle();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.wait().await;
         tracing::info!(event = "shutdown_requested");
         let _ = stop.send(true);
     });
@@ -310,24 +312,31 @@ async fn cluster_role(common: Common, edge: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// SIGTERM or Ctrl-C, registered when this is created: a signal that arrives while the
+/// server is still starting (or printing its banner) is kept, not left to its default
+/// action, which would end the process without a graceful shutdown.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn register() -> Self {
+        StopSignals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
         }
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        if let Some(mut term) = self.term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }
