@@ -412,6 +412,9 @@ pub struct MamSpec {
     /// Messages each user sends to its neighbour before queries start, to fill archives.
     #[serde(default)]
     pub seed_messages: u32,
+    /// Only even users of the block seed, each to the next user (which then only reads).
+    #[serde(default)]
+    pub seed_one_way: bool,
     /// The first `pagers` users of the block page through their whole archive in a closed
     /// loop while the phases last (the isolation benchmark's heavy reader).
     #[serde(default)]

@@ -223,6 +223,11 @@ pub async fn run(ctx: Arc<Ctx>, scn: &Scenario, part: Partition, live: Arc<Live>
     if spec.seed_messages > 0 {
         let mut asked = 0;
         for u in part.units(spec.users) {
+            // One way: only even users send, to the next one, which only reads (two clients
+            // that both write without reading can fill each other's server-side queue).
+            if spec.seed_one_way && (u % 2 == 1 || u + 1 >= spec.users) {
+                continue;
+            }
             // The neighbour in the block (the last user writes to the one before it).
             let peer = if u + 1 < spec.users { u + 1 } else { u.saturating_sub(1) };
             let Some(to) = scn.pool.get(idx(peer)) else { continue };
@@ -251,17 +256,24 @@ pub async fn run(ctx: Arc<Ctx>, scn: &Scenario, part: Partition, live: Arc<Live>
         out.notes.push(format!("{} user(s) paging through their archive, {} per page", pagers.len(), spec.page_size));
     }
     let start = ctx.now();
+    let mut offered = 0u64;
     dispatch(&ctx, &sched, start, |n, intended| {
         let u = scn.arrival_unit(Kind::Mam, n);
         if part.owns(u) {
             offer(&fleet.senders, idx(u), Cmd::Query { intended }, &live);
+            offered += 1;
         }
     })
     .await;
     out.load_seconds = super::load_seconds(&ctx, start, &sched);
     paging.store(false, Ordering::Relaxed);
     let c = &live.counters;
-    super::settle(run.grace.0, || c.get("answered") + c.get("errors") >= c.get("queries")).await;
+    // Counted against what was offered, not `queries`: a query still waiting in a busy
+    // connection's command queue (behind its seed messages) is not sent yet.
+    super::settle(run.grace.0, || {
+        c.get("answered") + c.get("errors") + c.get("unanswered") + c.get("unsent") >= offered
+    })
+    .await;
     live.freeze();
     fleet.shutdown(Duration::from_secs(10)).await;
     out
