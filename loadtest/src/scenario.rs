@@ -412,6 +412,13 @@ pub struct MamSpec {
     /// Messages each user sends to its neighbour before queries start, to fill archives.
     #[serde(default)]
     pub seed_messages: u32,
+    /// Only even users of the block seed, each to the next user (which then only reads).
+    #[serde(default)]
+    pub seed_one_way: bool,
+    /// The first `pagers` users of the block page through their whole archive in a closed
+    /// loop while the phases last (the isolation benchmark's heavy reader).
+    #[serde(default)]
+    pub pagers: u64,
     /// Target rate (events per second) for steady phases and ramp ends.
     #[serde(default)]
     pub rate: f64,
@@ -582,6 +589,8 @@ impl Kind {
             Kind::Mam => &[
                 "queries",
                 "answered",
+                "pages",
+                "passes",
                 "unanswered",
                 "results",
                 "unsent",
@@ -888,6 +897,9 @@ impl Scenario {
             positive(s.users, "mam.users", &invalid)?;
             if s.page_size == 0 {
                 return Err(invalid("mam.page_size", "must be at least 1".into()));
+            }
+            if s.pagers > s.users {
+                return Err(invalid("mam.pagers", format!("is {}, more than mam.users ({})", s.pagers, s.users)));
             }
             check_load(&s.load(), "mam", &invalid)?;
             crit(Kind::Mam, &s.pass)?;

@@ -2,25 +2,59 @@
 //! edges, and `ClusterLink` is the router's `EdgeLink` over those streams.
 //!
 //! Owns: accepting edge streams (Hello, version check, draining refusal), dispatching
-//! each stream's frames to the `Router` (the `LocalRouter`) in sharded workers, the
+//! each stream's frames to the `Router` (the `LocalRouter`) in per-key lanes, isolating
+//! router calls from each other (a slow call waits alone, a panicking call is caught), the
 //! outbound frames per edge, `Drain`, `ResyncRequest` and the barrier `Pong`.
 //! Must not touch: XMPP rules and the session registry (the `Router` and the coordinator's
 //! `ClusterEvents` do that), client sockets.
 //!
-//! Ordering (RFC 6120 §10.1): the frames of one stream are split over N workers by the
-//! hash of the sender's bare JID, so one user's frames are handled one after another in
-//! stream order while different users run in parallel. The worker queues are bounded: a
-//! busy router stops reading the stream, and HTTP/2 flow control pushes back to the edge.
-//! A `Ping` goes through every worker, so its `Pong` means that everything the edge sent
-//! before it has been handled.
+//! Ordering and isolation (RFC 6120 §10.1). Every frame has a key: the hash of the
+//! sender's bare JID (`Route`: the stamped `from`; `Bind`, `Unbind`, `SessionState`: the
+//! JID; `Undelivered`: the recipient; `PreauthIq`: its request number). The frames of one
+//! key are handled one after another in stream order; frames of different keys never wait
+//! for each other.
+//!
+//! - The stream's reader hands each frame to one of N shard tasks (`shards`, by key), as a
+//!   way to spread the CPU work over threads; a shard is not a unit of ordering any more.
+//! - Inside a shard, each key with work is a *lane*: the call running for that key plus a
+//!   queue of that key's later frames. A frame whose key has no lane starts its call at
+//!   once; otherwise it is queued behind the key's running call. When a call finishes, the
+//!   key's next frame starts, or the lane ends (its map entry is removed). A shard runs
+//!   the calls of all its lanes concurrently (a `FuturesUnordered`), so a MAM query or a
+//!   store call that takes seconds holds up only the later frames of its own key. Lanes
+//!   are not tasks: creating one costs a map insert, and a call that completes without
+//!   waiting (most routed messages) is polled inline, never parked, as the old worker did.
+//! - Each router call runs under `catch_unwind`. A panic is logged
+//!   (`router_call_panicked`), counted ([`RouterServer::router_call_panics`]), answered
+//!   where the edge waits for an answer (`Bind`: `BindError::Internal`; `PreauthIq`:
+//!   `internal-server-error`), and the lane goes on with its next frame.
+//! - Bounds: a shard takes at most `shard_inflight` frames (running or queued in lanes);
+//!   this caps both the number of live lanes and the work queued in them. At the cap it
+//!   stops taking frames, its channel (`shard_queue`) fills, the reader stops reading the
+//!   stream and HTTP/2 flow control pushes back to the edge, as before. There is no
+//!   separate per-lane cap: with one ordered stream per edge, a full lane could push back
+//!   only by stopping the whole stream, so a per-lane cap would make one stuck user stall
+//!   everybody sooner. A key whose call never returns therefore stalls its edge's stream
+//!   only when the frames piling up behind it (with whatever else its shard is handling)
+//!   reach `shard_inflight`.
+//! - Barrier: a `Ping` goes to every shard. A shard answers it once every frame it took
+//!   before the `Ping` has been handled (it counts down the frames in flight at that
+//!   moment: a snapshot of the lanes that exist then), while frames taken after it go on
+//!   being handled. The `Pong` goes out when every shard answered, so it still means that
+//!   everything the edge sent before the `Ping` has been handled.
 
 use crate::ClusterError;
 use crate::ring::fnv1a;
 use async_trait::async_trait;
-use rookery_core::{EdgeLink, Location, Outbound, Router, SessionEntry};
+use futures::FutureExt;
+use futures::stream::{FuturesUnordered, StreamExt};
+use rookery_core::{BindError, EdgeLink, Location, Outbound, Router, SessionEntry};
 use rookery_proto::pb::router_service_server::{RouterService, RouterServiceServer};
 use rookery_proto::{EdgeMsg, Hello, NsCache, ProtoError, RouterMsg, pb};
-use std::collections::HashMap;
+use rookery_stanza::{Condition, StanzaError};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -47,10 +81,13 @@ pub trait ClusterEvents: Send + Sync + 'static {
 /// Settings of the router side.
 #[derive(Debug, Clone)]
 pub struct RouterServerConfig {
-    /// Workers per edge stream.
+    /// Shard tasks per edge stream (they spread the CPU work; ordering is per key).
     pub shards: usize,
-    /// Frames queued per worker.
+    /// Frames waiting in the channel in front of each shard.
     pub shard_queue: usize,
+    /// Frames a shard holds at most, running or queued in its lanes: bounds the live lanes
+    /// and their queues. At the cap the shard stops taking frames (backpressure).
+    pub shard_inflight: usize,
     /// How long an edge has to send Hello.
     pub hello_timeout: Duration,
     pub max_message_bytes: usize,
@@ -67,6 +104,7 @@ impl Default for RouterServerConfig {
         RouterServerConfig {
             shards: 8,
             shard_queue: 256,
+            shard_inflight: 512,
             hello_timeout: Duration::from_secs(10),
             max_message_bytes: 16 * 1024 * 1024,
             keepalive: Duration::from_secs(10),
@@ -200,6 +238,8 @@ struct Inner {
     active: watch::Sender<usize>,
     /// Set when the server stops without draining: every stream ends at once.
     kill: watch::Sender<bool>,
+    /// Router calls that panicked (caught; the lane went on).
+    panics: AtomicU64,
 }
 
 /// The gRPC side of a router process.
@@ -226,6 +266,7 @@ impl RouterServer {
                 draining: AtomicBool::new(false),
                 active: watch::Sender::new(0),
                 kill: watch::Sender::new(false),
+                panics: AtomicU64::new(0),
             }),
         }
     }
@@ -236,6 +277,12 @@ impl RouterServer {
 
     pub fn connected_edges(&self) -> Vec<u32> {
         self.inner.link.connected_edges()
+    }
+
+    /// Router calls that panicked since start; each was caught and its lane went on.
+    /// Exposed in the router's `/admin/stats` as `router_call_panics`.
+    pub fn router_call_panics(&self) -> u64 {
+        self.inner.panics.load(Ordering::Relaxed)
     }
 
     pub fn is_draining(&self) -> bool {
@@ -355,11 +402,11 @@ impl RouterService for RouterServer {
 // space in the rare `Barrier`.
 #[allow(clippy::large_enum_variant)]
 enum Work {
-    Msg(EdgeMsg),
+    Msg { key: u64, msg: EdgeMsg },
     Barrier(oneshot::Sender<()>),
 }
 
-/// Reads one edge stream and hands its frames to the workers.
+/// Reads one edge stream and hands its frames to the shards.
 async fn run_stream(
     inner: Arc<Inner>,
     hello: Hello,
@@ -374,7 +421,7 @@ async fn run_stream(
     for _ in 0..n {
         let (tx, rx) = mpsc::channel(inner.cfg.shard_queue.max(1));
         shards.push(tx);
-        workers.spawn(worker(inner.clone(), edge, rx, out.clone()));
+        workers.spawn(shard(inner.clone(), edge, rx, out.clone()));
     }
     let mut kill = inner.kill.subscribe();
     let mut ns = NsCache::default();
@@ -401,7 +448,7 @@ async fn run_stream(
                 continue;
             }
         };
-        let shard = match &msg {
+        let key = match &msg {
             EdgeMsg::Route { env, .. } => Some(fnv1a(env.from.bare_str().as_bytes())),
             EdgeMsg::Bind { jid, .. } | EdgeMsg::Unbind { jid, .. } => Some(fnv1a(jid.bare_str().as_bytes())),
             EdgeMsg::Undelivered { to, .. } => Some(fnv1a(to.bare_str().as_bytes())),
@@ -413,11 +460,11 @@ async fn run_stream(
                 continue;
             }
         };
-        let delivered = match shard {
-            Some(h) => {
-                let i = (h % n as u64) as usize;
+        let delivered = match key {
+            Some(key) => {
+                let i = (key % n as u64) as usize;
                 tokio::select! {
-                    r = shards[i].send(Work::Msg(msg)) => r.is_ok(),
+                    r = shards[i].send(Work::Msg { key, msg }) => r.is_ok(),
                     _ = crate::until_true(&mut kill) => false,
                 }
             }
@@ -442,8 +489,8 @@ async fn run_stream(
     inner.active.send_modify(|n| *n = n.saturating_sub(1));
 }
 
-/// Passes a barrier through every worker; `Pong { seq }` goes out once all have reached
-/// it. Waiting happens in a task so the stream keeps being read meanwhile.
+/// Passes a barrier to every shard; `Pong { seq }` goes out once each has handled what it
+/// took before it. Waiting happens in a task so the stream keeps being read meanwhile.
 async fn barrier(
     shards: &[mpsc::Sender<Work>],
     seq: u64,
@@ -471,29 +518,218 @@ async fn barrier(
     true
 }
 
-async fn worker(inner: Arc<Inner>, edge: u32, mut rx: mpsc::Receiver<Work>, out: mpsc::Sender<pb::RouterFrame>) {
-    while let Some(work) = rx.recv().await {
-        let msg = match work {
-            Work::Barrier(ack) => {
-                let _ = ack.send(());
-                continue;
+/// What every call of one stream's shards needs; one `Arc` clone per call.
+struct Ctx {
+    inner: Arc<Inner>,
+    edge: u32,
+    out: mpsc::Sender<pb::RouterFrame>,
+}
+
+/// One router call with its answer to the edge; resolves to the key and frame number.
+type Call = Pin<Box<dyn Future<Output = (u64, u64)> + Send>>;
+
+/// A barrier in a shard: acknowledged once the `remaining` frames taken before it
+/// (numbered below `before`) have been handled.
+struct PendingBarrier {
+    before: u64,
+    remaining: usize,
+    ack: oneshot::Sender<()>,
+}
+
+/// One shard of an edge stream: per-key lanes whose calls run concurrently.
+struct Shard {
+    cx: Arc<Ctx>,
+    /// Keys with a running call, each with its later frames (and their numbers) in order.
+    lanes: HashMap<u64, VecDeque<(u64, EdgeMsg)>>,
+    running: FuturesUnordered<Call>,
+    /// Number of the next frame taken.
+    taken: u64,
+    /// Frames taken and not handled yet (running or queued in a lane).
+    inflight: usize,
+    barriers: Vec<PendingBarrier>,
+}
+
+async fn shard(inner: Arc<Inner>, edge: u32, mut rx: mpsc::Receiver<Work>, out: mpsc::Sender<pb::RouterFrame>) {
+    let cap = inner.cfg.shard_inflight.max(1);
+    let mut s = Shard {
+        cx: Arc::new(Ctx { inner, edge, out }),
+        lanes: HashMap::new(),
+        running: FuturesUnordered::new(),
+        taken: 0,
+        inflight: 0,
+        barriers: Vec::new(),
+    };
+    let mut open = true;
+    loop {
+        if !open && s.running.is_empty() {
+            break;
+        }
+        let take = open && s.inflight < cap;
+        tokio::select! {
+            // Finishing calls first keeps what a shard holds small.
+            biased;
+            Some((key, n)) = s.running.next(), if !s.running.is_empty() => s.finished(key, n).await,
+            w = rx.recv(), if take => match w {
+                Some(Work::Msg { key, msg }) => s.take(key, msg).await,
+                Some(Work::Barrier(ack)) => s.barrier(ack),
+                None => open = false,
+            },
+            else => break,
+        }
+    }
+}
+
+impl Shard {
+    async fn take(&mut self, key: u64, msg: EdgeMsg) {
+        let n = self.taken;
+        self.taken += 1;
+        self.inflight += 1;
+        if let Some(queue) = self.lanes.get_mut(&key) {
+            queue.push_back((n, msg));
+            return;
+        }
+        self.lanes.insert(key, VecDeque::new());
+        self.start(key, n, msg).await;
+    }
+
+    /// Frame `n` of `key` was handled: its lane starts the next one or ends.
+    async fn finished(&mut self, key: u64, n: u64) {
+        self.done(n);
+        if let Some((n, msg)) = self.next_of(key) {
+            self.start(key, n, msg).await;
+        }
+    }
+
+    /// Starts a lane's call. A call that completes on its first poll (no store access,
+    /// most routed messages) is finished here without being parked in `running`; the
+    /// lane's next frames then follow in the same way.
+    async fn start(&mut self, key: u64, mut n: u64, mut msg: EdgeMsg) {
+        loop {
+            let mut call = call(self.cx.clone(), key, n, msg);
+            if futures::poll!(call.as_mut()).is_pending() {
+                self.running.push(call);
+                return;
             }
-            Work::Msg(m) => m,
-        };
+            self.done(n);
+            match self.next_of(key) {
+                Some(next) => (n, msg) = next,
+                None => return,
+            }
+        }
+    }
+
+    /// The next waiting frame of `key`, or `None` after ending its lane.
+    fn next_of(&mut self, key: u64) -> Option<(u64, EdgeMsg)> {
+        let next = self.lanes.get_mut(&key).and_then(VecDeque::pop_front);
+        if next.is_none() {
+            self.lanes.remove(&key);
+        }
+        next
+    }
+
+    fn done(&mut self, n: u64) {
+        self.inflight = self.inflight.saturating_sub(1);
+        let mut i = 0;
+        while i < self.barriers.len() {
+            let b = &mut self.barriers[i];
+            if n < b.before {
+                b.remaining = b.remaining.saturating_sub(1);
+            }
+            if b.remaining == 0 {
+                let _ = self.barriers.swap_remove(i).ack.send(());
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Everything in flight now was taken before the barrier: it passes when that is done.
+    fn barrier(&mut self, ack: oneshot::Sender<()>) {
+        if self.inflight == 0 {
+            let _ = ack.send(());
+        } else {
+            self.barriers.push(PendingBarrier { before: self.taken, remaining: self.inflight, ack });
+        }
+    }
+}
+
+fn call(cx: Arc<Ctx>, key: u64, n: u64, msg: EdgeMsg) -> Call {
+    Box::pin(async move {
+        cx.handle(msg).await;
+        (key, n)
+    })
+}
+
+impl Ctx {
+    async fn handle(&self, msg: EdgeMsg) {
+        let edge = self.edge;
+        let router = &self.inner.router;
         match msg {
-            EdgeMsg::Route { conn, env } => inner.router.route(Location { edge, conn }, env).await,
+            EdgeMsg::Route { conn, env } => {
+                self.guard("route", None, Some(conn), router.route(Location { edge, conn }, env)).await;
+            }
             EdgeMsg::Bind { req, jid, conn } => {
-                let result = inner.router.bind(&jid, Location { edge, conn }).await;
-                let _ = out.send(RouterMsg::BindResult { req, result }.into()).await;
+                let result = self
+                    .guard("bind", Some(&jid), Some(conn), router.bind(&jid, Location { edge, conn }))
+                    .await
+                    .unwrap_or(Err(BindError::Internal));
+                let _ = self.out.send(RouterMsg::BindResult { req, result }.into()).await;
             }
-            EdgeMsg::Unbind { jid, conn } => inner.router.unbind(&jid, Location { edge, conn }).await,
+            EdgeMsg::Unbind { jid, conn } => {
+                self.guard("unbind", Some(&jid), Some(conn), router.unbind(&jid, Location { edge, conn })).await;
+            }
             EdgeMsg::PreauthIq { req, iq } => {
-                let result = inner.router.preauth_iq(iq).await;
-                let _ = out.send(RouterMsg::PreauthResult { req, result }.into()).await;
+                let result = self
+                    .guard("preauth_iq", None, None, router.preauth_iq(iq))
+                    .await
+                    .unwrap_or_else(|| Err(StanzaError::new(Condition::InternalServerError)));
+                let _ = self.out.send(RouterMsg::PreauthResult { req, result }.into()).await;
             }
-            EdgeMsg::Undelivered { to, raw } => inner.router.undelivered(&to, raw).await,
-            EdgeMsg::SessionState(s) => inner.events.session_state(s.into_entry(edge)).await,
+            EdgeMsg::Undelivered { to, raw } => {
+                self.guard("undelivered", Some(&to), None, router.undelivered(&to, raw)).await;
+            }
+            EdgeMsg::SessionState(s) => {
+                let jid = s.jid.clone();
+                let conn = s.conn;
+                self.guard(
+                    "session_state",
+                    Some(&jid),
+                    Some(conn),
+                    self.inner.events.session_state(s.into_entry(edge)),
+                )
+                .await;
+            }
             EdgeMsg::Ping { .. } | EdgeMsg::Hello(_) => {}
+        }
+    }
+
+    /// Runs one router call; a panic is logged, counted and turned into `None`.
+    async fn guard<T>(
+        &self,
+        call: &'static str,
+        user: Option<&(dyn std::fmt::Display + Sync)>,
+        conn: Option<u64>,
+        f: impl Future<Output = T>,
+    ) -> Option<T> {
+        match AssertUnwindSafe(f).catch_unwind().await {
+            Ok(v) => Some(v),
+            Err(payload) => {
+                self.inner.panics.fetch_add(1, Ordering::Relaxed);
+                let text = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(no message)");
+                tracing::error!(
+                    event = "router_call_panicked",
+                    edge = self.edge,
+                    call,
+                    user = user.map(tracing::field::display),
+                    conn,
+                    panic = text
+                );
+                None
+            }
         }
     }
 }

@@ -5,10 +5,18 @@
 //! (`<max>page_size</max><before/>`). Latency runs from the intended time of the query to
 //! the IQ result carrying `<fin/>`; each `<result/>` message in between is counted. Queries
 //! without an answer when the grace period ends are `unanswered`.
+//!
+//! With `pagers = N`, the first N users of the block also page through their whole archive
+//! in a closed loop while the load phases last: oldest page first (`<max>page_size</max>`,
+//! then `<after>` the last id of each page), and from the start again after the page whose
+//! `<fin/>` says `complete`. This is the heavy reader of the isolation benchmark
+//! (loadtest/isolation.sh): one user reading a large archive must not slow other users'
+//! chat. Each page's latency (sent to `<fin/>`) is recorded with the queries; answered pages
+//! count in `pages`, full passes through the archive in `passes`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rookery_xml::{Element, escape_attr};
@@ -24,8 +32,15 @@ pub const MAM_NS: &str = "urn:xmpp:mam:2";
 const RSM_NS: &str = "http://jabber.org/protocol/rsm";
 
 pub enum Cmd {
-    Seed { to: String, count: u32 },
-    Query { intended: Duration },
+    Seed {
+        to: String,
+        count: u32,
+    },
+    Query {
+        intended: Duration,
+    },
+    /// Start paging through the own archive in a closed loop (until `paging` turns false).
+    Page,
 }
 
 struct MamHandler {
@@ -35,12 +50,69 @@ struct MamHandler {
     next_id: u64,
     pending: HashMap<String, Duration>,
     seeded: Arc<AtomicU64>,
+    /// The pager's loop runs while this is true.
+    paging: Arc<AtomicBool>,
+    /// The pager's outstanding page: its id and when it was sent.
+    page: Option<(String, Duration)>,
+}
+
+impl MamHandler {
+    /// Asks for the page after `after` (the first page when `None`).
+    fn next_page(&mut self, after: Option<&str>, now: Duration, s: &mut Session) {
+        self.next_id += 1;
+        let id = format!("page{}", self.next_id);
+        let after = match after {
+            Some(a) => format!("<after>{}</after>", rookery_xml::escape_text(a)),
+            None => String::new(),
+        };
+        s.stanza(
+            &format!(
+                "<iq type='set' id='{id}'><query xmlns='{MAM_NS}' queryid='{id}'>\
+                 <set xmlns='{RSM_NS}'><max>{}</max>{after}</set></query></iq>",
+                self.page_size
+            ),
+            self.ack_every,
+        );
+        self.page = Some((id, now));
+    }
+
+    /// The answer to the pager's page: record it and ask for the next one.
+    fn on_page(&mut self, el: &Element, sent: Duration, now: Duration, s: &mut Session) {
+        let fin = el.get_child("fin", MAM_NS);
+        let Some(fin) = fin.filter(|_| el.get_attr("type") == Some("result")) else {
+            self.live.counters.inc("errors");
+            return;
+        };
+        if !self.live.frozen() {
+            self.live.counters.inc("pages");
+            self.live.latency.record(now.saturating_sub(sent));
+        }
+        let last =
+            fin.get_child("set", RSM_NS).and_then(|set| set.get_child("last", RSM_NS)).map(Element::text_content);
+        let after = match (fin.get_attr("complete"), last) {
+            (Some("true" | "1"), _) | (_, None) => {
+                self.live.counters.inc("passes");
+                None
+            }
+            (_, Some(last)) => Some(last),
+        };
+        if self.paging.load(Ordering::Relaxed) {
+            self.next_page(after.as_deref(), now, s);
+        }
+    }
 }
 
 impl Handler for MamHandler {
     type Cmd = Cmd;
 
-    fn on_stanza(&mut self, el: &Element, now: Duration, _s: &mut Session) {
+    fn on_stanza(&mut self, el: &Element, now: Duration, s: &mut Session) {
+        if el.name == "iq"
+            && let Some((id, sent)) = self.page.take_if(|(id, _)| el.get_attr("id") == Some(id.as_str()))
+        {
+            let _ = id;
+            self.on_page(el, sent, now, s);
+            return;
+        }
         match el.name.as_str() {
             "message" if el.get_child("result", MAM_NS).is_some() => self.live.counters.inc("results"),
             "message" if el.get_attr("type") == Some("error") => self.live.counters.inc("errors"),
@@ -62,7 +134,7 @@ impl Handler for MamHandler {
         }
     }
 
-    fn on_cmd(&mut self, cmd: Cmd, _now: Duration, s: &mut Session) -> Action {
+    fn on_cmd(&mut self, cmd: Cmd, now: Duration, s: &mut Session) -> Action {
         match cmd {
             Cmd::Seed { to, count } => {
                 for i in 0..count {
@@ -90,6 +162,11 @@ impl Handler for MamHandler {
                 self.pending.insert(id, intended);
                 self.live.counters.inc("queries");
             }
+            Cmd::Page => {
+                if self.page.is_none() {
+                    self.next_page(None, now, s);
+                }
+            }
         }
         Action::Continue
     }
@@ -105,6 +182,8 @@ impl Handler for MamHandler {
         // Answers to queries on the lost connection will not come.
         self.live.counters.add("unanswered", self.pending.len() as u64);
         self.pending.clear();
+        // A page lost with the connection: the loop starts over when asked again.
+        self.page = None;
     }
 
     fn on_end(&mut self) {
@@ -121,6 +200,7 @@ pub async fn run(ctx: Arc<Ctx>, scn: &Scenario, part: Partition, live: Arc<Live>
     };
     let resource = format!("{}-mam", scn.file.target.resource);
     let seeded = Arc::new(AtomicU64::new(0));
+    let paging = Arc::new(AtomicBool::new(true));
     let mut members = Vec::new();
     let idx = |u: u64| scn.unit_users(Kind::Mam, u).start;
     for u in part.units(scn.unit_count(Kind::Mam)) {
@@ -132,6 +212,8 @@ pub async fn run(ctx: Arc<Ctx>, scn: &Scenario, part: Partition, live: Arc<Live>
             next_id: 0,
             pending: HashMap::new(),
             seeded: seeded.clone(),
+            paging: paging.clone(),
+            page: None,
         };
         members.push(Member { idx: idx(u), account: acct, resource: resource.clone(), handler });
     }
@@ -141,6 +223,11 @@ pub async fn run(ctx: Arc<Ctx>, scn: &Scenario, part: Partition, live: Arc<Live>
     if spec.seed_messages > 0 {
         let mut asked = 0;
         for u in part.units(spec.users) {
+            // One way: only even users send, to the next one, which only reads (two clients
+            // that both write without reading can fill each other's server-side queue).
+            if spec.seed_one_way && (u % 2 == 1 || u + 1 >= spec.users) {
+                continue;
+            }
             // The neighbour in the block (the last user writes to the one before it).
             let peer = if u + 1 < spec.users { u + 1 } else { u.saturating_sub(1) };
             let Some(to) = scn.pool.get(idx(peer)) else { continue };
@@ -159,17 +246,34 @@ pub async fn run(ctx: Arc<Ctx>, scn: &Scenario, part: Partition, live: Arc<Live>
         out.notes.push(format!("{} users sent {} seed messages each", asked, spec.seed_messages));
     }
 
+    let pagers: Vec<u64> = part.units(spec.users).filter(|u| *u < spec.pagers).collect();
+    for u in &pagers {
+        if let Some(tx) = fleet.senders.get(&idx(*u)) {
+            let _ = tx.try_send(Cmd::Page);
+        }
+    }
+    if !pagers.is_empty() {
+        out.notes.push(format!("{} user(s) paging through their archive, {} per page", pagers.len(), spec.page_size));
+    }
     let start = ctx.now();
+    let mut offered = 0u64;
     dispatch(&ctx, &sched, start, |n, intended| {
         let u = scn.arrival_unit(Kind::Mam, n);
         if part.owns(u) {
             offer(&fleet.senders, idx(u), Cmd::Query { intended }, &live);
+            offered += 1;
         }
     })
     .await;
     out.load_seconds = super::load_seconds(&ctx, start, &sched);
+    paging.store(false, Ordering::Relaxed);
     let c = &live.counters;
-    super::settle(run.grace.0, || c.get("answered") + c.get("errors") >= c.get("queries")).await;
+    // Counted against what was offered, not `queries`: a query still waiting in a busy
+    // connection's command queue (behind its seed messages) is not sent yet.
+    super::settle(run.grace.0, || {
+        c.get("answered") + c.get("errors") + c.get("unanswered") + c.get("unsent") >= offered
+    })
+    .await;
     live.freeze();
     fleet.shutdown(Duration::from_secs(10)).await;
     out

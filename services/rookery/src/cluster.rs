@@ -190,7 +190,13 @@ pub async fn start_router(cfg: Config) -> anyhow::Result<Process> {
             ready,
             extra_stats: Some({
                 let registry = registry.clone();
-                Arc::new(move || serde_json::json!({ "redis_requests": registry.ops() }))
+                let server = server.clone();
+                Arc::new(move || {
+                    serde_json::json!({
+                        "redis_requests": registry.ops(),
+                        "router_call_panics": server.router_call_panics(),
+                    })
+                })
             }),
         };
         tasks.spawn(crate::admin::serve(l, state, rx.clone()));
