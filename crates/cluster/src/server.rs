@@ -97,6 +97,10 @@ pub struct RouterServerConfig {
     /// With the worker queues it bounds what a router buffers per edge before the edge's
     /// own queue fills and its sessions wait.
     pub stream_window: Option<u32>,
+    /// Where components want their stanzas (the router's own table): a stanza for a
+    /// component placed by `to` is ordered by its bare `to` (one room, one lane), the
+    /// others by the sender's bare JID.
+    pub placements: rookery_core::PlacementTable,
 }
 
 impl Default for RouterServerConfig {
@@ -109,6 +113,7 @@ impl Default for RouterServerConfig {
             max_message_bytes: 16 * 1024 * 1024,
             keepalive: Duration::from_secs(10),
             stream_window: None,
+            placements: rookery_core::PlacementTable::default(),
         }
     }
 }
@@ -449,7 +454,7 @@ async fn run_stream(
             }
         };
         let key = match &msg {
-            EdgeMsg::Route { env, .. } => Some(fnv1a(env.from.bare_str().as_bytes())),
+            EdgeMsg::Route { env, .. } => Some(fnv1a(inner.cfg.placements.key(env).as_bytes())),
             EdgeMsg::Bind { jid, .. } | EdgeMsg::Unbind { jid, .. } => Some(fnv1a(jid.bare_str().as_bytes())),
             EdgeMsg::Undelivered { to, .. } => Some(fnv1a(to.bare_str().as_bytes())),
             EdgeMsg::SessionState(s) => Some(fnv1a(s.jid.bare_str().as_bytes())),

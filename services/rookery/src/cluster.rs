@@ -133,7 +133,8 @@ pub async fn start_router(cfg: Config) -> anyhow::Result<Process> {
         }));
     }
     let events = Arc::new(RegistryEvents { registry: registry.clone() });
-    let server = RouterServer::new(router.clone(), link.clone(), events, RouterServerConfig::default());
+    let server_cfg = RouterServerConfig { placements: router.placements(), ..RouterServerConfig::default() };
+    let server = RouterServer::new(router.clone(), link.clone(), events, server_cfg);
 
     // `shutdown` is what the operator pulls; `rx` stops the serving tasks once the edges
     // were told to move this router's users elsewhere (Drain), so no stanza is cut off.
