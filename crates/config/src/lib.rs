@@ -365,6 +365,9 @@ pub struct Mam {
     pub default_page: usize,
     /// Results are counted up to this many (RSM `<count/>`); larger sets get no count.
     pub count_limit: usize,
+    /// Archive queries one user may start per second (a burst of twice that); more wait.
+    /// 0: no limit.
+    pub queries_per_sec: u32,
     /// Messages older than this many days are deleted; 0 keeps them forever.
     pub retention_days: u32,
     /// Per-domain overrides of `retention_days` (domain → days, 0 = forever).
@@ -381,6 +384,7 @@ impl Default for Mam {
             max_page: 250,
             default_page: 50,
             count_limit: 2000,
+            queries_per_sec: 10,
             retention_days: 0,
             retention_days_by_domain: std::collections::BTreeMap::new(),
             retention_interval_secs: 3600,

@@ -97,6 +97,7 @@ pub(crate) const FIELDS: &[Field] = &[
     f("mam.max_page", "ROOKERY_MAM_MAX_PAGE", USIZE, "250"),
     f("mam.default_page", "ROOKERY_MAM_DEFAULT_PAGE", USIZE, "50"),
     f("mam.count_limit", "ROOKERY_MAM_COUNT_LIMIT", USIZE, "2000"),
+    f("mam.queries_per_sec", "ROOKERY_MAM_QUERIES_PER_SEC", U32, "10"),
     f("mam.retention_days", "ROOKERY_MAM_RETENTION_DAYS", U32, "365"),
     f(
         "mam.retention_days_by_domain",
@@ -493,6 +494,7 @@ fn set(cfg: &mut Config, key: &str, raw: &str) -> Result<(), Malformed> {
         "mam.max_page" => cfg.mam.max_page = uint(raw)?,
         "mam.default_page" => cfg.mam.default_page = uint(raw)?,
         "mam.count_limit" => cfg.mam.count_limit = uint(raw)?,
+        "mam.queries_per_sec" => cfg.mam.queries_per_sec = uint(raw)?,
         "mam.retention_days" => cfg.mam.retention_days = uint(raw)?,
         "mam.retention_days_by_domain" => cfg.mam.retention_days_by_domain = domain_days(raw)?,
         "mam.retention_interval_secs" => cfg.mam.retention_interval_secs = uint(raw)?,

@@ -434,6 +434,7 @@ const ENV_CASES: &[EnvCase] = &[
     ("ROOKERY_MAM_MAX_PAGE", "100", |c| c.mam.max_page == 100),
     ("ROOKERY_MAM_DEFAULT_PAGE", "20", |c| c.mam.default_page == 20),
     ("ROOKERY_MAM_COUNT_LIMIT", "0", |c| c.mam.count_limit == 0),
+    ("ROOKERY_MAM_QUERIES_PER_SEC", "0", |c| c.mam.queries_per_sec == 0),
     ("ROOKERY_MAM_RETENTION_DAYS", "30", |c| c.mam.retention_days == 30),
     ("ROOKERY_MAM_RETENTION_DAYS_BY_DOMAIN", "a.org=7, b.example = 0", |c| {
         c.mam.retention_for("a.org") == 7 && c.mam.retention_for("b.example") == 0

@@ -37,6 +37,7 @@ fn mam_config(c: &rookery_config::Mam, node: NodeInfo) -> MamConfig {
         max_page: c.max_page,
         default_page: c.default_page,
         count_cap: c.count_limit,
+        queries_per_sec: c.queries_per_sec,
         default_policy: archive_default(c.default_policy),
         node: node.node,
         ..MamConfig::default()

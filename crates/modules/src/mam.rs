@@ -68,6 +68,8 @@ pub struct MamConfig {
     pub default_policy: rookery_storage::ArchiveDefault,
     /// This router's number in the cluster, part of every archive id (0 on one node).
     pub node: u16,
+    /// Queries one user may start per second (bursts of twice that); more wait. 0: no limit.
+    pub queries_per_sec: u32,
 }
 
 impl Default for MamConfig {
@@ -79,6 +81,7 @@ impl Default for MamConfig {
             store_timeout: Duration::from_secs(10),
             default_policy: rookery_storage::ArchiveDefault::Always,
             node: 0,
+            queries_per_sec: 0,
         }
     }
 }
@@ -113,12 +116,50 @@ pub struct Mam {
     /// across restarts.
     msg_ids: AtomicU64,
     writer: Arc<archive::Writer>,
+    pacer: Pacer,
 }
 
 impl Mam {
     pub fn new(config: MamConfig) -> Self {
         let writer = Arc::new(archive::Writer::new(config.node, config.default_policy));
-        Mam { config, msg_ids: AtomicU64::new(rookery_storage::archive::now_micros()), writer }
+        let pacer = Pacer::new(config.queries_per_sec);
+        Mam { config, msg_ids: AtomicU64::new(rookery_storage::archive::now_micros()), writer, pacer }
+    }
+}
+
+/// Per-user token bucket for archive queries: `rate` per second, bursts of `2 × rate`. A
+/// query over the budget waits in its user's own session (or cluster lane), so a client
+/// paging through a huge archive in a loop cannot take the CPU other users' chat needs.
+struct Pacer {
+    rate: f64,
+    burst: f64,
+    users: std::sync::Mutex<std::collections::HashMap<BareJid, (f64, tokio::time::Instant)>>,
+}
+
+/// Users tracked at most; past it the idle ones (full buckets) are forgotten.
+const PACER_CAP: usize = 100_000;
+
+impl Pacer {
+    fn new(per_sec: u32) -> Self {
+        let rate = f64::from(per_sec);
+        Pacer { rate, burst: 2.0 * rate, users: Default::default() }
+    }
+
+    /// How long `user`'s query started at `now` waits for its turn.
+    fn delay(&self, user: &BareJid, now: tokio::time::Instant) -> Duration {
+        if self.rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        let mut users = self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if users.len() >= PACER_CAP && !users.contains_key(user) {
+            let (rate, burst) = (self.rate, self.burst);
+            users.retain(|_, (t, at)| *t + now.saturating_duration_since(*at).as_secs_f64() * rate < burst);
+        }
+        let (tokens, at) = users.entry(user.clone()).or_insert((self.burst, now));
+        let refilled = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *tokens = refilled - 1.0;
+        *at = now;
+        if *tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-*tokens / self.rate) }
     }
 }
 
@@ -258,6 +299,10 @@ impl Mam {
         version: Version,
     ) -> IqResult {
         let req = query::parse(payload, version)?;
+        let wait = self.pacer.delay(owner, tokio::time::Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         self.check_ids_exist(ctx, owner, &req).await?;
 
         let limit = req.max.unwrap_or(self.config.default_page).min(self.config.max_page);

@@ -828,3 +828,37 @@ async fn prefs_get_reports_the_configured_default_before_the_user_sets_any() {
     let got = h.get_own(ME, "<prefs xmlns='urn:xmpp:mam:2'/>").await.unwrap().unwrap();
     assert_eq!(got.get_attr("default"), Some("roster"), "{got:?}");
 }
+
+#[test]
+fn the_pacer_lets_a_burst_through_then_spaces_queries_per_user() {
+    let p = super::Pacer::new(5);
+    let t0 = tokio::time::Instant::now();
+    let alice = bare("alice@example.com");
+    // A burst of twice the rate goes through at once.
+    for _ in 0..10 {
+        assert_eq!(p.delay(&alice, t0), Duration::ZERO);
+    }
+    // Then one query per 1/5 s.
+    assert_eq!(p.delay(&alice, t0), Duration::from_millis(200));
+    assert_eq!(p.delay(&alice, t0), Duration::from_millis(400));
+    // Another user has a budget of its own.
+    assert_eq!(p.delay(&bare("bob@example.com"), t0), Duration::ZERO);
+    // Time refills the bucket.
+    let later = t0 + Duration::from_secs(10);
+    assert_eq!(p.delay(&alice, later), Duration::ZERO);
+    // No limit.
+    assert_eq!(super::Pacer::new(0).delay(&alice, t0), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queries_over_the_budget_wait_instead_of_failing() {
+    let h = harness_with(MamConfig { queries_per_sec: 2, ..MamConfig::default() });
+    seed(&h, 3).await;
+    let start = tokio::time::Instant::now();
+    for _ in 0..6 {
+        let (fin, items) = query(&h, &rsm("<max>10</max>")).await;
+        assert!(fin.complete && items.len() == 3, "every query is answered in full");
+    }
+    // 4 go through at once (twice the rate), the 5th and 6th wait 1/2 s each.
+    assert!(start.elapsed() >= Duration::from_millis(1000), "{:?}", start.elapsed());
+}
