@@ -32,8 +32,25 @@ pub fn rookery_bin() -> PathBuf {
     bin
 }
 
+/// A loopback port for a child process to listen on. Taken below the kernel's ephemeral
+/// range (32768 and up on Linux), where no `bind("127.0.0.1:0")` of a test running in
+/// parallel can land, and handed out once per test process: a port picked with `:0` and
+/// released could be taken by another test's listener before the child binds it (seen in
+/// CI as "cannot listen …: Address already in use").
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Test processes started one after another begin at different places in the range.
+    let _ = NEXT.compare_exchange(u32::MAX, (std::process::id() * 211) % SPAN, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        let port = u16::try_from(port).unwrap_or(20_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn addr(port: u16) -> SocketAddr {

@@ -12,7 +12,7 @@ use rookery_tests::raw::{Incoming, RawClient, WAIT};
 use rookery_tests::sasl_client::{ClientMechanism, Hash, SaslConn, Scram};
 use rookery_xml::Element;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -405,7 +405,7 @@ fn rookery_bin() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    rookery_tests::cluster::free_port()
 }
 
 /// A `rookery serve` child process, killed with SIGKILL when dropped.
