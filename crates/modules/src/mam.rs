@@ -127,6 +127,9 @@ impl Mam {
     }
 }
 
+/// Result messages built between two yields to the runtime.
+const RESULTS_BETWEEN_YIELDS: usize = 8;
+
 /// Per-user token bucket for archive queries: `rate` per second, bursts of `2 × rate`. A
 /// query over the budget waits in its user's own session (or cluster lane), so a client
 /// paging through a huge archive in a loop cannot take the CPU other users' chat needs.
@@ -377,7 +380,13 @@ impl Mam {
         if req.flip {
             items.reverse();
         }
-        for entry in items {
+        for (i, entry) in items.into_iter().enumerate() {
+            // A page is up to `max_page` results, each re-encoded: let other sessions' work
+            // run between every few, so one user's paging does not hold up everybody's chat
+            // on a busy core.
+            if i % RESULTS_BETWEEN_YIELDS == RESULTS_BETWEEN_YIELDS - 1 {
+                tokio::task::yield_now().await;
+            }
             let stanza = results::forwardable(&entry.stanza);
             if stanza.is_none() {
                 tracing::warn!(event = "mam_stored_stanza_unreadable", user = %owner, id = %entry.id);
