@@ -18,6 +18,11 @@
 //! entries apart, so the field is refused like any unknown one), RSM `<index/>`, MUC and
 //! pubsub archives.
 //!
+//! Queries are paced per user (`MamConfig::queries_per_sec`, a token bucket; a query over
+//! the budget waits in its user's own session), and a page's result messages yield to the
+//! runtime every few results, so one client paging through a huge archive cannot take the
+//! CPU other users' chat needs.
+//!
 //! Must not touch: delivery (the kernel), retention (services/rookery's sweep).
 //! Store calls are bounded by [`MamConfig::store_timeout`]; failures and timeouts are
 //! logged and answered `internal-server-error`, never with internal text.
