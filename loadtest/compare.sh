@@ -30,7 +30,7 @@
 # steps, "1000 2000 5000 10000 20000 40000 60000 80000"), LOGIN_RATES ("100 200 500 1000
 # 1500 2000 3000"), SAT_STEADY (20, seconds), IDLE_MAX (50000); for `cluster`: CLUSTER_RATES
 # ("1000 2500 5000") and CLUSTER_MAM (false: archiving off in both setups, so the table shows
-# what the cluster hops cost; true: on, with the cluster's shared SQLite store); ROOKERY_BIN
+# what the cluster hops cost; true: on, with the cluster's shared SQLite store); RK_BIN
 # (another rookery binary to measure instead of target/release/rookery).
 set -euo pipefail
 
@@ -54,8 +54,8 @@ IDLE_MAX=${IDLE_MAX:-50000}
 CLUSTER_MAM=${CLUSTER_MAM:-false}
 SCN=loadtest/scenarios/compare
 LOAD=$root/target/release/rookery-load
-# ROOKERY_BIN: measure another build of rookery (loadtest/versions.sh puts two side by side).
-ROOKERY=${ROOKERY_BIN:-$root/target/release/rookery}
+# RK_BIN: measure another build of rookery (loadtest/versions.sh puts two side by side).
+ROOKERY=${RK_BIN:-$root/target/release/rookery}
 
 declare -A PORT=([rookery]=25222 [prosody]=25322 [ejabberd]=25422)
 RK_HTTP=25280
@@ -85,7 +85,7 @@ prepare() {
         "${sudo[@]}" systemctl stop prosody ejabberd 2>/dev/null || true
     fi
     log "building release binaries"
-    if [ -n "${ROOKERY_BIN:-}" ]; then
+    if [ -n "${RK_BIN:-}" ]; then
         cargo build --release -q -p rookery-load
     else
         cargo build --release -q -p rookery -p rookery-load
@@ -355,7 +355,7 @@ cluster_bench() {
     stop_server
 
     log "starting the loopback cluster (release build)"
-    ROOKERY_LIMITS_MAX_CONNECTIONS_PER_IP=100000 ROOKERY_LOG_LEVEL=warn ROOKERY_BIN=$ROOKERY \
+    ROOKERY_LIMITS_MAX_CONNECTIONS_PER_IP=100000 ROOKERY_LOG_LEVEL=warn RK_BIN=$ROOKERY \
         ROOKERY_MAM_ENABLED=$CLUSTER_MAM LOCAL_CLUSTER_DIR=$out/cluster LOCAL_CLUSTER_BASE_PORT=27000 \
         "${SRV[@]}" deploy/local-cluster.sh up >"$out/cluster/up.txt"
     if [ ! -f "$out/cluster/provisioned" ]; then
@@ -426,7 +426,7 @@ conns_bench() {
 
     # Three edges of the loopback cluster, each below the limit, IDLE_MAX in total.
     log "cluster: $IDLE_MAX idle connections over three edges"
-    ROOKERY_LIMITS_MAX_CONNECTIONS_PER_IP=100000 ROOKERY_LOG_LEVEL=warn ROOKERY_BIN=$ROOKERY \
+    ROOKERY_LIMITS_MAX_CONNECTIONS_PER_IP=100000 ROOKERY_LOG_LEVEL=warn RK_BIN=$ROOKERY \
         LOCAL_CLUSTER_DIR=$out/cluster LOCAL_CLUSTER_BASE_PORT=27000 \
         deploy/local-cluster.sh up >"$out/cluster/up.txt"
     third_edge

@@ -33,7 +33,7 @@ for which in before after; do
     bin=$before
     [ "$which" = after ] && bin=$after
     echo "== $which: $bin" >&2
-    ROOKERY_BIN=$bin loadtest/compare.sh run "$out/$which" >"$out/$which.table.md"
+    RK_BIN=$bin loadtest/compare.sh run "$out/$which" >"$out/$which.table.md"
 done
 for which in before after; do
     echo "## $which"
