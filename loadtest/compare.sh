@@ -355,7 +355,7 @@ cluster_bench() {
     stop_server
 
     log "starting the loopback cluster (release build)"
-    ROOKERY_LIMITS_MAX_CONNECTIONS_PER_IP=100000 ROOKERY_LOG_LEVEL=warn RK_BIN=$ROOKERY \
+    ROOKERY_LIMITS_MAX_CONNECTIONS_PER_IP=100000 ROOKERY_LOG_LEVEL=warn ROOKERY_BIN=$ROOKERY \
         ROOKERY_MAM_ENABLED=$CLUSTER_MAM LOCAL_CLUSTER_DIR=$out/cluster LOCAL_CLUSTER_BASE_PORT=27000 \
         "${SRV[@]}" deploy/local-cluster.sh up >"$out/cluster/up.txt"
     if [ ! -f "$out/cluster/provisioned" ]; then
@@ -426,7 +426,7 @@ conns_bench() {
 
     # Three edges of the loopback cluster, each below the limit, IDLE_MAX in total.
     log "cluster: $IDLE_MAX idle connections over three edges"
-    ROOKERY_LIMITS_MAX_CONNECTIONS_PER_IP=100000 ROOKERY_LOG_LEVEL=warn RK_BIN=$ROOKERY \
+    ROOKERY_LIMITS_MAX_CONNECTIONS_PER_IP=100000 ROOKERY_LOG_LEVEL=warn ROOKERY_BIN=$ROOKERY \
         LOCAL_CLUSTER_DIR=$out/cluster LOCAL_CLUSTER_BASE_PORT=27000 \
         deploy/local-cluster.sh up >"$out/cluster/up.txt"
     third_edge
