@@ -720,11 +720,7 @@ impl Ctx {
             Ok(v) => Some(v),
             Err(payload) => {
                 self.inner.panics.fetch_add(1, Ordering::Relaxed);
-                let text = payload
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("(no message)");
+                let text = rookery_core::hooks::panic_message(payload.as_ref());
                 tracing::error!(
                     event = "router_call_panicked",
                     edge = self.edge,

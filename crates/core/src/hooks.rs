@@ -315,11 +315,7 @@ impl Hooks {
                 }
                 Err(panic) => {
                     self.stats.panics.fetch_add(1, Ordering::Relaxed);
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
+                    let what = panic_message(panic.as_ref());
                     tracing::error!(event = "hook_handler_panicked", hook = point.name, module = e.module, panic = %what);
                 }
             }
@@ -335,11 +331,7 @@ impl Hooks {
             Ok(v) => Some(v),
             Err(panic) => {
                 self.stats.panics.fetch_add(1, Ordering::Relaxed);
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let text = panic_message(panic.as_ref());
                 tracing::error!(event = "module_handler_panicked", handler = what, panic = %text);
                 None
             }
@@ -350,6 +342,15 @@ impl Hooks {
     pub fn failures(&self) -> (u64, u64) {
         (self.stats.errors.load(Ordering::Relaxed), self.stats.panics.load(Ordering::Relaxed))
     }
+}
+
+/// The message a caught panic carried (`panic!` with a literal or a formatted string).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 #[cfg(test)]

@@ -216,10 +216,6 @@ pub struct BlockCache {
 }
 
 impl BlockCache {
-    pub fn new() -> Self {
-        BlockCache { cache: RwLock::new(HashMap::new()), generation: AtomicU64::new(0) }
-    }
-
     /// Drops every cached list (change notices may have been missed).
     pub fn clear(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
