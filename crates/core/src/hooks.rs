@@ -44,9 +44,18 @@ pub type HookResult = Result<Flow, HookError>;
 
 /// A handler for events of type `E`. A module implements it once per event type it
 /// handles (or registers small handler values of its own).
+///
+/// `quick` is the fast path: a handler that can often decide from memory (a cached list, a
+/// flag on the event) answers there, and the chain skips the boxed future `handle` costs,
+/// which on the message path is most of a hook's price. `None` (the default) means "wait
+/// for `handle`". Where `quick` answers, the answer must be the one `handle` would give.
 #[async_trait]
 pub trait Handler<E: Send + 'static>: Send + Sync + 'static {
     async fn handle(&self, ctx: &Ctx, ev: &mut E) -> HookResult;
+
+    fn quick(&self, _ctx: &Ctx, _ev: &mut E) -> Option<HookResult> {
+        None
+    }
 }
 
 /// Where a handler runs in its chain: lower runs first. Named in [`crate::prio`].
@@ -306,7 +315,12 @@ impl Hooks {
         for e in &(point.chain)(self).entries {
             // The event may be left half-changed by a handler that panicked; the next
             // handlers see it as it is, which is what a failed handler leaves anyway.
-            match AssertUnwindSafe(e.handler.handle(ctx, ev)).catch_unwind().await {
+            let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| e.handler.quick(ctx, ev))) {
+                Ok(Some(r)) => Ok(r),
+                Ok(None) => AssertUnwindSafe(e.handler.handle(ctx, ev)).catch_unwind().await,
+                Err(panic) => Err(panic),
+            };
+            match outcome {
                 Ok(Ok(Flow::Continue)) => {}
                 Ok(Ok(Flow::Stop)) => return Flow::Stop,
                 Ok(Err(err)) => {

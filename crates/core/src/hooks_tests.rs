@@ -16,6 +16,7 @@ struct Step {
 #[async_trait]
 impl Handler<Trace> for Step {
     async fn handle(&self, _ctx: &Ctx, ev: &mut Trace) -> HookResult {
+        assert!(!self.outcome.starts_with("quick-"), "handle ran although quick answered");
         self.seen.lock().unwrap().push(self.name);
         ev.topic.push_str(self.name);
         match self.outcome {
@@ -23,6 +24,18 @@ impl Handler<Trace> for Step {
             "error" => Err(HookError("disk on fire".into())),
             "panic" => panic!("handler {} panicked", self.name),
             _ => Ok(Flow::Continue),
+        }
+    }
+
+    /// Outcomes `quick-*` answer on the fast path, the others wait for `handle`.
+    fn quick(&self, _ctx: &Ctx, ev: &mut Trace) -> Option<HookResult> {
+        let outcome = self.outcome.strip_prefix("quick-")?;
+        self.seen.lock().unwrap().push(self.name);
+        ev.topic.push_str(self.name);
+        match outcome {
+            "stop" => Some(Ok(Flow::Stop)),
+            "panic" => panic!("quick path of {} panicked", self.name),
+            _ => Some(Ok(Flow::Continue)),
         }
     }
 }
@@ -75,7 +88,7 @@ impl ServerApi for NoServer {
 
 fn ctx() -> Ctx {
     Ctx {
-        stores: rookery_storage::memory_stores(),
+        stores: Arc::new(rookery_storage::memory_stores()),
         server: Arc::new(NoServer),
         features: Arc::new(Features::default()),
     }
@@ -134,6 +147,26 @@ async fn an_error_or_a_panic_is_counted_and_the_chain_goes_on() {
     assert_eq!(flow, Flow::Continue, "a failing handler does not stop the pipeline");
     assert_eq!(seen, ["a", "b", "c"]);
     assert_eq!(failures, (1, 1));
+}
+
+#[tokio::test]
+async fn a_quick_answer_takes_the_place_of_handle() {
+    // `handle` of a quick step panics if it runs: the failure count would show it.
+    let (flow, seen, failures, topic) =
+        run(vec![("a", 1, "quick-continue"), ("b", 2, ""), ("c", 3, "quick-continue")]).await;
+    assert_eq!((flow, failures), (Flow::Continue, (0, 0)));
+    assert_eq!(seen, ["a", "b", "c"]);
+    assert_eq!(topic, "abc");
+    let (flow, seen, failures, _) = run(vec![("a", 1, "quick-stop"), ("b", 2, "")]).await;
+    assert_eq!((flow, seen, failures), (Flow::Stop, vec!["a"], (0, 0)));
+}
+
+#[tokio::test]
+async fn a_panic_on_the_quick_path_is_counted_and_the_chain_goes_on() {
+    let (flow, seen, failures, _) = run(vec![("a", 1, "quick-panic"), ("b", 2, "")]).await;
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(seen, ["a", "b"]);
+    assert_eq!(failures, (0, 1));
 }
 
 #[tokio::test]

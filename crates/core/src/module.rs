@@ -88,6 +88,11 @@ pub trait ServerApi: Send + Sync + 'static {
     /// Full JIDs of the user's connected resources; with `ext`, only those whose session
     /// carries that extension slot (e.g. the resources that asked for pushes).
     async fn resources(&self, user: &BareJid, ext: Option<&'static str>) -> Vec<FullJid>;
+    /// `resources(user, Some(ext))` when it can be answered without waiting (a hook's
+    /// `quick` path); `None`: ask `resources`.
+    fn resources_now(&self, _user: &BareJid, _ext: &'static str) -> Option<Vec<FullJid>> {
+        None
+    }
     /// The user's sessions (their records, extension slots included).
     async fn sessions(&self, user: &BareJid) -> Vec<crate::SessionEntry>;
     /// Sets or clears one extension slot of a bound resource's session, and tells its
@@ -116,7 +121,7 @@ pub trait ServerApi: Send + Sync + 'static {
 /// Passed to every handler call.
 #[derive(Clone)]
 pub struct Ctx {
-    pub stores: Stores,
+    pub stores: Arc<Stores>,
     pub server: Arc<dyn ServerApi>,
     pub features: Arc<Features>,
 }

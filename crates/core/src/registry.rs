@@ -83,6 +83,11 @@ pub trait SessionRegistry: Send + Sync + 'static {
     /// The user's sessions that carry extension slot `key`; empty without allocating in
     /// the common case where none does.
     async fn sessions_with(&self, user: &BareJid, key: &str) -> Vec<SessionEntry>;
+    /// `sessions_with` when it can be answered without waiting (from memory, or from a
+    /// cache that holds the user); `None`: ask `sessions_with`.
+    fn sessions_with_now(&self, _user: &BareJid, _key: &str) -> Option<Vec<SessionEntry>> {
+        None
+    }
     /// Applies `f` to the entry if present; returns whether it was.
     async fn update(&self, jid: &FullJid, f: &mut (dyn for<'e> FnMut(&'e mut SessionEntry) + Send)) -> bool;
     /// Sessions this registry knows of (all of the cluster's for a shared backend).
@@ -142,12 +147,13 @@ impl SessionRegistry for MemoryRegistry {
     }
 
     async fn sessions_with(&self, user: &BareJid, key: &str) -> Vec<SessionEntry> {
+        self.sessions_with_now(user, key).unwrap_or_default()
+    }
+
+    fn sessions_with_now(&self, user: &BareJid, key: &str) -> Option<Vec<SessionEntry>> {
         // Nothing is allocated when no session has the slot (the common case).
-        self.users
-            .read()
-            .ok()
-            .and_then(|m| m.get(user).map(|l| l.iter().filter(|e| e.ext.contains(key)).cloned().collect()))
-            .unwrap_or_default()
+        let m = self.users.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(m.get(user).map(|l| l.iter().filter(|e| e.ext.contains(key)).cloned().collect()).unwrap_or_default())
     }
 
     async fn update(&self, jid: &FullJid, f: &mut (dyn for<'e> FnMut(&'e mut SessionEntry) + Send)) -> bool {

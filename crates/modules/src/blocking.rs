@@ -77,12 +77,24 @@ pub fn blocked_error() -> StanzaError {
 #[async_trait]
 impl Handler<PrivacyCheck> for Blocking {
     async fn handle(&self, ctx: &Ctx, ev: &mut PrivacyCheck) -> HookResult {
-        if !self.cache.blocks(ctx.stores.blocking.as_ref(), &ev.owner, &ev.other).await {
-            return Ok(Flow::Continue);
-        }
-        ev.denied = Some(if ev.outbound { blocked_error() } else { StanzaError::new(Condition::ServiceUnavailable) });
-        Ok(Flow::Stop)
+        let list = self.cache.list(ctx.stores.blocking.as_ref(), &ev.owner).await;
+        Ok(enforce(&list, ev))
     }
+
+    /// A cached list (the common case) is enforced without waiting.
+    fn quick(&self, _ctx: &Ctx, ev: &mut PrivacyCheck) -> Option<HookResult> {
+        let list = self.cache.cached(&ev.owner)?;
+        Some(Ok(enforce(&list, ev)))
+    }
+}
+
+/// §3.6, §3.7: whether `list` refuses the stanza `ev` describes.
+fn enforce(list: &[String], ev: &mut PrivacyCheck) -> Flow {
+    if !list.iter().any(|item| matches(item, &ev.other)) {
+        return Flow::Continue;
+    }
+    ev.denied = Some(if ev.outbound { blocked_error() } else { StanzaError::new(Condition::ServiceUnavailable) });
+    Flow::Stop
 }
 
 #[async_trait]
@@ -231,8 +243,13 @@ impl BlockCache {
         }
     }
 
+    /// `user`'s list when it is cached.
+    fn cached(&self, user: &BareJid) -> Option<Arc<Vec<String>>> {
+        self.cache.read().ok().and_then(|c| c.get(user).cloned())
+    }
+
     async fn list(&self, store: &dyn BlockStore, user: &BareJid) -> Arc<Vec<String>> {
-        if let Some(l) = self.cache.read().ok().and_then(|c| c.get(user).cloned()) {
+        if let Some(l) = self.cached(user) {
             return l;
         }
         let generation = self.generation.load(Ordering::SeqCst);
@@ -257,12 +274,6 @@ impl BlockCache {
             c.insert(user.clone(), list.clone());
         }
         list
-    }
-
-    /// Whether `owner` has blocked `other`.
-    pub async fn blocks(&self, store: &dyn BlockStore, owner: &BareJid, other: &Jid) -> bool {
-        let list = self.list(store, owner).await;
-        !list.is_empty() && list.iter().any(|item| matches(item, other))
     }
 }
 

@@ -149,6 +149,32 @@ impl Handler<Delivery> for Carbons {
         }
         Ok(Flow::Continue)
     }
+
+    /// Most messages have nobody to copy to (no other resource asked for carbons): that is
+    /// known without waiting when the sender's sessions are at hand.
+    fn quick(&self, ctx: &Ctx, ev: &mut Delivery) -> Option<HookResult> {
+        if ev.origin != Origin::Client {
+            return Some(Ok(Flow::Continue));
+        }
+        let from = &ev.msg.env.from;
+        let received = ev
+            .sessions
+            .iter()
+            .any(|s| s.ext.has::<CarbonsOn>() && s.jid.as_str() != from.as_str() && !ev.targets.contains(&s.jid));
+        if received {
+            return None;
+        }
+        if from.node().is_some()
+            && ctx.server.is_local_domain(from.domain())
+            && from.bare_str() != ev.recipient.as_str()
+        {
+            let sent = ctx.server.resources_now(&from.to_bare(), CarbonsOn::KEY)?;
+            if sent.iter().any(|j| j.as_str() != from.as_str()) {
+                return None;
+            }
+        }
+        Some(Ok(Flow::Continue))
+    }
 }
 
 /// §6.1: whether the message is copied at all.

@@ -217,6 +217,11 @@ impl Handler<Delivery> for Quota {
         ev.reject = Some(full());
         Ok(Flow::Stop)
     }
+
+    /// A message that goes to an online resource is not counted against the quota.
+    fn quick(&self, _ctx: &Ctx, ev: &mut Delivery) -> Option<HookResult> {
+        (!ev.offline || !worth_storing(&ev.msg.env)).then_some(Ok(Flow::Continue))
+    }
 }
 
 /// Delivers stored messages to a session that just became available.

@@ -40,10 +40,15 @@ impl Module for StanzaIds {
 #[async_trait]
 impl Handler<MessageOut> for StanzaIds {
     async fn handle(&self, ctx: &Ctx, ev: &mut MessageOut) -> HookResult {
+        self.quick(ctx, ev).unwrap_or(Ok(Flow::Continue))
+    }
+
+    /// Nothing here waits: always answered on the fast path.
+    fn quick(&self, ctx: &Ctx, ev: &mut MessageOut) -> Option<HookResult> {
         if ev.origin == Origin::Client {
             let ours = |by: &str| Jid::parse(by).is_ok_and(|j| ctx.server.is_local_domain(j.domain()));
             ev.msg.strip_stanza_ids(ours);
         }
-        Ok(Flow::Continue)
+        Some(Ok(Flow::Continue))
     }
 }

@@ -184,7 +184,7 @@ impl Harness {
         let (dispatch, features) = r.build();
         let server = Arc::new(server);
         let ctx = Ctx {
-            stores: rookery_storage::memory::memory_stores(),
+            stores: Arc::new(rookery_storage::memory::memory_stores()),
             server: server.clone(),
             features: features.clone(),
         };

@@ -222,7 +222,9 @@ impl Facts {
 /// A message on its way through the router: the envelope, what the byte scan saw, and
 /// the tree, parsed at most once and only when asked for.
 pub struct MessageView {
-    pub env: Envelope,
+    /// Boxed: an envelope is some 300 bytes, and a view moves several times on its way
+    /// through the hook events.
+    pub env: Box<Envelope>,
     pub scan: Scan,
     tree: Option<Option<Element>>,
     facts: Option<Facts>,
@@ -234,7 +236,7 @@ pub struct MessageView {
 impl MessageView {
     pub fn new(env: Envelope) -> Self {
         let scan = Scan::of(&env.el);
-        MessageView { env, scan, tree: None, facts: None, rebuilt: false, standalone: None }
+        MessageView { env: Box::new(env), scan, tree: None, facts: None, rebuilt: false, standalone: None }
     }
 
     fn tree(&mut self) -> Option<&mut Element> {

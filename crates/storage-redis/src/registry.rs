@@ -509,6 +509,11 @@ impl SessionRegistry for RedisRegistry {
         self.read(user).await.iter().filter(|e| e.ext.contains(key)).cloned().collect()
     }
 
+    /// From the local cache, when it holds the user.
+    fn sessions_with_now(&self, user: &BareJid, key: &str) -> Option<Vec<SessionEntry>> {
+        Some(self.cache.get(user)?.iter().filter(|e| e.ext.contains(key)).cloned().collect())
+    }
+
     async fn update(&self, jid: &FullJid, f: &mut (dyn for<'e> FnMut(&'e mut SessionEntry) + Send)) -> bool {
         self.try_update(jid, f).await.unwrap_or_else(|e| {
             tracing::warn!(event = "registry_write_failed", op = "update", jid = %jid, error = %e);

@@ -55,7 +55,8 @@ pub struct LocalRouter {
     cfg: RouterConfig,
     registry: Arc<dyn SessionRegistry>,
     link: Arc<dyn EdgeLink>,
-    stores: Stores,
+    /// Shared with every `Ctx` (one reference count per stanza, not one per store).
+    stores: Arc<Stores>,
     dispatch: Dispatch,
     features: Arc<Features>,
     hooks: Arc<Hooks>,
@@ -141,7 +142,7 @@ impl LocalRouter {
             cfg,
             registry,
             link,
-            stores,
+            stores: Arc::new(stores),
             dispatch,
             features,
             hooks,
@@ -381,6 +382,9 @@ impl ServerApi for LocalRouter {
             None => self.registry.sessions(user).await,
         };
         sessions.into_iter().map(|e| e.jid).collect()
+    }
+    fn resources_now(&self, user: &BareJid, ext: &'static str) -> Option<Vec<FullJid>> {
+        Some(self.registry.sessions_with_now(user, ext)?.into_iter().map(|e| e.jid).collect())
     }
     async fn sessions(&self, user: &BareJid) -> Vec<SessionEntry> {
         self.registry.sessions(user).await

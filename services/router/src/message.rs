@@ -42,23 +42,23 @@ impl LocalRouter {
             }
             return;
         };
+        let Some(ctx) = self.ctx() else { return };
         // The sender's policy towards the recipient, then the recipient's towards the
         // sender; an inbound refusal is answered like an unknown user, so it is not
         // revealed.
         if let Some(sender) = crate::user_of(&env.from)
             && mtype != MsgType::Error
-            && let Some(err) = self.denied(&sender, &to, true).await
+            && let Some(err) = self.denied_in(&ctx, &sender, &to, true).await
         {
             self.bounce(&env, err).await;
             return;
         }
-        if let Some(err) = self.denied(&user, &env.from, false).await {
+        if let Some(err) = self.denied_in(&ctx, &user, &env.from, false).await {
             if mtype != MsgType::Error && mtype != MsgType::Headline {
                 self.bounce(&env, err).await;
             }
             return;
         }
-        let Some(ctx) = self.ctx() else { return };
         let mut ev = MessageOut { msg: MessageView::new(env), mtype, origin, recipient: user, reject: None };
         if self.hooks.run(MESSAGE_OUT, &ctx, &mut ev).await == Flow::Stop {
             if let Some(err) = ev.reject {

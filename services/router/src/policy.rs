@@ -7,8 +7,8 @@
 //! contains or how it matches (the modules).
 
 use crate::LocalRouter;
-use rookery_core::Flow;
 use rookery_core::hooks::{PRIVACY, PrivacyCheck};
+use rookery_core::{Ctx, Flow};
 use rookery_jid::{BareJid, Jid};
 use rookery_stanza::{Condition, StanzaError};
 
@@ -19,9 +19,22 @@ impl LocalRouter {
         if self.hooks.is_empty(PRIVACY) {
             return None;
         }
-        let ctx = self.ctx()?;
+        self.denied_in(&self.ctx()?, owner, other, outbound).await
+    }
+
+    /// `denied` with the caller's context (a stanza's path builds it once).
+    pub(crate) async fn denied_in(
+        &self,
+        ctx: &Ctx,
+        owner: &BareJid,
+        other: &Jid,
+        outbound: bool,
+    ) -> Option<StanzaError> {
+        if self.hooks.is_empty(PRIVACY) {
+            return None;
+        }
         let mut ev = PrivacyCheck { owner: owner.clone(), other: other.clone(), outbound, denied: None };
-        let flow = self.hooks.run(PRIVACY, &ctx, &mut ev).await;
+        let flow = self.hooks.run(PRIVACY, ctx, &mut ev).await;
         // A handler that refused without saying how is answered like an absent user.
         ev.denied.or_else(|| (flow == Flow::Stop).then(|| StanzaError::new(Condition::ServiceUnavailable)))
     }

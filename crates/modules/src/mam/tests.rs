@@ -797,14 +797,14 @@ async fn assert_all_internal_errors(h: &Harness) {
 #[tokio::test]
 async fn failing_store_is_an_internal_server_error() {
     let mut h = harness();
-    h.ctx.stores.archive = Arc::new(FailingStore);
+    Arc::make_mut(&mut h.ctx.stores).archive = Arc::new(FailingStore);
     assert_all_internal_errors(&h).await;
 }
 
 #[tokio::test]
 async fn hanging_store_times_out_as_an_internal_server_error() {
     let mut h = harness_with(MamConfig { store_timeout: Duration::from_millis(50), ..MamConfig::default() });
-    h.ctx.stores.archive = Arc::new(HangingStore);
+    Arc::make_mut(&mut h.ctx.stores).archive = Arc::new(HangingStore);
     let started = Instant::now();
     assert_all_internal_errors(&h).await;
     // Six requests, each bounded by the 50 ms timeout.
