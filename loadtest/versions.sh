@@ -9,6 +9,11 @@
 # loadtest/results/<date>-<time>-versions/, with before/ and after/ inside; the two tables
 # are printed at the end. Environment as for compare.sh; defaults here: SCENARIOS="chat
 # saturation", RATES="2000 5000 10000 20000", SAT_STEADY=15.
+#
+# ROUNDS=N (default 1) measures each build N times, alternating which goes first (before,
+# after / after, before / ...), so that drift of the machine falls on both alike. The runs
+# go to before-K/ and after-K/, and loadtest/medians.py prints the medians over the rounds
+# of server CPU-s per 100k messages and of p99, per mode and rate, with the change in %.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -29,12 +34,23 @@ export SCENARIOS=${SCENARIOS:-chat saturation}
 export RATES=${RATES:-2000 5000 10000 20000}
 export SAT_STEADY=${SAT_STEADY:-15}
 
-for which in before after; do
-    bin=$before
-    [ "$which" = after ] && bin=$after
-    echo "== $which: $bin" >&2
-    RK_BIN=$bin loadtest/compare.sh run "$out/$which" >"$out/$which.table.md"
+ROUNDS=${ROUNDS:-1}
+for round in $(seq "$ROUNDS"); do
+    order="before after"
+    [ $((round % 2)) = 0 ] && order="after before"
+    for which in $order; do
+        bin=$before
+        [ "$which" = after ] && bin=$after
+        dir=$which
+        [ "$ROUNDS" -gt 1 ] && dir=$which-$round
+        echo "== round $round/$ROUNDS, $which: $bin" >&2
+        RK_BIN=$bin loadtest/compare.sh run "$out/$dir" >"$out/$dir.table.md"
+    done
 done
+if [ "$ROUNDS" -gt 1 ]; then
+    python3 loadtest/medians.py "$out" "$ROUNDS" | tee "$out/medians.md"
+    exit 0
+fi
 for which in before after; do
     echo "## $which"
     echo
