@@ -92,6 +92,12 @@ impl Run {
                     assert!(!reply.is_empty());
                     self.ended = true;
                 }
+                Action::Resume { user, previd, .. } => {
+                    // Only after authentication, for the authenticated account.
+                    assert!(self.authenticated, "resume before authentication");
+                    assert_eq!(user.as_str(), "alice@localhost");
+                    assert!(!previd.is_empty());
+                }
                 Action::Close(e) => {
                     assert!(!self.m.error_bytes(&e).is_empty());
                     self.ended = true;
@@ -111,6 +117,7 @@ fuzz_target!(|data: &[u8]| {
         _ => (Security::Tls { exporter: Some(vec![7; 32]) }, true),
     };
     let settings = Arc::new(Settings {
+        stream_management: true,
         stream_ns: if ctl & 4 == 0 { "jabber:client" } else { "jabber:server" },
         domains: vec!["localhost".into(), "example.org".into()],
         allow_registration: ctl & 8 != 0,

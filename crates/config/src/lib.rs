@@ -57,6 +57,8 @@ pub struct Config {
     pub contact: Contact,
     /// XMPP routing policies (both `rookery serve` and `rookery router`).
     pub router: Router,
+    /// Stream management (XEP-0198): acks and resumption of dropped connections.
+    pub stream_management: StreamManagement,
     /// Cluster mode (`rookery edge` / `rookery router`); unused by `rookery serve`.
     pub cluster: Cluster,
     /// Logging.
@@ -78,6 +80,7 @@ impl Default for Config {
             mam: Mam::default(),
             contact: Contact::default(),
             router: Router::default(),
+            stream_management: StreamManagement::default(),
             cluster: Cluster::default(),
             log: Log::default(),
             admin: Admin::default(),
@@ -182,6 +185,25 @@ impl Default for Limits {
             outbound_queue: 4096,
             offline_max_per_user: 1000,
         }
+    }
+}
+
+/// Stream management (`[stream_management]`, XEP-0198).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamManagement {
+    /// Offer stream management to clients.
+    pub enabled: bool,
+    /// Seconds a session whose connection dropped waits for its client to resume it, when
+    /// the client asks for no particular time; 0: sessions are not resumable.
+    pub resume_timeout_secs: u64,
+    /// The longest resumption time granted, whatever the client asks (at most 72 hours).
+    pub max_resume_timeout_secs: u64,
+}
+
+impl Default for StreamManagement {
+    fn default() -> Self {
+        StreamManagement { enabled: true, resume_timeout_secs: 300, max_resume_timeout_secs: 3600 }
     }
 }
 

@@ -429,6 +429,11 @@ const ENV_CASES: &[EnvCase] = &[
     ("ROOKERY_SCYLLA_REQUEST_TIMEOUT_MS", "750", |c| c.storage.scylla.request_timeout_ms == 750),
     ("ROOKERY_SCYLLA_OFFLINE_TTL_DAYS", "14", |c| c.storage.scylla.offline_ttl_days == 14),
     ("ROOKERY_SQLITE_PATH", "/run/rookery.db", |c| c.sqlite_path() == Path::new("/run/rookery.db")),
+    ("ROOKERY_STREAM_MANAGEMENT_ENABLED", "no", |c| !c.stream_management.enabled),
+    ("ROOKERY_STREAM_MANAGEMENT_RESUME_TIMEOUT_SECS", "60", |c| c.stream_management.resume_timeout_secs == 60),
+    ("ROOKERY_STREAM_MANAGEMENT_MAX_RESUME_TIMEOUT_SECS", "86400", |c| {
+        c.stream_management.max_resume_timeout_secs == 86400
+    }),
     ("ROOKERY_MAM_ENABLED", "no", |c| !c.mam.enabled),
     ("ROOKERY_MAM_DEFAULT_POLICY", "roster", |c| c.mam.default_policy == crate::ArchivePolicy::Roster),
     ("ROOKERY_MAM_MAX_PAGE", "100", |c| c.mam.max_page == 100),

@@ -131,6 +131,27 @@ fn cluster_problems(cfg: &Config, out: &mut Vec<Problem>) {
     }
 }
 
+fn stream_management_problems(cfg: &Config, out: &mut Vec<Problem>) {
+    let sm = &cfg.stream_management;
+    if sm.max_resume_timeout_secs > 72 * 3600 {
+        out.push(problem(
+            "stream_management.max_resume_timeout_secs",
+            format!("{} is more than 72 hours", sm.max_resume_timeout_secs),
+            "use at most 259200 (default 3600)",
+        ));
+    }
+    if sm.resume_timeout_secs > sm.max_resume_timeout_secs {
+        out.push(problem(
+            "stream_management.resume_timeout_secs",
+            format!(
+                "{} is more than stream_management.max_resume_timeout_secs ({})",
+                sm.resume_timeout_secs, sm.max_resume_timeout_secs
+            ),
+            "use at most stream_management.max_resume_timeout_secs (default 300)",
+        ));
+    }
+}
+
 fn mam_problems(cfg: &Config, out: &mut Vec<Problem>) {
     let m = &cfg.mam;
     if m.max_page == 0 {
@@ -407,6 +428,7 @@ pub(crate) fn problems(cfg: &Config) -> Vec<Problem> {
 
     scylla_problems(cfg, &mut out);
     mam_problems(cfg, &mut out);
+    stream_management_problems(cfg, &mut out);
     contact_problems(cfg, &mut out);
     cluster_problems(cfg, &mut out);
 

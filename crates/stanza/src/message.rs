@@ -357,11 +357,15 @@ pub fn insert_child(stanza: &[u8], child: &[u8]) -> Bytes {
 }
 
 /// Inserts `<delay xmlns='urn:xmpp:delay' from=… stamp=…/>` (XEP-0203 §3) as the last
-/// child.
+/// child, unless the stanza already carries one of ours from `from` (a message that was
+/// requeued and then stored keeps the first, earlier stamp).
 pub fn with_delay(stanza: &[u8], from: &str, stamp_secs: u64) -> Bytes {
     let mut delay = Vec::with_capacity(96);
     delay.extend_from_slice(b"<delay xmlns=\"urn:xmpp:delay\"");
     crate::push_attr(&mut delay, "from", from);
+    if stanza.windows(delay.len()).any(|w| w == delay.as_slice()) {
+        return Bytes::copy_from_slice(stanza);
+    }
     crate::push_attr(&mut delay, "stamp", &crate::datetime(stamp_secs));
     delay.extend_from_slice(b"/>");
     insert_child(stanza, &delay)
@@ -374,6 +378,18 @@ mod tests {
 
     fn raw(xml: &str) -> rookery_xml::RawElement {
         rookery_xml::RawElement::from_bytes(Bytes::copy_from_slice(xml.as_bytes()), ns::CLIENT).unwrap()
+    }
+
+    #[test]
+    fn a_second_delay_from_the_same_server_is_not_added() {
+        let once = with_delay(b"<message><body>hi</body></message>", "localhost", 0);
+        let twice = with_delay(&once, "localhost", 60);
+        assert_eq!(once, twice);
+        let s = String::from_utf8(twice.to_vec()).unwrap();
+        assert_eq!(s.matches("<delay").count(), 1, "{s}");
+        // Another server's stamp does not stop ours.
+        let other = with_delay(&once, "example.org", 60);
+        assert_eq!(String::from_utf8(other.to_vec()).unwrap().matches("<delay").count(), 2);
     }
 
     #[test]

@@ -48,3 +48,7 @@ pub const RSM: &str = "http://jabber.org/protocol/rsm";
 pub const XDATA_VALIDATE: &str = "http://jabber.org/protocol/xdata-validate";
 /// XEP-0157 form type of the contact-address extension.
 pub const SERVERINFO: &str = "http://jabber.org/network/serverinfo";
+/// XEP-0198 stream management.
+pub const SM: &str = "urn:xmpp:sm:3";
+/// XEP-0352 client state indication.
+pub const CSI: &str = "urn:xmpp:csi:0";

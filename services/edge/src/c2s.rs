@@ -10,12 +10,16 @@
 //! stream is closed after it.
 //! Must not touch: negotiation rules (features, SASL, binding: `negotiate.rs`), routing.
 
+mod session;
+
+pub use session::{Bound, Takeover};
+
 use crate::negotiate::{AbortReason, Action, AuthOutcome, Credentials, Input, Negotiator, Security};
 use crate::transport::Transport;
 use crate::{Edge, ListenKind};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use rookery_core::Location;
 use rookery_core::hub::{ConnQueues, control_lane};
-use rookery_core::{Location, Outbound};
 use rookery_jid::{FullJid, Jid};
 use rookery_stanza::{Condition, Envelope, Kind, StanzaError, StreamCondition, StreamError, ns};
 use rookery_xml::{Frame, Framer, Limits, RawElement, XmlError};
@@ -44,6 +48,16 @@ enum End {
     Aborted(&'static str),
     /// The socket is gone; nothing more can be written.
     Io,
+    /// Write these bytes (a stream error with application content), then close.
+    Raw(Vec<u8>),
+}
+
+/// Where negotiation leads.
+enum Ready {
+    /// A resource was bound.
+    Bound(FullJid),
+    /// XEP-0198 §5: a session was taken over; the client handled `h` of its stanzas.
+    Resumed { bound: Box<Bound>, h: u32 },
 }
 
 impl From<XmlError> for End {
@@ -137,7 +151,10 @@ pub async fn handle(
             return;
         }
     };
-    conn.session(bound, shutdown).await;
+    match bound {
+        Ready::Bound(jid) => conn.session(jid, shutdown).await,
+        Ready::Resumed { bound, h } => conn.resumed(bound, h, shutdown).await,
+    }
 }
 
 impl Conn {
@@ -173,6 +190,8 @@ impl Conn {
                 tracing::debug!(event = "negotiation_aborted", peer = %self.peer, reason);
             }
             End::ClientClosed => out.extend_from_slice(b"</stream:stream>"),
+            // Only a bound stream ends this way: our header went out long ago.
+            End::Raw(bytes) => out = [&bytes[..], CLOSE_TAG].concat(),
             End::Stream(e) => {
                 tracing::debug!(event = "stream_error", peer = %self.peer, condition = e.condition.name());
                 out = match self.machine.as_deref() {
@@ -199,7 +218,7 @@ impl Conn {
 
     /// Runs negotiation up to a bound resource: feeds frames to the machine and carries
     /// out its actions in order.
-    async fn negotiate(&mut self, sock: TcpStream, kind: ListenKind) -> Result<FullJid, End> {
+    async fn negotiate(&mut self, sock: TcpStream, kind: ListenKind) -> Result<Ready, End> {
         match kind {
             ListenKind::StartTls => self.transport = Some(Transport::Plain(sock)),
             ListenKind::DirectTls => {
@@ -252,6 +271,20 @@ impl Conn {
                     queue.extend(self.feed(Input::PreauthIqResult(r)));
                 }
                 Action::Auth(outcome) => self.auth_outcome(outcome).await,
+                Action::Resume { user, previd, h } => {
+                    if let Some(bound) = self.take_over(&user, &previd).await {
+                        return Ok(Ready::Resumed { bound, h });
+                    }
+                    // §5: unknown, expired, or someone else's; the `h` it reached when it
+                    // ended recently, so the client re-sends nothing twice. Binding is
+                    // still possible.
+                    let gone = match self.edge.resumable.lookup(&previd, &user) {
+                        Err(crate::resume::NotFound::Unknown { h }) => h,
+                        Ok(_) => None,
+                    };
+                    tracing::debug!(event = "sm_resume_failed", user = %user, known = gone.is_some());
+                    self.write(&crate::sm::failed("item-not-found", gone)).await?;
+                }
                 Action::Close(e) => return Err(End::Stream(e)),
                 Action::ClientClosed => return Err(End::ClientClosed),
                 Action::Abort(reason) => return Err(End::Aborted(reason.name())),
@@ -260,7 +293,7 @@ impl Conn {
                     // result is written, so nothing can be delivered before the client
                     // knows its JID.
                     self.pending_bind_result = Some(reply);
-                    return Ok(jid);
+                    return Ok(Ready::Bound(jid));
                 }
             }
         }
@@ -360,9 +393,9 @@ impl RateLimit {
 }
 
 impl Conn {
-    /// The bound session: a writer task drains the outbound queues; this task reads,
-    /// checks and routes.
-    async fn session(mut self: Box<Self>, jid: FullJid, mut shutdown: watch::Receiver<bool>) {
+    /// A freshly bound session: registers it (hub, then router), writes the bind result,
+    /// and runs it.
+    async fn session(mut self: Box<Self>, jid: FullJid, shutdown: watch::Receiver<bool>) {
         self.machine = None;
         let edge = self.edge.clone();
         let conn_id = edge.next_conn_id();
@@ -383,78 +416,45 @@ impl Conn {
             return;
         }
         tracing::debug!(event = "session_bound", jid = %jid, conn = conn_id);
-        let Some(transport) = self.transport.take() else { return };
-        let (mut rd, wr) = tokio::io::split(transport);
-        let (done_tx, mut done_rx) = oneshot::channel::<()>();
-        let writer = tokio::spawn(writer(wr, data_rx, ctl_rx, done_tx));
-        let mut rate = RateLimit::new(edge.cfg.stanza_rate_per_sec);
-        let idle = edge.cfg.idle_timeout;
-        let end: Option<End> = loop {
-            let frame = loop {
-                match self.framer.next_frame() {
-                    Ok(Some(f)) => break Ok(f),
-                    Ok(None) => {}
-                    Err(e) => break Err(End::from(e)),
-                }
-                let read = rd.read_buf(self.framer.read_buf());
-                let res = tokio::select! {
-                    r = async {
-                        if idle.is_zero() { Ok(read.await) } else { tokio::time::timeout(idle, read).await }
-                    } => r,
-                    _ = &mut done_rx => break Err(End::Io),
-                    _ = shutdown.changed() => break Err(End::Stream(StreamError::new(StreamCondition::SystemShutdown))),
-                };
-                match res {
-                    Err(_) => break Err(End::Stream(StreamError::new(StreamCondition::ConnectionTimeout))),
-                    Ok(Ok(0)) | Ok(Err(_)) => break Err(End::Io),
-                    Ok(Ok(_)) => {}
-                }
-            };
-            let el = match frame {
-                Err(e) => break Some(e),
-                Ok(Frame::Whitespace) => continue,
-                Ok(Frame::StreamClose) => break Some(End::ClientClosed),
-                Ok(Frame::StreamOpen(_)) => break Some(stream_err(StreamCondition::NotWellFormed)),
-                Ok(Frame::Element(el)) => el,
-            };
-            let wait = rate.take();
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
+        let b = Box::new(Bound { jid, loc, data_tx, data_rx: Some(data_rx), ctl_tx, ctl_rx: Some(ctl_rx), sm: None });
+        session::run(self, b, shutdown, Vec::new()).await;
+    }
+
+    /// XEP-0198 §5: the session `b` was taken over for this connection; the client
+    /// handled `h` of the stanzas it was sent. Answers `<resumed/>`, then re-sends what it
+    /// did not handle and goes on with the session.
+    async fn resumed(mut self: Box<Self>, mut b: Box<Bound>, h: u32, shutdown: watch::Receiver<bool>) {
+        self.machine = None;
+        let Some(m) = b.sm.as_mut() else { return };
+        let acked = m.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).ack(h);
+        let (inbound, resend) = {
+            let mut s = m.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (s.inbound, if acked.is_ok() { s.take_unacked() } else { Vec::new() })
+        };
+        if let Err(too_high) = acked {
+            // §6, before anything is re-sent; the session stays detached for a resume
+            // with a true count.
+            tracing::info!(event = "sm_handled_count_too_high", jid = %b.jid, h, sent = too_high.sent);
+            let out = [&too_high.stream_error()[..], CLOSE_TAG].concat();
+            let _ = self.write(&out).await;
+            self.transport = None;
+        } else {
+            let reply = format!("<resumed xmlns='{}' previd='{}' h='{inbound}'/>", rookery_stanza::ns::SM, m.id);
+            if self.write(reply.as_bytes()).await.is_err() {
+                self.transport = None;
             }
-            match check_stanza(&jid, el) {
-                Ok(env) => edge.router.route(loc, env).await,
-                Err(Checked::Reply(bytes)) => {
-                    if data_tx.send(Outbound::Stanza(bytes)).await.is_err() {
-                        break Some(End::Io);
-                    }
-                }
-                Err(Checked::Drop) => {}
-                Err(Checked::End(e)) => break Some(e),
-            }
-        };
-        // Unregister first so nothing new is queued, then say goodbye.
-        edge.router.unbind(&jid, loc).await;
-        edge.hub.unregister(conn_id);
-        let close = match end {
-            Some(End::Stream(e)) => Some(Outbound::Close(e.condition)),
-            Some(End::ClientClosed) => Some(Outbound::Stanza(Bytes::from_static(CLOSE_TAG))),
-            _ => None,
-        };
-        if let Some(c) = close {
-            let _ = ctl_tx.send(c);
+            tracing::debug!(event = "session_resumed", jid = %b.jid, conn = b.loc.conn, resent = resend.len());
         }
-        drop(ctl_tx);
-        drop(data_tx);
-        let undelivered = match tokio::time::timeout(WRITE_TIMEOUT + Duration::from_secs(5), writer).await {
-            Ok(Ok(list)) => list,
-            _ => Vec::new(),
-        };
-        // Queued but never written: the router treats them as arriving after this
-        // session ended (other resources, offline storage, or an error to the sender).
-        for stanza in undelivered {
-            edge.router.undelivered(&jid, stanza).await;
-        }
-        tracing::debug!(event = "session_closed", jid = %jid, conn = conn_id);
+        session::run(self, b, shutdown, resend).await;
+    }
+
+    /// Asks the holder of session `previd` (live on another connection, or detached) to
+    /// hand it over.
+    async fn take_over(&self, user: &rookery_jid::BareJid, previd: &str) -> Option<Box<Bound>> {
+        let tx = self.edge.resumable.lookup(previd, user).ok()?;
+        let (reply, rx) = oneshot::channel();
+        tokio::time::timeout(Duration::from_secs(5), tx.send(Takeover { reply })).await.ok()?.ok()?;
+        tokio::time::timeout(Duration::from_secs(10), rx).await.ok()?.ok()
     }
 }
 
@@ -496,94 +496,4 @@ fn check_stanza(jid: &FullJid, el: RawElement) -> Result<Envelope, Checked> {
         },
     };
     Ok(Envelope { kind, from: jid.clone().into(), to, el })
-}
-
-/// Drains the outbound queues into the socket, batching what is queued. A close first
-/// writes everything queued before it. Returns the stanzas that were never written (or
-/// whose write failed) so the session can hand them back to the router.
-async fn writer(
-    mut wr: tokio::io::WriteHalf<Transport>,
-    mut data: mpsc::Receiver<Outbound>,
-    mut ctl: oneshot::Receiver<Outbound>,
-    _done: oneshot::Sender<()>,
-) -> Vec<Bytes> {
-    let mut batch: Vec<Bytes> = Vec::new();
-    let mut undelivered = Vec::new();
-    let mut ctl_done = false;
-    loop {
-        // A oneshot must not be polled after it fired: `ctl_done` (every control message
-        // the edge sends ends the loop anyway).
-        let first = tokio::select! {
-            biased;
-            c = &mut ctl, if !ctl_done => {
-                ctl_done = true;
-                c.ok()
-            }
-            d = data.recv() => d,
-        };
-        let Some(first) = first else { break };
-        // Some(extra): write `extra` (a stream error, or nothing for a plain close) and
-        // `</stream:stream>` after everything queued, then stop.
-        let mut closing = None;
-        match first {
-            Outbound::Stanza(b) if &b[..] == CLOSE_TAG => closing = Some(Vec::new()),
-            Outbound::Stanza(b) => batch.push(b),
-            Outbound::Close(c) => closing = Some(StreamError::new(c).to_bytes()),
-        }
-        // Batch what else is queued (up to 64 KiB); when closing, everything queued.
-        let mut size: usize = batch.iter().map(Bytes::len).sum();
-        while closing.is_some() || size < 65536 {
-            match data.try_recv() {
-                Ok(Outbound::Stanza(b)) => {
-                    size += b.len();
-                    batch.push(b);
-                }
-                Ok(Outbound::Close(c)) => closing = Some(StreamError::new(c).to_bytes()),
-                Err(_) => break,
-            }
-        }
-        let ends = closing.is_some();
-        // One stanza goes out as it is; several are joined so TLS seals them in one record.
-        // Nothing is kept between batches: an idle connection holds no write buffer.
-        let out = match (&batch[..], closing) {
-            ([one], None) => one.clone(),
-            (_, closing) => {
-                let extra = closing.as_ref().map_or(0, |e| e.len() + CLOSE_TAG.len());
-                let mut buf = BytesMut::with_capacity(size + extra);
-                for b in &batch {
-                    buf.extend_from_slice(b);
-                }
-                if let Some(err) = closing {
-                    buf.extend_from_slice(&err);
-                    buf.extend_from_slice(CLOSE_TAG);
-                }
-                buf.freeze()
-            }
-        };
-        let ok = tokio::time::timeout(WRITE_TIMEOUT, async {
-            wr.write_all(&out).await?;
-            wr.flush().await
-        })
-        .await
-        .is_ok_and(|r| r.is_ok());
-        drop(out);
-        if !ok {
-            // Part of it may have reached the client; handing it back risks a duplicate,
-            // never a loss.
-            undelivered.append(&mut batch);
-            break;
-        }
-        batch.clear();
-        if ends {
-            break;
-        }
-    }
-    data.close();
-    while let Ok(o) = data.try_recv() {
-        if let Outbound::Stanza(b) = o {
-            undelivered.push(b);
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), wr.shutdown()).await;
-    undelivered
 }

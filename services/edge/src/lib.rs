@@ -10,6 +10,8 @@
 
 pub mod c2s;
 pub mod negotiate;
+pub mod resume;
+pub mod sm;
 pub mod throttle;
 pub mod tls;
 pub mod transport;
@@ -89,6 +91,13 @@ pub const SPECS: rookery_core::ModuleInfo = rookery_core::ModuleInfo {
             support: rookery_core::Support::Full,
             note: "channel-binding types advertised in stream features",
         },
+        rookery_core::XepSupport {
+            spec: "XEP-0198",
+            version: "1.6.2",
+            support: rookery_core::Support::Partial,
+            note: "enable, acks both ways (h modulo 2^32), resumption on the same edge with <failed h/> after the end, \
+                   unacknowledged stanzas rerouted with a delay; not yet: resumption on another edge of a cluster",
+        },
     ],
 };
 
@@ -116,6 +125,30 @@ pub struct EdgeConfig {
     /// Secret for fake SCRAM salts of unknown users (stable across restarts so they
     /// cannot be told apart from real accounts).
     pub fake_secret: Vec<u8>,
+    /// XEP-0198 stream management.
+    pub sm: SmConfig,
+}
+
+/// XEP-0198 settings.
+#[derive(Debug, Clone)]
+pub struct SmConfig {
+    /// Offer stream management.
+    pub enabled: bool,
+    /// How long a detached session waits for its client when the client names no `max`;
+    /// zero: sessions are not resumable.
+    pub resume_timeout: Duration,
+    /// The longest resumption time granted, whatever the client asks.
+    pub max_resume_timeout: Duration,
+}
+
+impl Default for SmConfig {
+    fn default() -> Self {
+        SmConfig {
+            enabled: true,
+            resume_timeout: Duration::from_secs(300),
+            max_resume_timeout: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Shared state of all connections of this edge.
@@ -132,6 +165,8 @@ pub struct Edge {
     next_conn: AtomicU64,
     /// Edge id in the cluster (0 in the single binary).
     pub edge_id: u32,
+    /// XEP-0198 sessions that can be resumed here.
+    pub resumable: resume::Resumable,
 }
 
 /// Which kind of listener accepted a connection.
@@ -159,7 +194,11 @@ impl Edge {
             allow_registration: cfg.allow_registration,
             fake_secret: cfg.fake_secret.clone(),
             tls_server_end_point: tls.end_point.clone(),
+            stream_management: cfg.sm.enabled,
         });
+        // A late resume learns the `h` it reached for as long as it could have resumed,
+        // and at least ten minutes.
+        let resumable = resume::Resumable::new(cfg.sm.max_resume_timeout.max(Duration::from_secs(600)));
         Arc::new(Edge {
             negotiation,
             tls,
@@ -170,6 +209,7 @@ impl Edge {
             auth_throttle,
             next_conn: AtomicU64::new(cfg.first_conn_id.max(1)),
             edge_id: cfg.edge_id,
+            resumable,
             cfg,
         })
     }

@@ -49,6 +49,8 @@ pub struct Settings {
     pub fake_secret: Vec<u8>,
     /// RFC 5929 `tls-server-end-point` data of our certificate, if any.
     pub tls_server_end_point: Option<Vec<u8>>,
+    /// Offer XEP-0198 stream management (and take `<resume/>` instead of binding).
+    pub stream_management: bool,
 }
 
 /// How the transport starts.
@@ -152,6 +154,11 @@ pub enum Action {
     /// Negotiation is done: register `jid`, then write `reply` (the bind result), in that
     /// order, so nothing is delivered before the client knows its JID.
     Bound { jid: FullJid, reply: Vec<u8> },
+    /// XEP-0198 §5: the authenticated `user` asks to resume stream `previd`, having
+    /// handled `h` stanzas of it. The driver takes the session over and writes
+    /// `<resumed/>`, or writes `<failed/>` and goes on feeding frames: the machine still
+    /// accepts a bind (§5: the client may bind instead).
+    Resume { user: BareJid, previd: String, h: u32 },
 }
 
 /// What the next stream header leads to.
@@ -397,6 +404,9 @@ impl Negotiator {
                 // RFC 3921 session establishment, kept optional for old clients.
                 f.push_str("<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>");
                 f.push_str("<ver xmlns='urn:xmpp:features:rosterver'/>");
+                if self.settings.stream_management {
+                    f.push_str("<sm xmlns='urn:xmpp:sm:3'/>");
+                }
                 f.push_str("<sub xmlns='urn:xmpp:features:pre-approval'/>");
             }
         }
@@ -709,6 +719,9 @@ impl Negotiator {
         let Some(user) = self.user.clone() else {
             return out.push(stream_err(StreamCondition::InternalServerError));
         };
+        if el.ns == ns::SM {
+            return self.sm_before_bind(user, &el, out);
+        }
         if el.ns != self.settings.stream_ns || el.name != "iq" {
             return out.push(stream_err(StreamCondition::NotAuthorized));
         }
@@ -756,6 +769,29 @@ impl Negotiator {
         );
         self.state = State::Done;
         out.push(Action::Bound { jid: full, reply: reply.into_bytes() });
+    }
+}
+
+impl Negotiator {
+    /// XEP-0198 elements after authentication and before a resource is bound: `<resume/>`
+    /// (§5) goes to the driver; `<enable/>` is refused, it must follow binding (§3); acks
+    /// have nothing to count yet and are ignored.
+    fn sm_before_bind(&mut self, user: BareJid, el: &RawElement, out: &mut Vec<Action>) {
+        match el.name.as_str() {
+            "resume" if !self.settings.stream_management => {
+                out.push(Action::Write(crate::sm::failed("feature-not-implemented", None)));
+            }
+            "resume" => {
+                let tree = el.parse().ok();
+                let attr = |n: &str| tree.as_ref().and_then(|t| t.get_attr(n)).map(str::to_owned);
+                match (attr("previd").filter(|p| !p.is_empty()), crate::sm::parse_h(attr("h").as_deref())) {
+                    (Some(previd), Some(h)) => out.push(Action::Resume { user, previd, h }),
+                    _ => out.push(Action::Write(crate::sm::failed("bad-request", None))),
+                }
+            }
+            "enable" => out.push(Action::Write(crate::sm::failed("unexpected-request", None))),
+            _ => {}
+        }
     }
 }
 

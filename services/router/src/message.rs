@@ -176,6 +176,12 @@ impl LocalRouter {
     /// See `Router::undelivered`: a stanza queued for a session that ended is handled as
     /// if it had arrived after the session was gone.
     pub(crate) async fn reroute_undelivered(&self, to: &FullJid, stanza: Bytes) {
+        // XEP-0203: it reaches its recipient late; the stamp says since when.
+        let stanza = if stanza.starts_with(b"<message") {
+            rookery_stanza::message::with_delay(&stanza, to.domain(), rookery_storage::now_secs())
+        } else {
+            stanza
+        };
         let Ok(el) = RawElement::from_bytes(stanza, rookery_stanza::ns::CLIENT) else { return };
         let Some(kind) = Kind::from_name(&el.name) else { return };
         let Some(from) = el.from.as_deref().and_then(|f| Jid::parse(f).ok()) else { return };

@@ -22,6 +22,7 @@ fn settings(stream_ns: &'static str) -> Arc<Settings> {
         allow_registration: true,
         fake_secret: b"fake-secret".to_vec(),
         tls_server_end_point: None,
+        stream_management: true,
     })
 }
 
@@ -243,6 +244,34 @@ fn starttls_then_scram_then_bind() {
         }
         other => panic!("expected Bound, got {other:?}"),
     }
+}
+
+/// XEP-0198 §3, §5: before binding, `<enable/>` is refused, `<resume/>` goes to the
+/// driver (for the authenticated account only), and a bind still works afterwards.
+#[test]
+fn stream_management_before_bind() {
+    let mut h = Harness::secured();
+    h.send(HEADER);
+    let (_, acts) = scram(&mut h, "pencil");
+    assert!(matches!(outcome(&acts), Some(AuthOutcome::Success { .. })));
+    let acts = h.send(HEADER);
+    assert!(written(&acts).contains("<sm xmlns='urn:xmpp:sm:3'/>"), "{acts:?}");
+    let acts = h.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+    assert_eq!(
+        written(&acts),
+        "<failed xmlns='urn:xmpp:sm:3'><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+    );
+    let acts = h.send("<resume xmlns='urn:xmpp:sm:3' previd='abc'/>");
+    assert!(written(&acts).contains("<bad-request"), "no h: {acts:?}");
+    let acts = h.send("<resume xmlns='urn:xmpp:sm:3' previd='abc' h='4294967295'/>");
+    match &acts[..] {
+        [Action::Resume { user, previd, h }] => {
+            assert_eq!((user.as_str(), previd.as_str(), *h), ("alice@localhost", "abc", u32::MAX));
+        }
+        other => panic!("expected Resume, got {other:?}"),
+    }
+    let acts = h.send("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>");
+    assert!(matches!(&acts[..], [Action::Bound { .. }]), "{acts:?}");
 }
 
 #[test]
