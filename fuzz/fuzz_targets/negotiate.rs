@@ -118,6 +118,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let settings = Arc::new(Settings {
         stream_management: true,
+        client_state_indication: true,
         stream_ns: if ctl & 4 == 0 { "jabber:client" } else { "jabber:server" },
         domains: vec!["localhost".into(), "example.org".into()],
         allow_registration: ctl & 8 != 0,

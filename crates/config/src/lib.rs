@@ -59,6 +59,8 @@ pub struct Config {
     pub router: Router,
     /// Stream management (XEP-0198): acks and resumption of dropped connections.
     pub stream_management: StreamManagement,
+    /// Client state indication (XEP-0352): quiet inactive mobile clients.
+    pub csi: Csi,
     /// Cluster mode (`rookery edge` / `rookery router`); unused by `rookery serve`.
     pub cluster: Cluster,
     /// Logging.
@@ -81,6 +83,7 @@ impl Default for Config {
             contact: Contact::default(),
             router: Router::default(),
             stream_management: StreamManagement::default(),
+            csi: Csi::default(),
             cluster: Cluster::default(),
             log: Log::default(),
             admin: Admin::default(),
@@ -204,6 +207,23 @@ pub struct StreamManagement {
 impl Default for StreamManagement {
     fn default() -> Self {
         StreamManagement { enabled: true, resume_timeout_secs: 300, max_resume_timeout_secs: 3600 }
+    }
+}
+
+/// Client state indication (`[csi]`, XEP-0352).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Csi {
+    /// Offer client state indication: while a client says it is inactive, presence updates,
+    /// chat states, receipts and markers wait (coalesced) until something it needs at once.
+    pub enabled: bool,
+    /// Stanzas held for one inactive client before they are written anyway.
+    pub max_held: usize,
+}
+
+impl Default for Csi {
+    fn default() -> Self {
+        Csi { enabled: true, max_held: 100 }
     }
 }
 

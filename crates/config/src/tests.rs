@@ -434,6 +434,8 @@ const ENV_CASES: &[EnvCase] = &[
     ("ROOKERY_STREAM_MANAGEMENT_MAX_RESUME_TIMEOUT_SECS", "86400", |c| {
         c.stream_management.max_resume_timeout_secs == 86400
     }),
+    ("ROOKERY_CSI_ENABLED", "false", |c| !c.csi.enabled),
+    ("ROOKERY_CSI_MAX_HELD", "7", |c| c.csi.max_held == 7),
     ("ROOKERY_MAM_ENABLED", "no", |c| !c.mam.enabled),
     ("ROOKERY_MAM_DEFAULT_POLICY", "roster", |c| c.mam.default_policy == crate::ArchivePolicy::Roster),
     ("ROOKERY_MAM_MAX_PAGE", "100", |c| c.mam.max_page == 100),

@@ -152,6 +152,16 @@ fn stream_management_problems(cfg: &Config, out: &mut Vec<Problem>) {
     }
 }
 
+fn csi_problems(cfg: &Config, out: &mut Vec<Problem>) {
+    if cfg.csi.enabled && cfg.csi.max_held == 0 {
+        out.push(problem(
+            "csi.max_held",
+            "0 would hold nothing back",
+            "use at least 1 (default 100), or csi.enabled = false",
+        ));
+    }
+}
+
 fn mam_problems(cfg: &Config, out: &mut Vec<Problem>) {
     let m = &cfg.mam;
     if m.max_page == 0 {
@@ -429,6 +439,7 @@ pub(crate) fn problems(cfg: &Config) -> Vec<Problem> {
     scylla_problems(cfg, &mut out);
     mam_problems(cfg, &mut out);
     stream_management_problems(cfg, &mut out);
+    csi_problems(cfg, &mut out);
     contact_problems(cfg, &mut out);
     cluster_problems(cfg, &mut out);
 

@@ -416,7 +416,16 @@ impl Conn {
             return;
         }
         tracing::debug!(event = "session_bound", jid = %jid, conn = conn_id);
-        let b = Box::new(Bound { jid, loc, data_tx, data_rx: Some(data_rx), ctl_tx, ctl_rx: Some(ctl_rx), sm: None });
+        let b = Box::new(Bound {
+            jid,
+            loc,
+            data_tx,
+            data_rx: Some(data_rx),
+            ctl_tx,
+            ctl_rx: Some(ctl_rx),
+            sm: None,
+            csi: Default::default(),
+        });
         session::run(self, b, shutdown, Vec::new()).await;
     }
 

@@ -9,6 +9,7 @@
 //! account credentials for SASL.
 
 pub mod c2s;
+pub mod csi;
 pub mod negotiate;
 pub mod resume;
 pub mod sm;
@@ -98,6 +99,13 @@ pub const SPECS: rookery_core::ModuleInfo = rookery_core::ModuleInfo {
             note: "enable, acks both ways (h modulo 2^32), resumption on the same edge with <failed h/> after the end, \
                    unacknowledged stanzas rerouted with a delay; not yet: resumption on another edge of a cluster",
         },
+        rookery_core::XepSupport {
+            spec: "XEP-0352",
+            version: "1.0.0",
+            support: rookery_core::Support::Full,
+            note: "presence, chat states, receipts and markers held and coalesced while inactive; messages with a \
+                   body or encrypted payload flush at once",
+        },
     ],
 };
 
@@ -127,6 +135,9 @@ pub struct EdgeConfig {
     pub fake_secret: Vec<u8>,
     /// XEP-0198 stream management.
     pub sm: SmConfig,
+    /// XEP-0352: stanzas held back for an inactive client before they are flushed anyway;
+    /// 0 switches client state indication off.
+    pub csi_max_held: usize,
 }
 
 /// XEP-0198 settings.
@@ -195,6 +206,7 @@ impl Edge {
             fake_secret: cfg.fake_secret.clone(),
             tls_server_end_point: tls.end_point.clone(),
             stream_management: cfg.sm.enabled,
+            client_state_indication: cfg.csi_max_held > 0,
         });
         // A late resume learns the `h` it reached for as long as it could have resumed,
         // and at least ten minutes.

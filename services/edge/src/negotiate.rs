@@ -51,6 +51,8 @@ pub struct Settings {
     pub tls_server_end_point: Option<Vec<u8>>,
     /// Offer XEP-0198 stream management (and take `<resume/>` instead of binding).
     pub stream_management: bool,
+    /// Offer XEP-0352 client state indication.
+    pub client_state_indication: bool,
 }
 
 /// How the transport starts.
@@ -406,6 +408,9 @@ impl Negotiator {
                 f.push_str("<ver xmlns='urn:xmpp:features:rosterver'/>");
                 if self.settings.stream_management {
                     f.push_str("<sm xmlns='urn:xmpp:sm:3'/>");
+                }
+                if self.settings.client_state_indication {
+                    f.push_str("<csi xmlns='urn:xmpp:csi:0'/>");
                 }
                 f.push_str("<sub xmlns='urn:xmpp:features:pre-approval'/>");
             }

@@ -98,6 +98,7 @@ pub fn edge_config(cfg: &Config, fake_secret: String) -> EdgeConfig {
         outbound_queue: l.outbound_queue,
         allow_registration: cfg.registration.allow,
         fake_secret: fake_secret.into_bytes(),
+        csi_max_held: if cfg.csi.enabled { cfg.csi.max_held } else { 0 },
         sm: rookery_edge::SmConfig {
             enabled: cfg.stream_management.enabled,
             resume_timeout: Duration::from_secs(cfg.stream_management.resume_timeout_secs),

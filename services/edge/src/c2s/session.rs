@@ -21,6 +21,7 @@
 //! (`negotiate.rs`), the SM arithmetic (`sm.rs`), routing.
 
 use super::{CLOSE_TAG, Checked, Conn, End, RateLimit, WRITE_TIMEOUT, check_stanza, stream_err};
+use crate::csi::{self, Held, Urgency};
 use crate::resume::new_id;
 use crate::sm::{self, SmState};
 use crate::transport::Transport;
@@ -51,6 +52,8 @@ pub struct Bound {
     pub(crate) ctl_rx: Option<oneshot::Receiver<Outbound>>,
     /// Stream management, once the client enabled it.
     pub(crate) sm: Option<Managed>,
+    /// XEP-0352 state (kept by the writer while there is one).
+    pub(crate) csi: Csi,
 }
 
 pub(crate) struct Managed {
@@ -74,6 +77,8 @@ enum Nonza {
     Raw(Vec<u8>),
     /// `<enabled/>`: counting starts after these bytes.
     Enable(Vec<u8>, Arc<Mutex<SmState>>),
+    /// XEP-0352: the client is inactive (true) or active again (false).
+    Csi(bool),
 }
 
 /// What woke the reader.
@@ -100,6 +105,8 @@ struct WriterEnd {
     unwritten: Vec<Bytes>,
     /// The writer wrote a stream close (a control message): the session is over.
     closed: bool,
+    /// What is held for an inactive client (it moves with the session).
+    csi: Csi,
 }
 
 /// Runs a bound (or just resumed) session on `conn`'s transport; `resend` goes out first
@@ -120,7 +127,8 @@ pub(super) async fn run(
     let (done_tx, mut done_rx) = oneshot::channel::<()>();
     let lanes = (b.data_rx.take(), b.ctl_rx.take());
     let sm = b.sm.as_ref().map(|m| m.state.clone());
-    let writer = tokio::spawn(writer(wr, lanes, nonza_rx, stop_rx, sm, resend, done_tx));
+    let csi = (std::mem::take(&mut b.csi), edge.cfg.csi_max_held);
+    let writer = tokio::spawn(writer(wr, lanes, nonza_rx, stop_rx, sm, csi, resend, done_tx));
     let reason = conn.read_loop(&mut rd, &mut b, &nonza_tx, &mut done_rx, &mut shutdown).await;
     drop(nonza_tx);
     let stop = Stop { tx: stop_tx, writer };
@@ -153,7 +161,7 @@ impl Stop {
 async fn wait_writer(writer: tokio::task::JoinHandle<WriterEnd>) -> WriterEnd {
     match tokio::time::timeout(WRITE_TIMEOUT + Duration::from_secs(5), writer).await {
         Ok(Ok(w)) => w,
-        _ => WriterEnd { data: None, ctl: None, unwritten: Vec::new(), closed: true },
+        _ => WriterEnd { data: None, ctl: None, unwritten: Vec::new(), closed: true, csi: Csi::default() },
     }
 }
 
@@ -174,6 +182,7 @@ async fn after_transport(
                 let w = stop.now(bye).await;
                 b.data_rx = w.data;
                 b.ctl_rx = w.ctl;
+                b.csi = w.csi;
             }
             tracing::debug!(event = "session_taken_over", jid = %b.jid, conn = b.loc.conn);
             if let Err(b) = t.reply.send(b) {
@@ -184,12 +193,17 @@ async fn after_transport(
         Reason::End(e) if resumable && detaches(&e) => {
             let w = match stop {
                 Some(stop) => stop.now(Vec::new()).await,
-                None => {
-                    WriterEnd { data: b.data_rx.take(), ctl: b.ctl_rx.take(), unwritten: Vec::new(), closed: false }
-                }
+                None => WriterEnd {
+                    data: b.data_rx.take(),
+                    ctl: b.ctl_rx.take(),
+                    unwritten: Vec::new(),
+                    closed: false,
+                    csi: std::mem::take(&mut b.csi),
+                },
             };
             b.data_rx = w.data;
             b.ctl_rx = w.ctl;
+            b.csi = w.csi;
             if w.closed {
                 // The router closed the stream meanwhile (e.g. the resource was taken by
                 // a new login): nothing to resume.
@@ -202,7 +216,13 @@ async fn after_transport(
             edge.router.unbind(&b.jid, b.loc).await;
             edge.hub.unregister(b.loc.conn);
             let w = match (stop, e) {
-                (None, _) => WriterEnd { data: b.data_rx.take(), ctl: None, unwritten: Vec::new(), closed: true },
+                (None, _) => WriterEnd {
+                    data: b.data_rx.take(),
+                    ctl: None,
+                    unwritten: Vec::new(),
+                    closed: true,
+                    csi: std::mem::take(&mut b.csi),
+                },
                 (Some(stop), End::Stream(err)) => {
                     let _ = b.ctl_tx.send(Outbound::Close(err.condition));
                     stop.join().await
@@ -215,6 +235,7 @@ async fn after_transport(
                 (Some(stop), End::Io | End::Aborted(_)) => stop.now(Vec::new()).await,
             };
             b.data_rx = w.data;
+            b.csi = w.csi;
             end(edge, b, Some(()), w.unwritten).await;
         }
     }
@@ -283,6 +304,7 @@ async fn end(edge: &Arc<crate::Edge>, mut b: Box<Bound>, unbound: Option<()>, un
         }
     }
     back.extend(unwritten);
+    back.extend(b.csi.held.take());
     if let Some(mut rx) = b.data_rx.take() {
         rx.close();
         while let Ok(o) = rx.try_recv() {
@@ -366,6 +388,18 @@ impl Conn {
                 }
                 continue;
             }
+            // XEP-0352 §4: nonzas; the writer holds back or flushes. Switched off (and
+            // not offered), they are harmless and ignored.
+            if el.ns == ns::CSI {
+                if edge.cfg.csi_max_held > 0 {
+                    match el.name.as_str() {
+                        "inactive" => drop(nonza.send(Nonza::Csi(true))),
+                        "active" => drop(nonza.send(Nonza::Csi(false))),
+                        _ => {}
+                    }
+                }
+                continue;
+            }
             match check_stanza(&b.jid, el) {
                 Ok(env) => edge.router.route(b.loc, env).await,
                 Err(Checked::Reply(bytes)) => {
@@ -445,36 +479,115 @@ impl Conn {
     }
 }
 
+/// The batch the writer is building: the bytes, the stanzas in it (to hand back if the
+/// write fails), stream management's counting and XEP-0352's held queue.
+struct Batch {
+    out: BytesMut,
+    stanzas: Vec<Bytes>,
+    sm: Option<Arc<Mutex<SmState>>>,
+    csi: Csi,
+    /// Held stanzas that reach this many are flushed.
+    csi_limit: usize,
+}
+
+/// XEP-0352 state of a session: whether the client is inactive, and what is held for it.
+#[derive(Debug, Default)]
+pub(crate) struct Csi {
+    pub(crate) inactive: bool,
+    pub(crate) held: Held,
+}
+
+impl Batch {
+    /// A stanza for the client: written now, or held while the client is inactive.
+    fn stanza(&mut self, b: Bytes) {
+        if !self.csi.inactive {
+            return self.write_stanza(b);
+        }
+        match csi::urgency(&b) {
+            Urgency::Now => {
+                self.flush_held();
+                self.write_stanza(b);
+            }
+            u => {
+                if self.csi.held.hold(b, u, self.csi_limit) {
+                    self.flush_held();
+                }
+            }
+        }
+    }
+
+    fn flush_held(&mut self) {
+        for b in self.csi.held.take() {
+            self.write_stanza(b);
+        }
+    }
+
+    /// Appends a stanza; counted and kept when stream management counts.
+    fn write_stanza(&mut self, b: Bytes) {
+        self.out.extend_from_slice(&b);
+        match &self.sm {
+            Some(cell) => {
+                let mut s = cell.lock().unwrap_or_else(PoisonError::into_inner);
+                if s.counting {
+                    s.sent(b);
+                } else {
+                    self.stanzas.push(b);
+                }
+            }
+            None => self.stanzas.push(b),
+        }
+    }
+
+    fn nonza(&mut self, n: Nonza) {
+        match n {
+            Nonza::Raw(b) => self.out.extend_from_slice(&b),
+            Nonza::Enable(b, state) => {
+                self.out.extend_from_slice(&b);
+                state.lock().unwrap_or_else(PoisonError::into_inner).counting = true;
+                self.sm = Some(state);
+            }
+            Nonza::Csi(inactive) => {
+                self.csi.inactive = inactive;
+                if !inactive {
+                    self.flush_held();
+                }
+            }
+        }
+    }
+}
+
 /// Drains the outbound queues into the socket, batching what is queued, until the stream
 /// closes, a write fails, or `stop` asks it to (after writing the bytes it carries). A
-/// close first writes everything queued before it. With stream management, each stanza
-/// written after `<enabled/>` is counted and kept until acknowledged.
+/// close first writes everything queued (and held) before it. With stream management, each
+/// stanza written after `<enabled/>` is counted and kept until acknowledged.
+#[allow(clippy::too_many_arguments)]
 async fn writer(
     mut wr: tokio::io::WriteHalf<Transport>,
     lanes: (Option<mpsc::Receiver<Outbound>>, Option<oneshot::Receiver<Outbound>>),
     mut nonza: mpsc::UnboundedReceiver<Nonza>,
     mut stop: oneshot::Receiver<Vec<u8>>,
-    mut sm: Option<Arc<Mutex<SmState>>>,
+    sm: Option<Arc<Mutex<SmState>>>,
+    csi: (Csi, usize),
     resend: Vec<Bytes>,
     _done: oneshot::Sender<()>,
 ) -> WriterEnd {
     let (data, mut ctl) = lanes;
     let Some(mut data) = data else {
-        return WriterEnd { data: None, ctl, unwritten: Vec::new(), closed: true };
+        return WriterEnd { data: None, ctl, unwritten: Vec::new(), closed: true, csi: csi.0 };
     };
-    let mut batch: Vec<Bytes> = Vec::new();
-    let mut out = BytesMut::new();
+    let mut b = Batch { out: BytesMut::new(), stanzas: Vec::new(), sm, csi: csi.0, csi_limit: csi.1 };
     let mut unwritten = Vec::new();
     let mut resend = Some(resend).filter(|r| !r.is_empty());
     let mut nonza_open = true;
     let mut closed = false;
     loop {
-        // What to write now: re-sent stanzas first; else wait for the first item.
+        // What to write now: re-sent stanzas first (never held: the client is back);
+        // else wait for the first item.
         let mut closing: Option<Vec<u8>> = None;
         let mut stopping: Option<Vec<u8>> = None;
         if let Some(r) = resend.take() {
             for s in r {
-                push_stanza(&mut out, &mut batch, &sm, s);
+                b.write_stanza(s);
             }
         } else {
             tokio::select! {
@@ -491,12 +604,12 @@ async fn writer(
                     });
                 }
                 n = nonza.recv(), if nonza_open => match n {
-                    Some(n) => push_nonza(&mut out, &mut sm, n),
+                    Some(n) => b.nonza(n),
                     None => nonza_open = false,
                 },
                 d = data.recv() => match d {
-                    Some(Outbound::Stanza(b)) if &b[..] == CLOSE_TAG => closing = Some(Vec::new()),
-                    Some(Outbound::Stanza(b)) => push_stanza(&mut out, &mut batch, &sm, b),
+                    Some(Outbound::Stanza(s)) if &s[..] == CLOSE_TAG => closing = Some(Vec::new()),
+                    Some(Outbound::Stanza(s)) => b.stanza(s),
                     Some(Outbound::Close(c)) => closing = Some(StreamError::new(c).to_bytes()),
                     None => closing = Some(Vec::new()),
                 },
@@ -512,34 +625,37 @@ async fn writer(
         // Batch what else is queued (up to 64 KiB); when closing, everything queued.
         while nonza_open {
             match nonza.try_recv() {
-                Ok(n) => push_nonza(&mut out, &mut sm, n),
+                Ok(n) => b.nonza(n),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => nonza_open = false,
             }
         }
-        while closing.is_some() || out.len() < 65536 {
+        while closing.is_some() || b.out.len() < 65536 {
             match data.try_recv() {
-                Ok(Outbound::Stanza(b)) if &b[..] == CLOSE_TAG => closing = closing.or(Some(Vec::new())),
-                Ok(Outbound::Stanza(b)) => push_stanza(&mut out, &mut batch, &sm, b),
+                Ok(Outbound::Stanza(s)) if &s[..] == CLOSE_TAG => closing = closing.or(Some(Vec::new())),
+                Ok(Outbound::Stanza(s)) => b.stanza(s),
                 Ok(Outbound::Close(c)) => closing = Some(StreamError::new(c).to_bytes()),
                 Err(_) => break,
             }
         }
-        if let Some(cell) = &sm {
+        if closing.is_some() {
+            b.flush_held();
+        }
+        if let Some(cell) = &b.sm {
             let mut s = cell.lock().unwrap_or_else(PoisonError::into_inner);
             if s.counting && closing.is_none() && s.request() {
-                out.extend_from_slice(sm::REQUEST);
+                b.out.extend_from_slice(sm::REQUEST);
             }
         }
         if let Some(err) = &closing {
-            out.extend_from_slice(err);
-            out.extend_from_slice(CLOSE_TAG);
+            b.out.extend_from_slice(err);
+            b.out.extend_from_slice(CLOSE_TAG);
         }
-        if out.is_empty() {
+        if b.out.is_empty() {
             continue;
         }
         // Nothing is kept between batches: an idle connection holds no write buffer.
-        let bytes = std::mem::take(&mut out).freeze();
+        let bytes = std::mem::take(&mut b.out).freeze();
         let ok = tokio::select! {
             r = tokio::time::timeout(WRITE_TIMEOUT, async {
                 wr.write_all(&bytes).await?;
@@ -554,42 +670,15 @@ async fn writer(
         if !ok {
             // Part of it may have reached the client; handing it back risks a duplicate,
             // never a loss. (With stream management it is in the unacknowledged queue.)
-            unwritten.append(&mut batch);
+            unwritten.append(&mut b.stanzas);
             break;
         }
-        batch.clear();
+        b.stanzas.clear();
         if closing.is_some() {
             closed = true;
             break;
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), wr.shutdown()).await;
-    WriterEnd { data: Some(data), ctl, unwritten, closed }
-}
-
-/// Appends a stanza to the batch; counted and kept when stream management counts.
-fn push_stanza(out: &mut BytesMut, batch: &mut Vec<Bytes>, sm: &Option<Arc<Mutex<SmState>>>, b: Bytes) {
-    out.extend_from_slice(&b);
-    match sm {
-        Some(cell) => {
-            let mut s = cell.lock().unwrap_or_else(PoisonError::into_inner);
-            if s.counting {
-                s.sent(b);
-            } else {
-                batch.push(b);
-            }
-        }
-        None => batch.push(b),
-    }
-}
-
-fn push_nonza(out: &mut BytesMut, sm: &mut Option<Arc<Mutex<SmState>>>, n: Nonza) {
-    match n {
-        Nonza::Raw(b) => out.extend_from_slice(&b),
-        Nonza::Enable(b, state) => {
-            out.extend_from_slice(&b);
-            state.lock().unwrap_or_else(PoisonError::into_inner).counting = true;
-            *sm = Some(state);
-        }
-    }
+    WriterEnd { data: Some(data), ctl, unwritten, closed, csi: b.csi }
 }

@@ -23,6 +23,7 @@ fn settings(stream_ns: &'static str) -> Arc<Settings> {
         fake_secret: b"fake-secret".to_vec(),
         tls_server_end_point: None,
         stream_management: true,
+        client_state_indication: true,
     })
 }
 
