@@ -176,7 +176,7 @@ impl LocalRouter {
     /// See `Router::undelivered`: a stanza queued for a session that ended is handled as
     /// if it had arrived after the session was gone.
     pub(crate) async fn reroute_undelivered(&self, to: &FullJid, stanza: Bytes) {
-        // XEP-0203: it reaches its recipient late; the stamp says since when.
+        // It reaches its recipient late: a delay stamp says since when.
         let stanza = if stanza.starts_with(b"<message") {
             rookery_stanza::message::with_delay(&stanza, to.domain(), rookery_storage::now_secs())
         } else {
