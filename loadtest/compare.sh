@@ -29,7 +29,8 @@
 # ("idle chat saturation half login"), PIN (1), CHAT_RATE (500), RATES (chat saturation
 # steps, "1000 2000 5000 10000 20000 40000 60000 80000"), LOGIN_RATES ("100 200 500 1000
 # 1500 2000 3000"), SAT_STEADY (20, seconds), IDLE_MAX (50000); for `cluster`: CLUSTER_RATES
-# ("1000 2500 5000") and CLUSTER_MAM (false: archiving off in both setups, so the table shows
+# ("1000 2500 5000"), LOAD_SET (overrides for every single-server rookery-load run, e.g.
+# "target.stream_management=true") and CLUSTER_MAM (false: archiving off in both setups, so the table shows
 # what the cluster hops cost; true: on, with the cluster's shared SQLite store); RK_BIN
 # (another rookery binary to measure instead of target/release/rookery).
 set -euo pipefail
@@ -55,6 +56,10 @@ CLUSTER_MAM=${CLUSTER_MAM:-false}
 SCN=loadtest/scenarios/compare
 LOAD=$root/target/release/rookery-load
 # RK_BIN: measure another build of rookery (loadtest/versions.sh puts two side by side).
+# LOAD_SET: space-separated KEY=VALUE overrides added last to every single-server
+# rookery-load run, e.g. LOAD_SET="target.stream_management=true" (XEP-0198 on).
+LOAD_SETS=()
+for kv in ${LOAD_SET:-}; do LOAD_SETS+=(--set "$kv"); done
 ROOKERY=${RK_BIN:-$root/target/release/rookery}
 
 declare -A PORT=([rookery]=25222 [prosody]=25322 [ejabberd]=25422)
@@ -231,7 +236,7 @@ load() {
     local b0 b1 rc=0 wall usr sys
     b0=$(busy_jiffies)
     /usr/bin/time -f '%e %U %S' -o "$out/$name.gentime" \
-        "${GEN[@]}" "$LOAD" run "$file" --set "target.address=127.0.0.1:${PORT[$SERVER_NAME]}" "$@" \
+        "${GEN[@]}" "$LOAD" run "$file" --set "target.address=127.0.0.1:${PORT[$SERVER_NAME]}" "$@" "${LOAD_SETS[@]}" \
         --json "$out/$name.json" --server-pid "$SERVER_PID" -q >"$out/$name.txt" 2>&1 || rc=$?
     b1=$(busy_jiffies)
     # time(1) puts "Command exited with non-zero status N" before its line on failures.
@@ -464,7 +469,7 @@ provision_n() { # server count: the accounts of the many-connections run
     [ -f "$out/$s/provisioned-$n" ] && return 0
     log "provisioning $n accounts on $s"
     "$LOAD" provision loadtest/scenarios/idle-50k.toml --method admin --admin-url "http://127.0.0.1:$RK_HTTP" \
-        --admin-token-file "$out/rookery/data/admin.token" --set "users.count=$n" --set users.prefix=cmp \
+        --admin-token-file "$out/rookery/data/admin.token" --set "users.count=$n" --set "idle.connections=$n" --set users.prefix=cmp \
         --set users.password=cmp-password-1 >"$out/$s/provision-$n.txt" 2>&1
     touch "$out/$s/provisioned-$n"
 }
