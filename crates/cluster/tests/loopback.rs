@@ -662,9 +662,17 @@ async fn a_joining_router_takes_users_only_after_their_old_owner_caught_up() {
 async fn a_router_crash_under_load_keeps_order_and_reroutes_what_was_still_queued() {
     let log = Arc::new(Log::default());
     let r0 = RouterProc::start("router-0", None, &log).await;
-    // Small worker queues: router-1 pushes back early, so the edge holds a backlog for it.
-    let small =
-        RouterServerConfig { shards: 2, shard_queue: 4, stream_window: Some(4096), ..RouterServerConfig::default() };
+    // Small shard queues and in-flight caps: router-1 pushes back early, so the edge holds a
+    // backlog for it, and what router-1 holds when it dies stays small. (Without the
+    // in-flight cap its lanes could take up to 512 frames per shard, and the bound below
+    // held only by timing.)
+    let small = RouterServerConfig {
+        shards: 2,
+        shard_queue: 4,
+        shard_inflight: 4,
+        stream_window: Some(4096),
+        ..RouterServerConfig::default()
+    };
     let r1 = RouterProc::start_cfg("router-1", None, &log, Duration::from_millis(2), small).await;
     let edge = EdgeProc::start(&[&r0, &r1]).await;
     edge.wait_up(2).await;
@@ -710,7 +718,7 @@ async fn a_router_crash_under_load_keeps_order_and_reroutes_what_was_still_queue
     }
     // Frames the edge still had queued for router-1 (over a thousand here) were moved,
     // not dropped: only what was inside router-1 can be missing, i.e. its 4 KiB HTTP/2
-    // window (a few dozen frames), 2 x 4 worker slots and the frames being handled.
+    // window (a few dozen frames), 2 x 4 queued in front of the shards and 2 x 4 in flight.
     assert!(lost < 150, "lost {lost}");
     assert!(routes.iter().any(|(r, _, _)| r == "router-1"));
 }
