@@ -131,10 +131,6 @@ fn worth_storing(env: &Envelope) -> bool {
     content
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 impl Module for OfflineStore {
     fn info(&self) -> ModuleInfo {
         ModuleInfo {
@@ -180,7 +176,7 @@ impl Handler<Offline> for OfflineStore {
             return Ok(Flow::Stop);
         }
         // A message coming back from a session that ended already has its stamp.
-        let bytes = if contains(&ev.bytes, ns::DELAY.as_bytes()) {
+        let bytes = if rookery_stanza::contains_bytes(&ev.bytes, ns::DELAY.as_bytes()) {
             ev.bytes.clone()
         } else {
             with_delay(&ev.bytes, user.domain(), rookery_storage::now_secs())

@@ -129,6 +129,12 @@ pub fn error_stanza(kind: Kind, from: Option<&Jid>, to: &Jid, id: Option<&str>, 
     Bytes::from(out)
 }
 
+/// Whether `needle` occurs in `hay`: the byte scan the routing path uses to look into a
+/// stanza without parsing it (a namespace, a child's start tag).
+pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
 /// Appends ` name='value'` with the value escaped.
 pub fn push_attr(out: &mut Vec<u8>, name: &str, value: &str) {
     out.push(b' ');

@@ -363,7 +363,7 @@ pub fn with_delay(stanza: &[u8], from: &str, stamp_secs: u64) -> Bytes {
     let mut delay = Vec::with_capacity(96);
     delay.extend_from_slice(b"<delay xmlns=\"urn:xmpp:delay\"");
     crate::push_attr(&mut delay, "from", from);
-    if stanza.windows(delay.len()).any(|w| w == delay.as_slice()) {
+    if crate::contains_bytes(stanza, &delay) {
         return Bytes::copy_from_slice(stanza);
     }
     crate::push_attr(&mut delay, "stamp", &crate::datetime(stamp_secs));

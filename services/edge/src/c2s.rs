@@ -435,10 +435,11 @@ impl Conn {
     async fn resumed(mut self: Box<Self>, mut b: Box<Bound>, h: u32, shutdown: watch::Receiver<bool>) {
         self.machine = None;
         let Some(m) = b.sm.as_mut() else { return };
-        let acked = m.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).ack(h);
-        let (inbound, resend) = {
-            let mut s = m.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            (s.inbound, if acked.is_ok() { s.take_unacked() } else { Vec::new() })
+        let (acked, inbound, resend) = {
+            let mut s = m.lock();
+            let acked = s.ack(h);
+            let resend = if acked.is_ok() { s.take_unacked() } else { Vec::new() };
+            (acked, s.inbound, resend)
         };
         if let Err(too_high) = acked {
             // §6, before anything is re-sent; the session stays detached for a resume

@@ -15,7 +15,7 @@
 //! `c2s/session.rs` calls it), routing.
 
 use bytes::Bytes;
-use rookery_stanza::ns;
+use rookery_stanza::{contains_bytes as contains, ns};
 use rookery_xml::RawElement;
 
 /// What an outbound stanza is to an inactive client.
@@ -50,10 +50,6 @@ pub fn urgency(stanza: &Bytes) -> Urgency {
         }
         _ => Urgency::Now,
     }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The stanzas held back from an inactive client, oldest first.

@@ -67,7 +67,7 @@ pub(crate) struct Managed {
 }
 
 impl Managed {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SmState> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, SmState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -187,7 +187,7 @@ async fn after_transport(
             tracing::debug!(event = "session_taken_over", jid = %b.jid, conn = b.loc.conn);
             if let Err(b) = t.reply.send(b) {
                 // The resuming connection gave up waiting: nobody has the session now.
-                end(edge, b, None, Vec::new()).await;
+                end(edge, b, false, Vec::new()).await;
             }
         }
         Reason::End(e) if resumable && detaches(&e) => {
@@ -207,7 +207,7 @@ async fn after_transport(
             if w.closed {
                 // The router closed the stream meanwhile (e.g. the resource was taken by
                 // a new login): nothing to resume.
-                return end(edge, b, None, w.unwritten).await;
+                return end(edge, b, false, w.unwritten).await;
             }
             detached(edge, b, shutdown).await;
         }
@@ -236,7 +236,7 @@ async fn after_transport(
             };
             b.data_rx = w.data;
             b.csi = w.csi;
-            end(edge, b, Some(()), w.unwritten).await;
+            end(edge, b, true, w.unwritten).await;
         }
     }
 }
@@ -255,9 +255,9 @@ fn detaches(e: &End) -> bool {
 /// resumption time, a close from the router, or the server's shutdown.
 async fn detached(edge: &Arc<crate::Edge>, mut b: Box<Bound>, mut shutdown: watch::Receiver<bool>) {
     if *shutdown.borrow() {
-        return end(edge, b, None, Vec::new()).await;
+        return end(edge, b, false, Vec::new()).await;
     }
-    let Some(m) = b.sm.as_mut() else { return end(edge, b, None, Vec::new()).await };
+    let Some(m) = b.sm.as_mut() else { return end(edge, b, false, Vec::new()).await };
     let wait = m.resume.unwrap_or_default();
     tracing::debug!(event = "session_detached", jid = %b.jid, conn = b.loc.conn, resume_secs = wait.as_secs());
     let mut takeover = m.takeover.take();
@@ -278,17 +278,17 @@ async fn detached(edge: &Arc<crate::Edge>, mut b: Box<Bound>, mut shutdown: watc
     match taken {
         Some(t) => {
             if let Err(b) = t.reply.send(b) {
-                end(edge, b, None, Vec::new()).await;
+                end(edge, b, false, Vec::new()).await;
             }
         }
-        None => end(edge, b, None, Vec::new()).await,
+        None => end(edge, b, false, Vec::new()).await,
     }
 }
 
-/// The session ends for good: it leaves the router (unless `unbound` says it already
+/// The session ends for good: it leaves the router (unless `left_router` says it already
 /// did), and every stanza it did not get through goes back to the router.
-async fn end(edge: &Arc<crate::Edge>, mut b: Box<Bound>, unbound: Option<()>, unwritten: Vec<Bytes>) {
-    if unbound.is_none() {
+async fn end(edge: &Arc<crate::Edge>, mut b: Box<Bound>, left_router: bool, unwritten: Vec<Bytes>) {
+    if !left_router {
         edge.router.unbind(&b.jid, b.loc).await;
         edge.hub.unregister(b.loc.conn);
     }
